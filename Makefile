@@ -1,0 +1,79 @@
+# pbxfw entry points. `make image` and `make test` do all set-up on a fresh Debian 12.
+SHELL := /bin/bash
+BOARD ?= qemu-u50
+RECIPE ?= recipes/pbx.yml
+CONFIG := board/$(BOARD)/board.yaml:$(RECIPE)
+OUT := out/$(BOARD)
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+
+# Host packages: image tools, QEMU and its firmware, and what the tests drive.
+HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata \
+	qemu-system-arm qemu-utils ipxe-qemu u-boot-qemu u-boot-tools device-tree-compiler \
+	squashfs-tools dosfstools mtools fdisk e2fsprogs libubootenv-tool kmod cpio \
+	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 openssl
+
+.PHONY: all setup host-packages binfmt venv image qemu test test-all lint unit image-test \
+	device-test device-test-all bench-boot clean
+
+all: image
+
+setup: host-packages binfmt venv
+
+host-packages:
+	@missing=""; for p in $(HOST_PACKAGES); do \
+		dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "==> installing host packages:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "==> host packages: all installed"; fi
+
+# qemu-user runs the target's maintainer scripts during the bootstrap.
+binfmt:
+	@mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	@update-binfmts --enable qemu-aarch64 2>/dev/null || true
+	@update-binfmts --enable qemu-arm 2>/dev/null || true
+	@arch-test arm64 >/dev/null && arch-test armhf >/dev/null && echo "==> binfmt: arm64 and armhf run under qemu-user"
+
+venv: $(VENV)/.ready
+$(VENV)/.ready: scripts/pyproject.toml agent/pyproject.toml requirements-dev.txt
+	@echo "==> Python venv in $(VENV)"
+	/usr/bin/python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e scripts -e agent -r requirements-dev.txt
+	touch $@
+
+image: setup
+	$(VENV)/bin/pbxfw image $(CONFIG) --out $(OUT)
+
+qemu: setup
+	@test -f $(OUT)/disk.img || $(MAKE) image BOARD=$(BOARD) RECIPE=$(RECIPE)
+	$(VENV)/bin/pbxfw qemu $(CONFIG) --disk $(OUT)/disk.img
+
+lint: venv
+	$(VENV)/bin/ruff check scripts agent tests
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PYTEST) tests/unit
+
+image-test: image
+	$(PYTEST) tests/image --board $(BOARD)
+
+device-test: image
+	$(PYTEST) tests/device --board $(BOARD)
+
+# `make test`: lint, unit tests, the default board's image and its QEMU device tests.
+test: setup lint unit image-test device-test
+
+# Also builds and boots the armhf twin (adds a full bootstrap and boot; not in CI).
+test-all: test
+	$(MAKE) image-test device-test BOARD=qemu-u20
+
+bench-boot: image
+	$(PY) -m tests.bench.boot --board $(BOARD)
+
+clean:
+	rm -rf out

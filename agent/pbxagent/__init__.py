@@ -1,0 +1,1 @@
+"""pbxagent: the device agent that makes a pbxfw box secure by default."""

@@ -1,0 +1,25 @@
+"""Where the agent reads and keeps state on the device (overridable for host tests)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def root() -> Path:
+    """The file system root the agent acts on; tests point it at a scratch tree."""
+    return Path(os.environ.get("PBXAGENT_ROOT", "/"))
+
+
+def data() -> Path:
+    """The data partition: everything that must survive an update."""
+    return root() / "data" / "pbx"
+
+
+def run() -> Path:
+    """Volatile state written by the initramfs (which slot booted)."""
+    return root() / "run" / "pbx"
+
+
+def board_info() -> Path:
+    return root() / "etc" / "pbxfw" / "board.json"

@@ -1,0 +1,1 @@
+"""pbxfw host tooling: board/recipe resolution, image build, QEMU runner."""

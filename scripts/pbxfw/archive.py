@@ -1,0 +1,146 @@
+"""Read Debian archive indices and fetch .debs on the host, checked end to end.
+
+The chain of trust is the archive's: InRelease is checked with gpgv against the
+Debian archive keyring, Packages against the sha256 in InRelease, each .deb against
+the sha256 in Packages. Nothing here bypasses a failed check; a failure is an error
+that names the file and the mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import subprocess
+from functools import lru_cache
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from debian import deb822
+from debian.debian_support import Version
+
+from .errors import StageError
+
+KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str
+    arch: str
+    filename: str  # pool path, relative to the mirror
+    size: int
+    sha256: str
+    mirror: str
+    depends: str
+
+
+@dataclass(frozen=True)
+class Suite:
+    mirror: str
+    name: str
+
+
+def suites_for(mirror: str, security_mirror: str, suite: str) -> tuple[Suite, ...]:
+    """The suites every image draws from: release, -updates and -security."""
+    return (Suite(mirror, suite), Suite(mirror, f"{suite}-updates"), Suite(security_mirror, f"{suite}-security"))
+
+
+def _download(url: str, dest: Path) -> None:
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, tmp.open("wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+    except (urllib.error.URLError, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise StageError(f"download {url} failed: {exc}") from None
+    tmp.replace(dest)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verified_release(suite: Suite, cache: Path) -> deb822.Release:
+    dest = cache / "dists" / suite.name / "InRelease"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _download(f"{suite.mirror}/dists/{suite.name}/InRelease", dest)
+    result = subprocess.run(
+        ["gpgv", "--keyring", str(KEYRING), "--output", "-", str(dest)],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise StageError(
+            f"{suite.mirror}/dists/{suite.name}/InRelease: signature check failed: "
+            f"{result.stderr.decode(errors='replace').strip()}"
+        )
+    return deb822.Release(result.stdout)
+
+
+@lru_cache(maxsize=16)
+def _packages_index(suite: Suite, component: str, arch: str, cache: Path) -> tuple[deb822.Packages, ...]:
+    release = _verified_release(suite, cache)
+    wanted = f"{component}/binary-{arch}/Packages.xz"
+    entry = next((e for e in release.get("SHA256", []) if e["name"] == wanted), None)
+    if entry is None:
+        raise StageError(f"{suite.mirror}/dists/{suite.name}: Release lists no {wanted}")
+    dest = cache / "dists" / suite.name / wanted
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.exists() or _sha256(dest) != entry["sha256"]:
+        _download(f"{suite.mirror}/dists/{suite.name}/{wanted}", dest)
+    actual = _sha256(dest)
+    if actual != entry["sha256"] or dest.stat().st_size != int(entry["size"]):
+        raise StageError(
+            f"{suite.mirror}/dists/{suite.name}/{wanted}: does not match its Release file "
+            f"(sha256 {actual}, Release says {entry['sha256']}); the mirror is out of step, not retrying blindly"
+        )
+    text = lzma.decompress(dest.read_bytes()).decode()
+    return tuple(deb822.Packages.iter_paragraphs(text, use_apt_pkg=False))
+
+
+def newest(name: str, suites: tuple[Suite, ...], components: tuple[str, ...], arch: str, cache: Path) -> Package:
+    """The newest version of `name` across the suites (security and updates win when newer)."""
+    best: Package | None = None
+    for suite in suites:
+        for component in components:
+            for para in _packages_index(suite, component, arch, cache):
+                if para["Package"] != name:
+                    continue
+                candidate = Package(
+                    name=name,
+                    version=para["Version"],
+                    arch=para["Architecture"],
+                    filename=para["Filename"],
+                    size=int(para["Size"]),
+                    sha256=para["SHA256"],
+                    mirror=suite.mirror,
+                    depends=para.get("Depends", ""),
+                )
+                if best is None or Version(candidate.version) > Version(best.version):
+                    best = candidate
+    if best is None:
+        names = ", ".join(s.name for s in suites)
+        raise StageError(f"package {name} ({arch}) is in none of {names}")
+    return best
+
+
+def fetch(package: Package, cache: Path) -> Path:
+    """Download a .deb into the content-addressed cache and check it against its index entry."""
+    dest = cache / "debs" / f"{package.sha256}.deb"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and _sha256(dest) == package.sha256:
+        return dest
+    _download(f"{package.mirror}/{package.filename}", dest)
+    actual = _sha256(dest)
+    if actual != package.sha256:
+        dest.unlink()
+        raise StageError(f"{package.filename}: sha256 {actual} does not match the index ({package.sha256})")
+    return dest

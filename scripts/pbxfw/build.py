@@ -1,0 +1,143 @@
+"""The image build, stage by stage: resolve -> kernel -> rootfs -> initramfs -> slot -> disk.
+
+Outputs go to out/<board>/; downloads and the bootstrap cache go to the user's cache
+directory (never the repository).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import archive, bootscript, diskimage, initramfs, kernel, layout, rootfs, slot
+from .config import BuildConfig
+from .stages import log, run, stage
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("PBXFW_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pbxfw"
+    )
+    return Path(base)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    directory: Path
+
+    @property
+    def disk(self) -> Path:
+        return self.directory / "disk.img"
+
+    @property
+    def slot(self) -> Path:
+        return self.directory / "rootfs.slot"
+
+    @property
+    def manifest(self) -> Path:
+        return self.directory / "build.json"
+
+
+def firmware_version() -> str:
+    return (REPO / "VERSION").read_text().strip()
+
+
+def busybox_binary(config: BuildConfig, cache: Path, work: Path) -> bytes:
+    suites = archive.suites_for(config.debian.mirror, config.debian.security_mirror, config.debian.suite)
+    package = archive.newest("busybox-static", suites, config.debian.components, config.board.arch, cache)
+    dest = work / "busybox-static"
+    if dest.exists():
+        shutil.rmtree(dest)
+    run(["dpkg-deb", "-x", archive.fetch(package, cache), dest])
+    for candidate in ("usr/bin/busybox", "bin/busybox"):
+        if (dest / candidate).is_file():
+            return (dest / candidate).read_bytes()
+    raise FileNotFoundError(f"{package.filename}: no busybox binary inside")
+
+
+def build(config: BuildConfig, out: Path) -> Outputs:
+    started = time.monotonic()
+    out = out.resolve()
+    outputs = Outputs(out)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir()
+    board = config.board
+    disk_layout = layout.compute(board.name, board.arch, board.partitions_mib)
+    version = firmware_version()
+
+    with stage("kernel: fetch and unpack Debian's package"):
+        kernel_package = kernel.resolve(config, cache)
+        log(f"    {kernel_package.name} {kernel_package.version}")
+        unpacked = kernel.unpack(kernel_package, archive.fetch(kernel_package, cache), work / "kernel")
+
+    with stage("rootfs: bootstrap with mmdebstrap"):
+        tarball = rootfs.bootstrap(config, cache)
+
+    root = work / "rootfs"
+    with stage("rootfs: modules, overlay, agent, services, board files"):
+        rootfs.unpack(tarball, root)
+        kernel.install_modules(unpacked, root, board.kernel.rootfs_modules)
+        rootfs.apply_overlays(config, root)
+        if config.agent:
+            rootfs.install_agent(REPO / "agent", root)
+        rootfs.apply_services(config, root)
+        rootfs.write_board_files(
+            config,
+            root,
+            diskimage.fstab(config, disk_layout),
+            diskimage.fw_env_config(config, disk_layout),
+            version,
+        )
+        rootfs.remove_machine_state(root)
+
+    with stage("initramfs: busybox-static and modules, as a deterministic cpio"):
+        modules = kernel.initramfs_modules(unpacked, list(board.kernel.initramfs_modules))
+        initrd = work / "initrd.img"
+        initrd.write_bytes(initramfs.build(busybox_binary(config, cache, work), modules, config.source_date_epoch))
+        log(f"    {len(modules)} modules, {initrd.stat().st_size // 1024} KiB")
+
+    with stage("slot: squashfs root + FIT (kernel, initramfs)"):
+        squashfs = work / "rootfs.squashfs"
+        slot.build_squashfs(config, root, squashfs)
+        fit = slot.build_fit(config, unpacked.image, initrd, work)
+        slot.assemble(squashfs, fit, outputs.slot)
+        log(f"    slot image {outputs.slot.stat().st_size / 2**20:.1f} MiB")
+
+    with stage("disk: boot script, boot state, partitions"):
+        script = work / "boot.cmd"
+        script.write_text(bootscript.render(board, disk_layout))
+        scr = work / "boot.scr"
+        run(["mkimage", "-q", "-A", board.kernel.fit_arch, "-T", "script", "-C", "none", "-n", "pbxfw A/B",
+             "-d", script, scr], env=dict(os.environ, SOURCE_DATE_EPOCH=str(config.source_date_epoch)))
+        boot = work / "boot.vfat"
+        diskimage.boot_partition(config, disk_layout, scr, boot)
+        data = work / "data.ext4"
+        diskimage.data_partition(config, disk_layout, data)
+        diskimage.assemble(
+            disk_layout,
+            outputs.disk,
+            {
+                "boot": boot,
+                "bootstate": diskimage.boot_state_image(config, work),
+                "rootfs_a": outputs.slot,
+                "rootfs_b": outputs.slot,
+                "data": data,
+            },
+        )
+        outputs.manifest.write_text(json.dumps({
+            "board": board.name,
+            "version": version,
+            "kernel": f"{kernel_package.name} {kernel_package.version}",
+            "sources": [str(s) for s in config.sources],
+            "slot_bytes": outputs.slot.stat().st_size,
+            "disk_bytes": outputs.disk.stat().st_size,
+        }, indent=2) + "\n")
+    log(f"image ready: {outputs.disk} ({time.monotonic() - started:.0f} s)")
+    return outputs

@@ -1,0 +1,35 @@
+"""QEMU command lines for a board's emulated twin (U-Boot as its firmware)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Board
+
+
+def command(
+    board: Board,
+    disk: Path,
+    *,
+    disk_format: str = "raw",
+    serial: str = "mon:stdio",
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """The twin: U-Boot from the board's firmware file, the disk on virtio-mmio
+    (what U-Boot and the initramfs both drive), no network unless `extra` adds one."""
+    q = board.qemu
+    return [
+        q.binary,
+        "-machine", q.machine,
+        "-cpu", q.cpu,
+        "-smp", "2",
+        "-m", str(q.memory_mib),
+        "-bios", str(board.uboot.binary),
+        "-display", "none",
+        "-serial", serial,
+        "-drive", f"if=none,id=disk0,file={disk},format={disk_format},cache=unsafe",
+        "-device", "virtio-blk-device,drive=disk0",
+        "-device", "virtio-rng-device",
+        "-nic", "none",
+        *extra,
+    ]

@@ -1,0 +1,141 @@
+"""The slot's root file system: a cached mmdebstrap bootstrap, then our own layers.
+
+Bootstrapping runs package maintainer scripts under qemu-user and takes minutes, so
+its tarball is cached under a key made of everything that feeds it (packages, suites,
+mirrors, options). Everything after it — modules, overlay, agent, services, board
+files, the removal of per-machine state — is cheap and runs on every build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .config import BuildConfig
+from .stages import log, run
+
+EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/info/*", "/usr/share/locale/*",
+            "/usr/share/lintian/*")
+# Keep what licences and locale lookups need even though their directories are excluded.
+INCLUDES = ("/usr/share/doc/*/copyright", "/usr/share/locale/locale.alias")
+
+# Per-machine state that package scripts create and that must be made on the device.
+MACHINE_STATE = (
+    "etc/ssh/ssh_host_*",
+    "var/lib/dbus/machine-id",
+    "var/lib/systemd/random-seed",
+    "var/cache/ldconfig/aux-cache",
+    "var/cache/debconf/*-old",
+    "var/lib/dpkg/*-old",
+    "var/log/*",
+)
+
+
+def mmdebstrap_argv(config: BuildConfig, output: Path) -> list[str]:
+    debian = config.debian
+    argv = [
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=minbase",
+        f"--arch={config.board.arch}",
+        f"--include={','.join(config.packages)}",
+        "--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata",
+        # Recommends would pull in far more than a sealed appliance uses.
+        "--aptopt=APT::Install-Recommends \"false\"",
+    ]
+    argv += [f"--dpkgopt=path-exclude={p}" for p in EXCLUDES]
+    argv += [f"--dpkgopt=path-include={p}" for p in INCLUDES]
+    argv += ["--format=tar", debian.suite, str(output)]
+    components = " ".join(debian.components)
+    argv += [
+        f"deb {debian.mirror} {debian.suite} {components}",
+        f"deb {debian.mirror} {debian.suite}-updates {components}",
+        f"deb {debian.security_mirror} {debian.suite}-security {components}",
+    ]
+    return argv
+
+
+def bootstrap_key(config: BuildConfig) -> str:
+    material = json.dumps(
+        {"argv": mmdebstrap_argv(config, Path("OUT")), "epoch": config.source_date_epoch}, sort_keys=True
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def bootstrap(config: BuildConfig, cache: Path) -> Path:
+    """The bootstrapped base as a tarball, from the cache when its inputs are unchanged."""
+    tarball = cache / "rootfs" / f"{config.board.arch}-{config.debian.suite}-{bootstrap_key(config)}.tar"
+    if tarball.exists():
+        log(f"    base root file system from cache: {tarball}")
+        return tarball
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    partial = tarball.with_suffix(".tar.part")
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(config.source_date_epoch))
+    run(mmdebstrap_argv(config, partial), env=env)
+    partial.replace(tarball)
+    return tarball
+
+
+def unpack(tarball: Path, dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", tarball, "-C", dest])
+
+
+def apply_overlays(config: BuildConfig, root: Path) -> None:
+    for overlay in config.overlays:
+        run(["cp", "-a", "--no-preserve=ownership", f"{overlay}/.", str(root)])
+
+
+def install_agent(agent_src: Path, root: Path) -> None:
+    """Install the agent as Debian installs pure-Python packages: into dist-packages,
+    with a launcher; its imports come from the image's python3-* packages."""
+    target = root / "usr/lib/python3/dist-packages/pbxagent"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(agent_src / "pbxagent", target, ignore=shutil.ignore_patterns("__pycache__"))
+    launcher = root / "usr/sbin/pbxagent"
+    launcher.write_text("#!/usr/bin/python3\nimport sys\nfrom pbxagent.cli import main\nsys.exit(main())\n")
+    launcher.chmod(0o755)
+
+
+def apply_services(config: BuildConfig, root: Path) -> None:
+    for unit, state in config.services:
+        verb = {"enabled": "enable", "disabled": "disable", "masked": "mask"}[state]
+        run(["systemctl", f"--root={root}", verb, unit], capture=True)
+
+
+def write_board_files(config: BuildConfig, root: Path, fstab: str, fw_env: str, version: str) -> None:
+    board = config.board
+    etc = root / "etc"
+    (root / "data").mkdir(exist_ok=True)
+    (etc / "hostname").write_text(f"{config.hostname}\n")
+    (etc / "fstab").write_text(fstab)
+    (etc / "fw_env.config").write_text(fw_env)
+    info = {
+        "board": board.name,
+        "compatible": board.compatible,
+        "arch": board.arch,
+        "version": version,
+        "boot_attempts": board.uboot.boot_attempts,
+    }
+    (etc / "pbxfw").mkdir(exist_ok=True)
+    (etc / "pbxfw" / "board.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def remove_machine_state(root: Path) -> None:
+    """No machine-id, host keys, seeds or logs: each device makes its own."""
+    for pattern in MACHINE_STATE:
+        for path in root.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    # An empty machine-id tells systemd to make one at boot (the image has none).
+    (root / "etc/machine-id").write_text("")
+    for cache in root.rglob("__pycache__"):
+        shutil.rmtree(cache)
