@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import lzma
 import subprocess
-from functools import lru_cache
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from debian import deb822

@@ -219,7 +219,9 @@ def merge(
     """Merge `update` into `into`: mappings key by key, everything else replaced."""
     for key, value in update.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
+        if isinstance(value, dict):
+            if not isinstance(into.get(key), dict):
+                into[key] = {}
             merge(into[key], value, origins, path, f"{dotted}.")
         else:
             into[key] = value
@@ -274,7 +276,8 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
     for unit, state in services.items():
         if state not in SERVICE_STATES:
             raise ConfigError(
-                f"{where(f'services.{unit}')}: services.{unit} must be one of {', '.join(SERVICE_STATES)}, got {state!r}"
+                f"{where(f'services.{unit}')}: services.{unit} must be one of "
+                f"{', '.join(SERVICE_STATES)}, got {state!r}"
             )
     overlays = tuple(Path(p) for p in merged.get("overlays", []))
     for overlay in overlays:

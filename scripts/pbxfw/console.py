@@ -1,0 +1,119 @@
+"""Drive a board's serial console: a QEMU twin over `socket://` or a real board on
+/dev/ttyUSB0 — any pyserial URL, the same code.
+
+Commands are framed by markers that the shell prints but the echo of the typed line
+never contains (the marker is assembled by printf from two halves), so output is
+never confused with echoed input, and every command's exit status is read back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pexpect
+import pexpect.fdpexpect
+import serial
+
+LOGIN_PROMPT = re.compile(r"login: ?$", re.MULTILINE)
+SHELL_PROMPT = "PBXFW# "
+
+
+def timeout_scale() -> float:
+    """One knob for every console timeout: PBXFW_TIMEOUT_SCALE (slower hosts, real boards)."""
+    return float(os.environ.get("PBXFW_TIMEOUT_SCALE", "1"))
+
+
+def scaled(seconds: float) -> float:
+    return seconds * timeout_scale()
+
+
+class ConsoleError(Exception):
+    """The console did not show what was expected; the message says what and when."""
+
+
+@dataclass(frozen=True)
+class Result:
+    command: str
+    status: int
+    output: str
+
+    def check(self) -> str:
+        if self.status != 0:
+            raise ConsoleError(f"`{self.command}` exited {self.status}: {self.output.strip()}")
+        return self.output
+
+
+class SerialConsole:
+    def __init__(self, url: str, log: IO[str] | None = None, connect_timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + scaled(connect_timeout)
+        while True:
+            try:
+                self._port = serial.serial_for_url(url, baudrate=115200, timeout=0)
+                break
+            except serial.SerialException as exc:
+                if time.monotonic() > deadline:
+                    raise ConsoleError(f"cannot open console {url}: {exc}") from None
+                time.sleep(0.2)
+        self.url = url
+        self._spawn = pexpect.fdpexpect.fdspawn(
+            self._port.fileno(), encoding="utf-8", codec_errors="replace", timeout=scaled(30)
+        )
+        self._spawn.logfile_read = log
+
+    def close(self) -> None:
+        self._port.close()
+
+    def expect(self, pattern: str | re.Pattern[str], timeout: float, what: str) -> re.Match[str]:
+        """Wait for `pattern`; on timeout say what we were waiting for and what was seen last."""
+        try:
+            self._spawn.expect(pattern, timeout=scaled(timeout))
+        except pexpect.TIMEOUT:
+            tail = (self._spawn.before or "")[-300:]
+            raise ConsoleError(f"timed out after {scaled(timeout):.0f} s waiting for {what}; last output: {tail!r}") \
+                from None
+        except pexpect.EOF:
+            raise ConsoleError(f"console {self.url} closed while waiting for {what}") from None
+        match = self._spawn.match
+        assert isinstance(match, re.Match)
+        return match
+
+    def send(self, text: str) -> None:
+        self._spawn.send(text)
+
+    def login(self, user: str, password: str, timeout: float = 120) -> None:
+        """Log in at the getty and set up a shell that is easy to drive (no echo, fixed prompt)."""
+        self.send("\r")
+        self.expect(LOGIN_PROMPT, timeout, "the login prompt")
+        self.send(f"{user}\r")
+        self.expect("Password:", 30, "the password prompt")
+        self.send(f"{password}\r")
+        self.expect(r"[#$] ", 60, "a shell prompt after login")
+        self.send(f"stty -echo; export PS1='{SHELL_PROMPT}' TERM=dumb PAGER=cat SYSTEMD_COLORS=0\r")
+        self.expect(re.escape(SHELL_PROMPT), 30, "the fixed shell prompt")
+
+    def run(self, command: str, timeout: float = 60) -> Result:
+        """Run one shell command; returns its exit status and output (stdout and stderr)."""
+        tag = secrets.token_hex(4)
+        start, end = f"<<S{tag}>>", f"<<E{tag}:"
+        self.send(
+            f"printf '%s%s\\n' '<<S' '{tag}>>'; {{ {command} ; }} 2>&1; "
+            f"printf '%s%s:%d>>\\n' '<<E' '{tag}' $?\r"
+        )
+        match = self.expect(
+            re.escape(start) + r"\r?\n(.*?)" + re.escape(end) + r"(\d+)>>", timeout, f"`{command}` to finish"
+        )
+        output = match.group(1).replace("\r\n", "\n")
+        return Result(command, int(match.group(2)), output)
+
+
+def write_log_header(path: Path, title: str) -> IO[str]:
+    handle = path.open("w", encoding="utf-8")
+    handle.write(f"--- {title} ---\n")
+    handle.flush()
+    return handle

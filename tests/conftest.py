@@ -1,0 +1,37 @@
+"""Options shared by the image and device suites."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pbxfw import config
+from pbxfw.config import BuildConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--board", default="qemu-u50", help="board under board/ (default: qemu-u50)")
+    parser.addoption("--recipe", default="recipes/pbx.yml", help="image recipe (default: recipes/pbx.yml)")
+    parser.addoption(
+        "--console",
+        default=None,
+        help="pyserial URL of a real board's console (e.g. /dev/ttyUSB0); "
+        "the root password comes from PBXFW_ROOT_PASSWORD. Default: boot the QEMU twin.",
+    )
+
+
+@pytest.fixture(scope="session")
+def build_config(request: pytest.FixtureRequest) -> BuildConfig:
+    board = request.config.getoption("--board")
+    recipe = request.config.getoption("--recipe")
+    return config.load(f"{REPO}/board/{board}/board.yaml:{REPO}/{recipe}")
+
+
+@pytest.fixture(scope="session")
+def out_dir(build_config: BuildConfig) -> Path:
+    out = REPO / "out" / build_config.board.name
+    if not (out / "disk.img").is_file():
+        pytest.fail(f"{out}/disk.img is missing: run `make image BOARD={build_config.board.name}` first")
+    return out

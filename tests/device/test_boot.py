@@ -1,0 +1,69 @@
+"""The default image boots from U-Boot through the A/B script and comes up sealed.
+
+One boot serves the whole module; the reboot test runs last because it changes the
+running slot.
+"""
+
+from __future__ import annotations
+
+from tests.device.dut import Device
+
+
+def test_uboot_ab_script_booted_slot_a(device: Device) -> None:
+    assert "pbxfw: booting slot A" in device.boot_log()
+    cmdline = device.check("cat /proc/cmdline")
+    assert "pbx.slot=A" in cmdline
+    assert device.check("cat /run/pbx/slot").strip() == "A"
+
+
+def test_system_running_without_failed_units(device: Device) -> None:
+    state = device.run("systemctl is-system-running --wait", timeout=180)
+    failed = device.check("systemctl --failed --no-legend --plain")
+    assert failed.strip() == "", f"failed units:\n{failed}"
+    assert state.output.strip() == "running"
+
+
+def test_root_is_read_only(device: Device) -> None:
+    options = device.check("findmnt -no FSTYPE,OPTIONS /").split()
+    assert options[0] == "squashfs"
+    assert "ro" in options[1].split(",")
+    probe = device.run("touch /pbxfw-probe")
+    assert probe.status != 0
+    assert "Read-only file system" in probe.output
+
+
+def test_data_is_mounted_and_writable(device: Device) -> None:
+    fstype, options = device.check("findmnt -no FSTYPE,OPTIONS /data").split()
+    assert fstype == "ext4"
+    assert "rw" in options.split(",")
+    device.check("echo persisted > /data/pbxfw-probe && sync")
+    assert device.check("cat /data/pbxfw-probe").strip() == "persisted"
+    device.check("rm /data/pbxfw-probe")
+
+
+def test_ssh_is_off_and_masked(device: Device) -> None:
+    for unit in ("ssh.service", "ssh.socket"):
+        assert device.run(f"systemctl is-enabled {unit}").output.strip() == "masked"
+    assert device.run("pidof sshd").status != 0
+    listeners = device.check("ss -Hltn 'sport = :22'")
+    assert listeners.strip() == "", f"something listens on tcp/22: {listeners}"
+
+
+def test_firewall_base_ruleset_loaded(device: Device) -> None:
+    ruleset = device.check("nft list chain inet pbx_base input")
+    assert "policy drop" in ruleset
+
+
+def test_boot_marked_good_in_redundant_state(device: Device) -> None:
+    device.check("systemctl is-system-running --wait || true", timeout=180)
+    assert device.check("systemctl show -p Result --value pbx-boot-ok.service").strip() == "success"
+    attempts = device.check("fw_printenv -n BOOT_A_LEFT").strip()
+    assert attempts == "3"
+
+
+def test_fallback_to_slot_b_when_a_has_no_attempts(device: Device) -> None:
+    # Linux writes the state with libubootenv; U-Boot must read that copy and skip A.
+    device.check("fw_setenv BOOT_A_LEFT 0")
+    device.reboot()
+    assert device.check("cat /run/pbx/slot").strip() == "B"
+    assert "pbxfw: booting slot B" in device.boot_log()

@@ -1,0 +1,31 @@
+"""Built artefacts, unpacked once per session for inspection."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SQUASHFS_MAGIC = b"hsqs"
+
+
+def squashfs_length(slot: Path) -> int:
+    """bytes_used from the squashfs superblock (little-endian u64 at 0x28)."""
+    with slot.open("rb") as handle:
+        head = handle.read(0x30)
+    assert head[:4] == SQUASHFS_MAGIC, f"{slot} does not start with a squashfs"
+    return int.from_bytes(head[0x28:0x30], "little")
+
+
+@pytest.fixture(scope="session")
+def slot(out_dir: Path) -> Path:
+    return out_dir / "rootfs.slot"
+
+
+@pytest.fixture(scope="session")
+def rootfs(slot: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The slot's file system as the device sees it, unpacked with squashfs-tools."""
+    dest = tmp_path_factory.mktemp("slot") / "root"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(dest), str(slot)], check=True, capture_output=True)
+    return dest

@@ -1,0 +1,122 @@
+"""Properties of the built image: layout, boot chain pieces, and what must not ship."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from pbxfw import layout
+from pbxfw.config import BuildConfig
+
+from tests.image.conftest import squashfs_length
+
+MIB = 1 << 20
+SLOT_BUDGET_MIB = 160  # REQUIREMENTS/issue: rootfs slot <= 160 MiB
+FDT_MAGIC = b"\xd0\x0d\xfe\xed"
+
+
+def test_slot_fits_budget_and_partition(slot: Path, build_config: BuildConfig) -> None:
+    size = slot.stat().st_size
+    assert size <= SLOT_BUDGET_MIB * MIB, f"slot image is {size / MIB:.1f} MiB"
+    assert size <= dict(build_config.board.partitions_mib)["rootfs_a"] * MIB
+
+
+def test_fit_follows_the_squashfs_on_a_4k_boundary(slot: Path, tmp_path: Path) -> None:
+    offset = -(-squashfs_length(slot) // 4096) * 4096
+    with slot.open("rb") as handle:
+        handle.seek(offset)
+        fit = handle.read()
+    assert fit[:4] == FDT_MAGIC
+    (tmp_path / "slot.fit").write_bytes(fit)
+    listing = subprocess.run(["dumpimage", "-l", str(tmp_path / "slot.fit")], capture_output=True, text=True,
+                             check=True).stdout
+    assert "Kernel Image" in listing and "RAMDisk Image" in listing
+    assert listing.count("Hash algo:    sha256") == 2
+
+
+def test_disk_partition_table_matches_layout(out_dir: Path, build_config: BuildConfig) -> None:
+    board = build_config.board
+    expected = layout.compute(board.name, board.arch, board.partitions_mib)
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(out_dir / "disk.img")], capture_output=True, text=True,
+                       check=True).stdout
+    )["partitiontable"]
+    assert [(p["start"], p["size"], p["name"]) for p in table["partitions"]] == [
+        (p.start, p.size, p.name) for p in expected.partitions
+    ]
+
+
+def test_both_slots_hold_the_slot_image(out_dir: Path, slot: Path, build_config: BuildConfig) -> None:
+    board = build_config.board
+    lay = layout.compute(board.name, board.arch, board.partitions_mib)
+    data = slot.read_bytes()
+    with (out_dir / "disk.img").open("rb") as disk:
+        for name in ("rootfs_a", "rootfs_b"):
+            disk.seek(lay.get(name).offset)
+            assert disk.read(len(data)) == data, f"{name} differs from the slot image"
+
+
+def test_boot_state_reads_with_libubootenv(out_dir: Path, build_config: BuildConfig, tmp_path: Path) -> None:
+    board = build_config.board
+    part = layout.compute(board.name, board.arch, board.partitions_mib).get("bootstate")
+    state = tmp_path / "bootstate.img"
+    with (out_dir / "disk.img").open("rb") as disk:
+        disk.seek(part.offset)
+        state.write_bytes(disk.read(part.size_bytes))
+    config = tmp_path / "fw_env.config"
+    config.write_text("".join(f"{state} {off:#x} {layout.ENV_SIZE:#x}\n" for off in layout.ENV_COPIES))
+    env = subprocess.run(["fw_printenv", "-c", str(config)], capture_output=True, text=True, check=True).stdout
+    assert sorted(env.splitlines()) == sorted(
+        ["BOOT_ORDER=A B", f"BOOT_A_LEFT={board.uboot.boot_attempts}", f"BOOT_B_LEFT={board.uboot.boot_attempts}"]
+    )
+
+
+def test_no_per_device_identity_or_secrets(rootfs: Path) -> None:
+    assert (rootfs / "etc/machine-id").read_text() == ""
+    assert not list((rootfs / "etc/ssh").glob("ssh_host_*")), "SSH host keys must be made on the device"
+    assert not (rootfs / "var/lib/dbus/machine-id").exists()
+    assert not (rootfs / "var/lib/systemd/random-seed").exists()
+    private = []
+    for base, _, files in os.walk(rootfs):
+        for name in files:
+            path = Path(base) / name
+            if path.is_symlink() or not path.is_file() or path.stat().st_size > 1 * MIB:
+                continue
+            if b"PRIVATE KEY-----" in path.read_bytes():
+                private.append(str(path.relative_to(rootfs)))
+    assert private == [], f"private keys in the image: {private}"
+
+
+def test_shadow_has_no_usable_password(rootfs: Path) -> None:
+    for line in (rootfs / "etc/shadow").read_text().splitlines():
+        user, crypt_hash = line.split(":")[:2]
+        assert crypt_hash in ("*", "!", "!*") or crypt_hash.startswith("!"), f"{user} has a password in the image"
+
+
+def test_ssh_is_masked_in_the_image(rootfs: Path) -> None:
+    for unit in ("ssh.service", "ssh.socket"):
+        link = rootfs / "etc/systemd/system" / unit
+        assert link.is_symlink() and os.readlink(link) == "/dev/null", f"{unit} is not masked"
+    assert not list((rootfs / "etc/systemd/system").rglob("sshd.service"))
+
+
+def test_docs_and_man_pages_are_excluded(rootfs: Path) -> None:
+    assert not [p for p in (rootfs / "usr/share/man").rglob("*") if p.is_file()]
+    docs = [p for p in (rootfs / "usr/share/doc").rglob("*") if p.is_file() and p.name != "copyright"]
+    assert docs == []
+
+
+def test_agent_and_board_info_installed(rootfs: Path, build_config: BuildConfig) -> None:
+    assert (rootfs / "usr/lib/python3/dist-packages/pbxagent/cli.py").is_file()
+    assert os.access(rootfs / "usr/sbin/pbxagent", os.X_OK)
+    info = json.loads((rootfs / "etc/pbxfw/board.json").read_text())
+    assert info["compatible"] == build_config.board.compatible
+
+
+def test_kernel_modules_for_runtime_are_present(rootfs: Path) -> None:
+    modules = next((rootfs / "usr/lib/modules").iterdir())
+    dep = (modules / "modules.dep").read_text()
+    for needed in ("nf_tables", "ext4", "virtio_net"):
+        assert f"/{needed}.ko" in dep, f"{needed} missing from the slot's modules"

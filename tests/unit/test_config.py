@@ -1,0 +1,123 @@
+"""Recipe and board resolution: kas-style composition, merge rules, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pbxfw import config
+from pbxfw.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+BOARD = REPO / "board/qemu-u50/board.yaml"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("header:\n  version: 1\n" + text)
+    return path
+
+
+def test_default_image_resolves() -> None:
+    cfg = config.load(f"{BOARD}:{REPO}/recipes/pbx.yml")
+    assert cfg.board.name == "qemu-u50"
+    assert cfg.debian.suite == "trixie"
+    assert {"kamailio", "nftables", "python3", "systemd"} <= set(cfg.packages)
+    assert dict(cfg.services)["ssh.service"] == "masked"
+    assert [p.name for p in cfg.overlays] == ["overlay"]
+
+
+def test_debug_extras_are_not_in_the_default_image() -> None:
+    default = config.load(f"{BOARD}:{REPO}/recipes/pbx.yml")
+    debug = config.load(f"{BOARD}:{REPO}/recipes/pbx.yml:{REPO}/recipes/debug.yml")
+    extras = set(debug.packages) - set(default.packages)
+    assert extras and "strace" in extras
+    assert not extras & set(default.packages)
+
+
+def test_board_may_override_the_recipe_suite() -> None:
+    cfg = config.load(f"{REPO}/board/qemu-u20/board.yaml:{REPO}/recipes/pbx.yml")
+    # The board file comes first, so the recipe's suite would win ...
+    assert cfg.debian.suite == "trixie"
+    cfg = config.load(f"{REPO}/recipes/pbx.yml:{REPO}/board/qemu-u20/board.yaml")
+    # ... and named last, the board's choice wins: later files win.
+    assert cfg.debian.suite == "bookworm"
+
+
+def test_includes_merge_first_and_the_including_file_wins(tmp_path: Path) -> None:
+    write(tmp_path / "base.yml", "packages:\n  a: true\n  b: true\nimage:\n  hostname: base\n")
+    write(
+        tmp_path / "top.yml",
+        "  includes: [base.yml]\npackages:\n  b: false\n  c: true\nimage:\n  hostname: top\n",
+    )
+    merged: dict[str, object] = {}
+    origins: dict[str, Path] = {}
+    seen: list[Path] = []
+    config._load_into(tmp_path / "top.yml", merged, origins, seen, ())
+    assert merged["packages"] == {"a": True, "b": False, "c": True}
+    assert merged["image"] == {"hostname": "top"}
+    assert origins["image.hostname"] == (tmp_path / "top.yml").resolve()
+    assert seen == [(tmp_path / "base.yml").resolve(), (tmp_path / "top.yml").resolve()]
+
+
+def test_lists_are_replaced_not_appended() -> None:
+    into: dict[str, object] = {"debian": {"components": ["main"]}}
+    config.merge(into, {"debian": {"components": ["main", "contrib"]}}, {}, Path("x"))
+    assert into == {"debian": {"components": ["main", "contrib"]}}
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    bad = write(tmp_path / "bad.yml", "board:\n  kernl:\n    flavour: arm64\n")
+    with pytest.raises(ConfigError, match=r"bad\.yml: unknown key 'board\.kernl'"):
+        config.load(f"{bad}")
+
+
+def test_wrong_type_names_file_and_key(tmp_path: Path) -> None:
+    bad = write(tmp_path / "bad.yml", "packages:\n  kamailio: yes-please\n")
+    with pytest.raises(ConfigError, match=r"bad\.yml: 'packages\.kamailio' must be bool"):
+        config.load(f"{bad}")
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    top = write(tmp_path / "top.yml", "  includes: [nowhere.yml]\n")
+    with pytest.raises(ConfigError, match=r"nowhere\.yml: file not found"):
+        config.load(f"{top}")
+
+
+def test_include_cycle_is_reported(tmp_path: Path) -> None:
+    write(tmp_path / "a.yml", "  includes: [b.yml]\n")
+    write(tmp_path / "b.yml", "  includes: [a.yml]\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        config.load(f"{tmp_path / 'a.yml'}")
+
+
+def test_missing_header_version_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "old.yml"
+    path.write_text("packages:\n  a: true\n")
+    with pytest.raises(ConfigError, match=r"old\.yml: header\.version must be 1"):
+        config.load(f"{path}")
+
+
+def test_required_key_missing_names_the_files(tmp_path: Path) -> None:
+    recipe = write(tmp_path / "recipe.yml", "packages:\n  a: true\n")
+    with pytest.raises(ConfigError, match=r"required key 'board\.partitions'.*recipe\.yml"):
+        config.load(f"{recipe}")
+
+
+def test_missing_uboot_binary_names_file_and_key(tmp_path: Path) -> None:
+    board = tmp_path / "board.yaml"
+    board.write_text(BOARD.read_text().replace("/usr/lib/u-boot/qemu_arm64/u-boot.bin", "/nonexistent/u-boot.bin"))
+    with pytest.raises(ConfigError, match=r"board\.yaml: board\.uboot\.binary: /nonexistent/u-boot\.bin does not"):
+        config.load(f"{board}:{REPO}/recipes/pbx.yml")
+
+
+def test_bad_service_state_is_refused(tmp_path: Path) -> None:
+    extra = write(tmp_path / "extra.yml", "services:\n  ssh.service: on\n")
+    with pytest.raises(ConfigError, match=r"extra\.yml: .*services\.ssh\.service"):
+        config.load(f"{BOARD}:{REPO}/recipes/pbx.yml:{extra}")
+
+
+def test_partition_table_must_be_complete(tmp_path: Path) -> None:
+    extra = write(tmp_path / "extra.yml", "board:\n  partitions:\n    swap: 64\n")
+    with pytest.raises(ConfigError, match=r"unknown: \['swap'\]"):
+        config.load(f"{BOARD}:{REPO}/recipes/pbx.yml:{extra}")
