@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -86,7 +87,7 @@ def _verified_release(suite: Suite, cache: Path) -> deb822.Release:
 
 
 @lru_cache(maxsize=16)
-def _packages_index(suite: Suite, component: str, arch: str, cache: Path) -> tuple[deb822.Packages, ...]:
+def _packages_index(suite: Suite, component: str, arch: str, cache: Path) -> str:
     release = _verified_release(suite, cache)
     wanted = f"{component}/binary-{arch}/Packages.xz"
     entry = next((e for e in release.get("SHA256", []) if e["name"] == wanted), None)
@@ -102,8 +103,13 @@ def _packages_index(suite: Suite, component: str, arch: str, cache: Path) -> tup
             f"{suite.mirror}/dists/{suite.name}/{wanted}: does not match its Release file "
             f"(sha256 {actual}, Release says {entry['sha256']}); the mirror is out of step, not retrying blindly"
         )
-    text = lzma.decompress(dest.read_bytes()).decode()
-    return tuple(deb822.Packages.iter_paragraphs(text, use_apt_pkg=False))
+    return lzma.decompress(dest.read_bytes()).decode()
+
+
+def _paragraphs(index: str, name: str) -> list[deb822.Packages]:
+    """The index entries for one package; parsing all ~60,000 would take seconds."""
+    pattern = re.compile(rf"^Package: {re.escape(name)}\n.*?(?=\n\n|\Z)", re.MULTILINE | re.DOTALL)
+    return [deb822.Packages(match.group(0)) for match in pattern.finditer(index)]
 
 
 def newest(name: str, suites: tuple[Suite, ...], components: tuple[str, ...], arch: str, cache: Path) -> Package:
@@ -111,9 +117,7 @@ def newest(name: str, suites: tuple[Suite, ...], components: tuple[str, ...], ar
     best: Package | None = None
     for suite in suites:
         for component in components:
-            for para in _packages_index(suite, component, arch, cache):
-                if para["Package"] != name:
-                    continue
+            for para in _paragraphs(_packages_index(suite, component, arch, cache), name):
                 candidate = Package(
                     name=name,
                     version=para["Version"],

@@ -86,9 +86,14 @@ class SerialConsole:
     def send(self, text: str) -> None:
         self._spawn.send(text)
 
-    def login(self, user: str, password: str, timeout: float = 120) -> None:
-        """Log in at the getty and set up a shell that is easy to drive (no echo, fixed prompt)."""
-        self.send("\r")
+    def login(self, user: str, password: str, timeout: float = 120, wake: bool = False) -> None:
+        """Log in at the getty and set up a shell that is easy to drive (no echo, fixed prompt).
+
+        `wake` sends a return first, for a board that already sits at its login prompt;
+        never on a board that is booting, where any key stops U-Boot's autoboot.
+        """
+        if wake:
+            self.send("\r")
         self.expect(LOGIN_PROMPT, timeout, "the login prompt")
         self.send(f"{user}\r")
         self.expect("Password:", 30, "the password prompt")

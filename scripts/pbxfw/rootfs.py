@@ -18,7 +18,9 @@ from .config import BuildConfig
 from .stages import log, run
 
 EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/info/*", "/usr/share/locale/*",
-            "/usr/share/lintian/*")
+            "/usr/share/lintian/*",
+            # fail2ban's own test suite: 1.5 MiB, and it carries a published private key.
+            "/usr/lib/python3/dist-packages/fail2ban/tests/*")
 # Keep what licences and locale lookups need even though their directories are excluded.
 INCLUDES = ("/usr/share/doc/*/copyright", "/usr/share/locale/locale.alias")
 

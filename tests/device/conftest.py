@@ -28,7 +28,7 @@ def device(request: pytest.FixtureRequest, build_config: BuildConfig, tmp_path_f
         if not password:
             pytest.fail("--console given but PBXFW_ROOT_PASSWORD is not set")
         dev = Device(url, password, log_path)
-        dev.login()
+        dev.login(wake=True)
         yield dev
         dev.close()
         return

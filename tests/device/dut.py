@@ -17,8 +17,8 @@ class Device:
         self._log = log_path.open("a", encoding="utf-8")
         self.console = SerialConsole(url, log=self._log)
 
-    def login(self) -> None:
-        self.console.login("root", self.password)
+    def login(self, wake: bool = False) -> None:
+        self.console.login("root", self.password, wake=wake)
 
     def run(self, command: str, timeout: float = 60) -> Result:
         return self.console.run(command, timeout)
