@@ -95,6 +95,7 @@ def build(config: BuildConfig, out: Path) -> Outputs:
             diskimage.fw_env_config(config, disk_layout),
             version,
         )
+        rootfs.remove_unshipped(root)
         rootfs.remove_machine_state(root)
 
     with stage("initramfs: busybox-static and modules, as a deterministic cpio"):

@@ -18,9 +18,14 @@ from .config import BuildConfig
 from .stages import log, run
 
 EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/info/*", "/usr/share/locale/*",
-            "/usr/share/lintian/*",
-            # fail2ban's own test suite: 1.5 MiB, and it carries a published private key.
-            "/usr/lib/python3/dist-packages/fail2ban/tests/*")
+            "/usr/share/lintian/*")
+
+# Files packages ship that an appliance does not: removed after the bootstrap, because
+# excluding them from dpkg breaks the packages' byte-compilation in postinst.
+UNSHIPPED = (
+    # fail2ban's own test suite: 1.5 MiB, and it carries a published private key.
+    "usr/lib/python3/dist-packages/fail2ban/tests",
+)
 # Keep what licences and locale lookups need even though their directories are excluded.
 INCLUDES = ("/usr/share/doc/*/copyright", "/usr/share/locale/locale.alias")
 
@@ -127,6 +132,13 @@ def write_board_files(config: BuildConfig, root: Path, fstab: str, fw_env: str, 
     }
     (etc / "pbxfw").mkdir(exist_ok=True)
     (etc / "pbxfw" / "board.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def remove_unshipped(root: Path) -> None:
+    for rel in UNSHIPPED:
+        target = root / rel
+        if target.is_dir():
+            shutil.rmtree(target)
 
 
 def remove_machine_state(root: Path) -> None:
