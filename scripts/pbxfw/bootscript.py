@@ -36,8 +36,14 @@ def default_state(board: Board) -> dict[str, str]:
     return {"BOOT_ORDER": "A B", "BOOT_A_LEFT": attempts, "BOOT_B_LEFT": attempts}
 
 
-def kernel_args(board: Board) -> str:
-    return f"console={board.console} quiet loglevel=3 rootwait"
+def kernel_args(board: Board, layout: Layout, slot: str, root_part: str) -> str:
+    """The command line: console, the slot, its root device and the data partition
+    (the initramfs mounts /data, so nothing in early boot waits for udev to see it)."""
+    prefix = board.storage.linux_partition_prefix
+    return (
+        f"console={board.console} quiet loglevel=3 pbx.slot={slot} pbx.root={prefix}{root_part} "
+        f"pbx.data={prefix}{layout.get('data').number}"
+    )
 
 
 def render(board: Board, layout: Layout) -> str:
@@ -131,11 +137,10 @@ def render(board: Board, layout: Layout) -> str:
             "fi",
         ]
 
-    prefix = board.storage.linux_partition_prefix
     fit = board.uboot.fit_address
     lines += [
         "echo \"pbxfw: booting slot $pbx_slot (attempts left A=$BOOT_A_LEFT B=$BOOT_B_LEFT)\"",
-        f"setenv bootargs \"{kernel_args(board)} pbx.slot=$pbx_slot pbx.root={prefix}$pbx_part\"",
+        f"setenv bootargs \"{kernel_args(board, layout, '$pbx_slot', '$pbx_part')}\"",
     ]
     for slot, part_name in SLOTS:
         lba = layout.get(part_name).start

@@ -91,7 +91,7 @@ def build(config: BuildConfig, out: Path) -> Outputs:
         rootfs.write_board_files(
             config,
             root,
-            diskimage.fstab(config, disk_layout),
+            diskimage.fstab(),
             diskimage.fw_env_config(config, disk_layout),
             version,
         )

@@ -20,12 +20,10 @@ def fw_env_config(config: BuildConfig, layout: Layout) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fstab(config: BuildConfig, layout: Layout) -> str:
-    data = f"{config.board.storage.linux_partition_prefix}{layout.get('data').number}"
-    return (
-        "# / is the read-only slot mounted by the initramfs; /etc and /var carry a volatile layer.\n"
-        f"{data} /data ext4 defaults,noatime,nosuid,nodev 0 2\n"
-    )
+def fstab() -> str:
+    # / and /data are mounted by the initramfs (see pbxfw/data/init.sh); systemd picks
+    # them up as they are instead of waiting for udev to announce their devices.
+    return "# / (read-only slot), /data: mounted by the initramfs. /etc, /var: volatile layers.\n"
 
 
 def boot_state_image(config: BuildConfig, work: Path) -> bytes:

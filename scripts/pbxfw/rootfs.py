@@ -108,6 +108,11 @@ def install_agent(agent_src: Path, root: Path) -> None:
     launcher = root / "usr/sbin/pbxagent"
     launcher.write_text("#!/usr/bin/python3\nimport sys\nfrom pbxagent.cli import main\nsys.exit(main())\n")
     launcher.chmod(0o755)
+    # The root is read-only, so Python cannot cache bytecode at run time: compile now,
+    # with the target's python3 under qemu-user, hash-based so the bytes do not depend
+    # on when the build ran.
+    run(["chroot", root, "/usr/bin/python3", "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
+         "/usr/lib/python3/dist-packages/pbxagent"])
 
 
 def apply_services(config: BuildConfig, root: Path) -> None:
@@ -151,5 +156,3 @@ def remove_machine_state(root: Path) -> None:
                 path.unlink()
     # An empty machine-id tells systemd to make one at boot (the image has none).
     (root / "etc/machine-id").write_text("")
-    for cache in root.rglob("__pycache__"):
-        shutil.rmtree(cache)

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pbxfw import config, target
+from pbxfw import config, layout, target
 from pbxfw.bootscript import kernel_args
 from pbxfw.console import SerialConsole
 
@@ -40,7 +40,8 @@ def boot(
     extra: tuple[str, ...] = ()
     marks = [("U-Boot", r"U-Boot 20\d\d"), ("kernel", r"Starting kernel"), ("login prompt", r"login: ?$")]
     if direct is not None:
-        cmdline = f"{kernel_args(board)} pbx.slot=A pbx.root={board.storage.linux_partition_prefix}3"
+        disk_layout = layout.compute(board.name, board.arch, board.partitions_mib)
+        cmdline = kernel_args(board, disk_layout, "A", str(disk_layout.get("rootfs_a").number))
         extra = ("-kernel", str(direct[0]), "-initrd", str(direct[1]), "-append", cmdline)
         marks = [("login prompt", r"login: ?$")]
     twin = target.QemuTarget(board, disk, work / "qemu.log", extra)
@@ -62,7 +63,7 @@ def main() -> int:
         disk, password = target.prepare_disk(cfg.board, out / "disk.img", work)
         times, console, twin = boot(cfg.board, disk, work, None)
         try:
-            console.login("root", password)
+            console.login("root", password, wake=True)  # the prompt was consumed above
             console.run("systemctl is-system-running --wait", timeout=300)
             analyze = console.run("systemd-analyze").output.strip()
             blame = console.run("systemd-analyze blame --no-pager | head -3").output.rstrip()

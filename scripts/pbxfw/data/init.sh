@@ -22,20 +22,27 @@ done </etc/modules
 
 root=""
 slot=""
+data=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         pbx.root=*) root="${arg#pbx.root=}" ;;
         pbx.slot=*) slot="${arg#pbx.slot=}" ;;
+        pbx.data=*) data="${arg#pbx.data=}" ;;
     esac
 done
 [ -n "$root" ] || fail "no pbx.root= on the kernel command line"
 
-tries=0
-while [ ! -b "$root" ]; do
-    tries=$((tries + 1))
-    [ "$tries" -le 100 ] || fail "root device $root did not appear"
-    sleep 0.1
-done
+# Wait up to 10 s for a block device node to appear.
+wait_for() {
+    tries=0
+    while [ ! -b "$1" ]; do
+        tries=$((tries + 1))
+        [ "$tries" -le 100 ] || return 1
+        sleep 0.1
+    done
+}
+
+wait_for "$root" || fail "root device $root did not appear"
 
 mount -t squashfs -o ro "$root" /newroot || fail "cannot mount $root read-only"
 [ -x /newroot/sbin/init ] || fail "$root holds no /sbin/init"
@@ -48,6 +55,11 @@ for dir in etc var; do
         -o "lowerdir=/newroot/$dir,upperdir=/newroot/run/pbx/overlay/$dir/upper,workdir=/newroot/run/pbx/overlay/$dir/work" \
         "/newroot/$dir" || fail "cannot mount the volatile layer on /$dir"
 done
+# /data is journalled ext4: mounting replays the journal. If it cannot be mounted the
+# system still boots (never brick on user data); the agent's checks report it.
+if [ -n "$data" ] && ! { wait_for "$data" && mount -t ext4 -o rw,noatime,nosuid,nodev "$data" /newroot/data; }; then
+    echo "pbx-initramfs: cannot mount $data on /data; booting without it" >/dev/console
+fi
 echo "$slot" >/newroot/run/pbx/slot
 echo "$root" >/newroot/run/pbx/root-device
 
