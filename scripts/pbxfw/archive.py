@@ -8,12 +8,14 @@ that names the file and the mismatch.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import lzma
 import re
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +24,7 @@ from debian import deb822
 from debian.debian_support import Version
 
 from .errors import StageError
+from .stages import log
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
@@ -86,24 +89,61 @@ def _verified_release(suite: Suite, cache: Path) -> deb822.Release:
     return deb822.Release(result.stdout)
 
 
+# Every form of the index the Release file may list, tried in this order. A stale
+# cache in front of the archive can serve one form out of step with Release while
+# another still matches; a form that does not match is never used.
+INDEX_FORMS: tuple[tuple[str, Callable[[bytes], bytes]], ...] = (
+    ("Packages.xz", lzma.decompress),
+    ("Packages.gz", gzip.decompress),
+    ("Packages", lambda data: data),
+)
+
+
+def _fetch_verified(suite: Suite, name: str, entry: dict[str, str], cache: Path) -> Path | str:
+    """The index file checked against its Release entry, or why it could not be.
+
+    Tried by name, then by hash (the archive's by-hash path, which a cache cannot
+    serve out of step: the address is the content's hash)."""
+    dest = cache / "dists" / suite.name / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and _sha256(dest) == entry["sha256"]:
+        return dest
+    directory = name.rsplit("/", 1)[0]
+    problems = []
+    for url in (f"{suite.mirror}/dists/{suite.name}/{name}",
+                f"{suite.mirror}/dists/{suite.name}/{directory}/by-hash/SHA256/{entry['sha256']}"):
+        try:
+            _download(url, dest)
+        except StageError as exc:
+            problems.append(str(exc))
+            continue
+        actual = _sha256(dest)
+        if actual == entry["sha256"] and dest.stat().st_size == int(entry["size"]):
+            return dest
+        problems.append(f"{url}: sha256 {actual}, Release says {entry['sha256']}")
+    dest.unlink(missing_ok=True)
+    return "; ".join(problems)
+
+
 @lru_cache(maxsize=16)
 def _packages_index(suite: Suite, component: str, arch: str, cache: Path) -> str:
     release = _verified_release(suite, cache)
-    wanted = f"{component}/binary-{arch}/Packages.xz"
-    entry = next((e for e in release.get("SHA256", []) if e["name"] == wanted), None)
-    if entry is None:
-        raise StageError(f"{suite.mirror}/dists/{suite.name}: Release lists no {wanted}")
-    dest = cache / "dists" / suite.name / wanted
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if not dest.exists() or _sha256(dest) != entry["sha256"]:
-        _download(f"{suite.mirror}/dists/{suite.name}/{wanted}", dest)
-    actual = _sha256(dest)
-    if actual != entry["sha256"] or dest.stat().st_size != int(entry["size"]):
-        raise StageError(
-            f"{suite.mirror}/dists/{suite.name}/{wanted}: does not match its Release file "
-            f"(sha256 {actual}, Release says {entry['sha256']}); the mirror is out of step, not retrying blindly"
-        )
-    return lzma.decompress(dest.read_bytes()).decode()
+    listed = {e["name"]: e for e in release.get("SHA256", [])}
+    problems: list[str] = []
+    for form, decompress in INDEX_FORMS:
+        name = f"{component}/binary-{arch}/{form}"
+        if name not in listed:
+            continue
+        result = _fetch_verified(suite, name, listed[name], cache)
+        if isinstance(result, Path):
+            if problems:
+                log(f"    {suite.name} {arch}: using {form} ({'; '.join(problems)})")
+            return decompress(result.read_bytes()).decode()
+        problems.append(result)
+    raise StageError(
+        f"{suite.mirror}/dists/{suite.name} {component}/binary-{arch}: no form of the index matches its "
+        f"Release file ({'; '.join(problems) or 'none listed'}); the mirror is out of step"
+    )
 
 
 def _paragraphs(index: str, name: str) -> list[deb822.Packages]:

@@ -35,13 +35,14 @@ def test_debug_extras_are_not_in_the_default_image() -> None:
     assert not extras & set(default.packages)
 
 
-def test_board_may_override_the_recipe_suite() -> None:
-    cfg = config.load(f"{REPO}/board/qemu-u20/board.yaml:{REPO}/recipes/pbx.yml")
-    # The board file comes first, so the recipe's suite would win ...
-    assert cfg.debian.suite == "trixie"
-    cfg = config.load(f"{REPO}/recipes/pbx.yml:{REPO}/board/qemu-u20/board.yaml")
-    # ... and named last, the board's choice wins: later files win.
-    assert cfg.debian.suite == "bookworm"
+def test_each_board_chooses_its_suite() -> None:
+    assert config.load(f"{BOARD}:{REPO}/recipes/pbx.yml").debian.suite == "trixie"
+    assert config.load(f"{REPO}/board/qemu-u20/board.yaml:{REPO}/recipes/pbx.yml").debian.suite == "bookworm"
+
+
+def test_later_files_win(tmp_path: Path) -> None:
+    late = write(tmp_path / "late.yml", "debian:\n  suite: forky\n")
+    assert config.load(f"{BOARD}:{REPO}/recipes/pbx.yml:{late}").debian.suite == "forky"
 
 
 def test_includes_merge_first_and_the_including_file_wins(tmp_path: Path) -> None:
