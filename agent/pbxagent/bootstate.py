@@ -13,11 +13,6 @@ def booted_slot() -> str:
     return (paths.run() / "slot").read_text().strip()
 
 
-def read() -> dict[str, str]:
-    out = subprocess.run(["fw_printenv"], capture_output=True, text=True, check=True).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
 def mark_good() -> str:
     """Give the booted slot its full attempts back: this boot counts as good."""
     slot = booted_slot()

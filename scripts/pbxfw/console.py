@@ -13,7 +13,6 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO
 
 import pexpect
@@ -116,9 +115,3 @@ class SerialConsole:
         output = match.group(1).replace("\r\n", "\n")
         return Result(command, int(match.group(2)), output)
 
-
-def write_log_header(path: Path, title: str) -> IO[str]:
-    handle = path.open("w", encoding="utf-8")
-    handle.write(f"--- {title} ---\n")
-    handle.flush()
-    return handle

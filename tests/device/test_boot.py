@@ -67,3 +67,20 @@ def test_fallback_to_slot_b_when_a_has_no_attempts(device: Device) -> None:
     device.reboot()
     assert device.check("cat /run/pbx/slot").strip() == "B"
     assert "pbxfw: booting slot B" in device.boot_log()
+
+
+def test_torn_state_write_falls_back_to_the_previous_copy(device: Device) -> None:
+    # Running B with BOOT_A_LEFT=0 (previous test). Write A's attempts back, then
+    # corrupt the copy that write produced, as a power cut mid-write would: both
+    # libubootenv and U-Boot must use the older copy, so A stays skipped.
+    assert device.check("fw_printenv -n BOOT_A_LEFT").strip() == "0"
+    device_path = device.check("awk '!/^#/ {print $1; exit}' /etc/fw_env.config").strip()
+    digest = f"dd if={device_path} bs=16384 count=1 2>/dev/null | md5sum"
+    before = device.check(digest)
+    device.check("fw_setenv BOOT_A_LEFT 3")
+    copy = 1 if device.check(digest) == before else 0
+    device.check(f"dd if=/dev/zero of={device_path} bs=1 count=64 seek={copy * 16384 + 8} conv=notrunc "
+                 "status=none && sync")
+    assert device.check("fw_printenv -n BOOT_A_LEFT").strip() == "0"
+    device.reboot()
+    assert device.check("cat /run/pbx/slot").strip() == "B"
