@@ -156,3 +156,8 @@ def remove_machine_state(root: Path) -> None:
                 path.unlink()
     # An empty machine-id tells systemd to make one at boot (the image has none).
     (root / "etc/machine-id").write_text("")
+    # /etc and /var are fresh volatile layers at every boot; without these stamps
+    # ConditionNeedsUpdate= would rerun hwdb, sysusers, ldconfig... on every boot.
+    # All mtimes are clamped to SOURCE_DATE_EPOCH, so /usr is never newer than them.
+    for stamp in ("etc/.updated", "var/.updated"):
+        (root / stamp).write_text("")
