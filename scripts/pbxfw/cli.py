@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import build, config, qemu
 from .errors import PbxfwError
+from .stages import run
 
 
 def _image(args: argparse.Namespace) -> int:
@@ -22,8 +23,12 @@ def _qemu(args: argparse.Namespace) -> int:
     disk = Path(args.disk)
     if not disk.is_file():
         raise PbxfwError(f"{disk}: no disk image (run `make image` first)")
-    argv = qemu.command(cfg.board, disk)
-    print("Starting the twin; leave QEMU with Ctrl-A X.", file=sys.stderr)
+    # A copy-on-write layer keeps the built image pristine (tests and flashing use it);
+    # each `make qemu` starts from the image as built.
+    session = disk.with_name("qemu-session.qcow2")
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", disk.resolve(), session])
+    argv = qemu.command(cfg.board, session, disk_format="qcow2")
+    print(f"Starting the twin on {session} (writes stay there); leave QEMU with Ctrl-A X.", file=sys.stderr)
     os.execvp(argv[0], argv)
 
 
