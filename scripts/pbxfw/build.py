@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import archive, bootscript, diskimage, initramfs, kernel, layout, rootfs, slot
 from .config import BuildConfig
+from .errors import StageError
 from .stages import log, run, stage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ def busybox_binary(config: BuildConfig, cache: Path, work: Path) -> bytes:
     for candidate in ("usr/bin/busybox", "bin/busybox"):
         if (dest / candidate).is_file():
             return (dest / candidate).read_bytes()
-    raise FileNotFoundError(f"{package.filename}: no busybox binary inside")
+    raise StageError(f"{package.filename}: no busybox binary inside")
 
 
 def build(config: BuildConfig, out: Path) -> Outputs:
