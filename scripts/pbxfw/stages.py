@@ -1,5 +1,5 @@
-"""Stage bookkeeping: every stage prints when it starts and how long it took, and a
-failed command is reported with the stage, the command line and the reason."""
+"""Stage bookkeeping: every stage prints when it starts and how long it took. A failed
+command raises with its command line and reason; the stage around it adds its name."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from pathlib import Path
 
 from .errors import PbxfwError, StageError
 
-_current: list[str] = []
-
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -25,15 +23,10 @@ def stage(name: str) -> Iterator[None]:
     """Run a block as a named stage: progress and time on stderr, failures named."""
     log(f"==> {name}")
     started = time.monotonic()
-    _current.append(name)
     try:
         yield
     except PbxfwError as exc:
-        if isinstance(exc, StageError) and str(exc).startswith("stage "):
-            raise
         raise StageError(f"stage '{name}' failed: {exc}") from None
-    finally:
-        _current.pop()
     log(f"<== {name}: {time.monotonic() - started:.1f} s")
 
 
@@ -47,7 +40,6 @@ def run(
 ) -> str:
     """Run a command; on failure raise with the command and the tail of its output."""
     args = [str(a) for a in argv]
-    where = f"stage '{_current[-1]}'" if _current else "command"
     try:
         result = subprocess.run(
             args,
@@ -60,11 +52,11 @@ def run(
             text=True,
         )
     except FileNotFoundError:
-        raise StageError(f"{where}: `{args[0]}` is not installed (run `make setup`)") from None
+        raise StageError(f"`{args[0]}` is not installed (run `make setup`)") from None
     if result.returncode != 0:
         lines = (result.stderr or "").strip().splitlines() if capture else []
         # Tools put the cause first (mkimage, dtc) or last (most others): show both ends.
         detail = lines if len(lines) <= 6 else [*lines[:3], "...", *lines[-3:]]
         reason = "; ".join(detail) or f"exit status {result.returncode} (output above)"
-        raise StageError(f"{where}: `{shlex.join(args)}` failed: {reason}")
+        raise StageError(f"`{shlex.join(args)}` failed: {reason}")
     return result.stdout if capture else ""
