@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import lzma
 import re
+import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -23,8 +24,9 @@ from pathlib import Path
 from debian import deb822
 from debian.debian_support import Version
 
+from .config import Debian
 from .errors import StageError
-from .stages import log
+from .stages import log, run
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
@@ -47,9 +49,13 @@ class Suite:
     name: str
 
 
-def suites_for(mirror: str, security_mirror: str, suite: str) -> tuple[Suite, ...]:
+def suites_for(debian: Debian) -> tuple[Suite, ...]:
     """The suites every image draws from: release, -updates and -security."""
-    return (Suite(mirror, suite), Suite(mirror, f"{suite}-updates"), Suite(security_mirror, f"{suite}-security"))
+    return (
+        Suite(debian.mirror, debian.suite),
+        Suite(debian.mirror, f"{debian.suite}-updates"),
+        Suite(debian.security_mirror, f"{debian.suite}-security"),
+    )
 
 
 def _download(url: str, dest: Path) -> None:
@@ -152,11 +158,12 @@ def _paragraphs(index: str, name: str) -> list[deb822.Packages]:
     return [deb822.Packages(match.group(0)) for match in pattern.finditer(index)]
 
 
-def newest(name: str, suites: tuple[Suite, ...], components: tuple[str, ...], arch: str, cache: Path) -> Package:
+def newest(name: str, debian: Debian, arch: str, cache: Path) -> Package:
     """The newest version of `name` across the suites (security and updates win when newer)."""
+    suites = suites_for(debian)
     best: Package | None = None
     for suite in suites:
-        for component in components:
+        for component in debian.components:
             for para in _paragraphs(_packages_index(suite, component, arch, cache), name):
                 candidate = Package(
                     name=name,
@@ -187,4 +194,13 @@ def fetch(package: Package, cache: Path) -> Path:
     if actual != package.sha256:
         dest.unlink()
         raise StageError(f"{package.filename}: sha256 {actual} does not match the index ({package.sha256})")
+    return dest
+
+
+def unpack(package: Package, cache: Path, dest: Path) -> Path:
+    """Fetch a package (checked) and unpack it into a fresh `dest`, natively on the host."""
+    deb = fetch(package, cache)
+    if dest.exists():
+        shutil.rmtree(dest)
+    run(["dpkg-deb", "-x", deb, dest])
     return dest

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +49,8 @@ def firmware_version() -> str:
 
 
 def busybox_binary(config: BuildConfig, cache: Path, work: Path) -> bytes:
-    suites = archive.suites_for(config.debian.mirror, config.debian.security_mirror, config.debian.suite)
-    package = archive.newest("busybox-static", suites, config.debian.components, config.board.arch, cache)
-    dest = work / "busybox-static"
-    if dest.exists():
-        shutil.rmtree(dest)
-    run(["dpkg-deb", "-x", archive.fetch(package, cache), dest])
+    package = archive.newest("busybox-static", config.debian, config.board.arch, cache)
+    dest = archive.unpack(package, cache, work / "busybox-static")
     for candidate in ("usr/bin/busybox", "bin/busybox"):
         if (dest / candidate).is_file():
             return (dest / candidate).read_bytes()
@@ -76,7 +71,7 @@ def build(config: BuildConfig, out: Path) -> Outputs:
     with stage("kernel: fetch and unpack Debian's package"):
         kernel_package = kernel.resolve(config, cache)
         log(f"    {kernel_package.name} {kernel_package.version}")
-        unpacked = kernel.unpack(kernel_package, archive.fetch(kernel_package, cache), work / "kernel")
+        unpacked = kernel.unpack(kernel_package, cache, work / "kernel")
 
     with stage("rootfs: bootstrap with mmdebstrap"):
         tarball = rootfs.bootstrap(config, cache)

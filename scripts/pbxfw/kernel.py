@@ -36,19 +36,16 @@ class UnpackedKernel:
 
 def resolve(config: BuildConfig, cache: Path) -> archive.Package:
     """The concrete linux-image package behind the flavour's metapackage."""
-    suites = archive.suites_for(config.debian.mirror, config.debian.security_mirror, config.debian.suite)
     meta_name = f"linux-image-{config.board.kernel.flavour}"
-    meta = archive.newest(meta_name, suites, config.debian.components, config.board.arch, cache)
+    meta = archive.newest(meta_name, config.debian, config.board.arch, cache)
     concrete = meta.depends.split(",")[0].split()[0] if meta.depends else ""
     if not concrete.startswith("linux-image-"):
         raise StageError(f"{meta_name} {meta.version}: cannot find the kernel package in Depends: {meta.depends!r}")
-    return archive.newest(concrete, suites, config.debian.components, config.board.arch, cache)
+    return archive.newest(concrete, config.debian, config.board.arch, cache)
 
 
-def unpack(package: archive.Package, deb: Path, dest: Path) -> UnpackedKernel:
-    if dest.exists():
-        shutil.rmtree(dest)
-    run(["dpkg-deb", "-x", deb, dest])
+def unpack(package: archive.Package, cache: Path, dest: Path) -> UnpackedKernel:
+    archive.unpack(package, cache, dest)
     versions = sorted(p.name for p in (dest / "usr" / "lib" / "modules").iterdir())
     if len(versions) != 1:
         raise StageError(f"{package.filename}: expected one module tree, found {versions}")
