@@ -26,7 +26,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def build_config(request: pytest.FixtureRequest) -> BuildConfig:
     board = request.config.getoption("--board")
     recipe = request.config.getoption("--recipe")
-    return config.load(f"{REPO}/board/{board}/board.yaml:{REPO}/{recipe}")
+    return config.load(config.board_spec(REPO, board, recipe))
 
 
 @pytest.fixture(scope="session")

@@ -65,7 +65,7 @@ def build(config: BuildConfig, out: Path) -> Outputs:
     work.mkdir(parents=True, exist_ok=True)
     cache = cache_dir()
     board = config.board
-    disk_layout = layout.compute(board.name, board.arch, board.partitions_mib)
+    disk_layout = layout.for_board(board)
     version = firmware_version()
 
     with stage("kernel: fetch and unpack Debian's package"):
@@ -87,7 +87,6 @@ def build(config: BuildConfig, out: Path) -> Outputs:
         rootfs.write_board_files(
             config,
             root,
-            diskimage.fstab(),
             diskimage.fw_env_config(config, disk_layout),
             version,
         )

@@ -132,6 +132,12 @@ class BuildConfig:
     agent: bool
 
 
+def board_spec(repo: Path, board: str, recipe: str) -> str:
+    """The `board.yaml:recipe.yml` list for a board name and a recipe (itself `:`-joined)."""
+    recipes = ":".join(str(repo / part) for part in recipe.split(":") if part)
+    return f"{repo / 'board' / board / 'board.yaml'}:{recipes}"
+
+
 def load(spec: str) -> BuildConfig:
     """Load a kas-style `a.yml:b.yml` specification into a validated configuration."""
     files = [Path(part) for part in spec.split(":") if part]

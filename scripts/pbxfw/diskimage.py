@@ -20,12 +20,6 @@ def fw_env_config(config: BuildConfig, layout: Layout) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fstab() -> str:
-    # / and /data are mounted by the initramfs (see pbxfw/data/init.sh); systemd picks
-    # them up as they are instead of waiting for udev to announce their devices.
-    return "# / (read-only slot), /data: mounted by the initramfs. /etc, /var: volatile layers.\n"
-
-
 def boot_state_image(config: BuildConfig, work: Path) -> bytes:
     """Both copies of the initial boot state, made by U-Boot's own mkenvimage."""
     text = work / "bootstate.txt"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from .config import Board
+
 SECTOR = 512
 MIB = 1 << 20
 ALIGN_SECTORS = MIB // SECTOR
@@ -94,6 +96,10 @@ def compute(board: str, arch: str, sizes_mib: tuple[tuple[str, int], ...]) -> La
         parts.append(Partition(number, name, start, size, _type_for(name, arch), derived_uuid(board, name)))
         start += size
     return Layout(tuple(parts), start + ALIGN_SECTORS, derived_uuid(board, "disk"))
+
+
+def for_board(board: Board) -> Layout:
+    return compute(board.name, board.arch, board.partitions_mib)
 
 
 def sfdisk_script(layout: Layout) -> str:

@@ -121,12 +121,17 @@ def apply_services(config: BuildConfig, root: Path) -> None:
         run(["systemctl", f"--root={root}", verb, unit], capture=True)
 
 
-def write_board_files(config: BuildConfig, root: Path, fstab: str, fw_env: str, version: str) -> None:
+# / and /data are mounted by the initramfs (pbxfw/data/init.sh): systemd takes them as
+# they are instead of waiting for udev to announce their devices.
+FSTAB = "# / (read-only slot), /data: mounted by the initramfs. /etc, /var: volatile layers.\n"
+
+
+def write_board_files(config: BuildConfig, root: Path, fw_env: str, version: str) -> None:
     board = config.board
     etc = root / "etc"
     (root / "data").mkdir(exist_ok=True)
     (etc / "hostname").write_text(f"{config.hostname}\n")
-    (etc / "fstab").write_text(fstab)
+    (etc / "fstab").write_text(FSTAB)
     (etc / "fw_env.config").write_text(fw_env)
     info = {
         "board": board.name,

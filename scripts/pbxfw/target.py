@@ -60,7 +60,7 @@ def prepare_disk(board: Board, built: Path, work: Path) -> tuple[Path, str]:
     device, the plaintext stays with the caller."""
     disk = private_disk(built, work / "disk.img")
     password = secrets.token_urlsafe(18)
-    disk_layout = layout.compute(board.name, board.arch, board.partitions_mib)
+    disk_layout = layout.for_board(board)
     seed_data_partition(
         disk, disk_layout, {"pbx/credentials/root.hash": (crypt_hash(password).encode() + b"\n", 0o600)}, work
     )

@@ -40,7 +40,7 @@ def boot(
     extra: tuple[str, ...] = ()
     marks = [("U-Boot", r"U-Boot 20\d\d"), ("kernel", r"Starting kernel"), ("login prompt", r"login: ?$")]
     if direct is not None:
-        disk_layout = layout.compute(board.name, board.arch, board.partitions_mib)
+        disk_layout = layout.for_board(board)
         cmdline = kernel_args(board, disk_layout, "A", str(disk_layout.get("rootfs_a").number))
         extra = ("-kernel", str(direct[0]), "-initrd", str(direct[1]), "-append", cmdline)
         marks = [("login prompt", r"login: ?$")]
@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--board", default="qemu-u50")
     parser.add_argument("--recipe", default="recipes/pbx.yml")
     args = parser.parse_args()
-    cfg = config.load(f"{REPO}/board/{args.board}/board.yaml:{REPO}/{args.recipe}")
+    cfg = config.load(config.board_spec(REPO, args.board, args.recipe))
     out = REPO / "out" / cfg.board.name
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -6,6 +6,8 @@ running slot.
 
 from __future__ import annotations
 
+from pbxfw.layout import ENV_COPIES, ENV_SIZE
+
 from tests.device.dut import Device
 
 
@@ -75,11 +77,12 @@ def test_torn_state_write_falls_back_to_the_previous_copy(device: Device) -> Non
     # libubootenv and U-Boot must use the older copy, so A stays skipped.
     assert device.check("fw_printenv -n BOOT_A_LEFT").strip() == "0"
     device_path = device.check("awk '!/^#/ {print $1; exit}' /etc/fw_env.config").strip()
-    digest = f"dd if={device_path} bs=16384 count=1 2>/dev/null | md5sum"
+    digest = f"dd if={device_path} bs={ENV_SIZE} count=1 2>/dev/null | md5sum"
     before = device.check(digest)
     device.check("fw_setenv BOOT_A_LEFT 3")
     copy = 1 if device.check(digest) == before else 0
-    device.check(f"dd if=/dev/zero of={device_path} bs=1 count=64 seek={copy * 16384 + 8} conv=notrunc "
+    # Zero variables just past the crc and flags byte: that copy's CRC no longer matches.
+    device.check(f"dd if=/dev/zero of={device_path} bs=1 count=64 seek={ENV_COPIES[copy] + 8} conv=notrunc "
                  "status=none && sync")
     assert device.check("fw_printenv -n BOOT_A_LEFT").strip() == "0"
     device.reboot()

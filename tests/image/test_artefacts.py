@@ -42,7 +42,7 @@ def test_fit_follows_the_squashfs_on_a_4k_boundary(slot: Path, tmp_path: Path) -
 
 def test_disk_partition_table_matches_layout(out_dir: Path, build_config: BuildConfig) -> None:
     board = build_config.board
-    expected = layout.compute(board.name, board.arch, board.partitions_mib)
+    expected = layout.for_board(board)
     table = json.loads(
         subprocess.run(["sfdisk", "--json", str(out_dir / "disk.img")], capture_output=True, text=True,
                        check=True).stdout
@@ -54,7 +54,7 @@ def test_disk_partition_table_matches_layout(out_dir: Path, build_config: BuildC
 
 def test_both_slots_hold_the_slot_image(out_dir: Path, slot: Path, build_config: BuildConfig) -> None:
     board = build_config.board
-    lay = layout.compute(board.name, board.arch, board.partitions_mib)
+    lay = layout.for_board(board)
     data = slot.read_bytes()
     with (out_dir / "disk.img").open("rb") as disk:
         for name in ("rootfs_a", "rootfs_b"):
@@ -64,7 +64,7 @@ def test_both_slots_hold_the_slot_image(out_dir: Path, slot: Path, build_config:
 
 def test_boot_state_reads_with_libubootenv(out_dir: Path, build_config: BuildConfig, tmp_path: Path) -> None:
     board = build_config.board
-    part = layout.compute(board.name, board.arch, board.partitions_mib).get("bootstate")
+    part = layout.for_board(board).get("bootstate")
     state = tmp_path / "bootstate.img"
     with (out_dir / "disk.img").open("rb") as disk:
         disk.seek(part.offset)

@@ -67,22 +67,20 @@ def test_lists_are_replaced_not_appended() -> None:
     assert into == {"debian": {"components": ["main", "contrib"]}}
 
 
-def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
-    bad = write(tmp_path / "bad.yml", "board:\n  kernl:\n    flavour: arm64\n")
-    with pytest.raises(ConfigError, match=r"bad\.yml: unknown key 'board\.kernl'"):
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("board:\n  kernl:\n    flavour: arm64\n", r"bad\.yml: unknown key 'board\.kernl'"),
+        ("packages:\n  kamailio: yes-please\n", r"bad\.yml: 'packages\.kamailio' must be bool"),
+        ("  includes: [nowhere.yml]\n", r"nowhere\.yml: file not found"),
+        ("packages:\n  a: true\n", r"required key 'board\.partitions'.*bad\.yml"),
+    ],
+    ids=["unknown-key", "wrong-type", "missing-include", "missing-required"],
+)
+def test_bad_file_is_named_with_key_and_reason(tmp_path: Path, text: str, message: str) -> None:
+    bad = write(tmp_path / "bad.yml", text)
+    with pytest.raises(ConfigError, match=message):
         config.load(f"{bad}")
-
-
-def test_wrong_type_names_file_and_key(tmp_path: Path) -> None:
-    bad = write(tmp_path / "bad.yml", "packages:\n  kamailio: yes-please\n")
-    with pytest.raises(ConfigError, match=r"bad\.yml: 'packages\.kamailio' must be bool"):
-        config.load(f"{bad}")
-
-
-def test_missing_file_is_named(tmp_path: Path) -> None:
-    top = write(tmp_path / "top.yml", "  includes: [nowhere.yml]\n")
-    with pytest.raises(ConfigError, match=r"nowhere\.yml: file not found"):
-        config.load(f"{top}")
 
 
 def test_include_cycle_is_reported(tmp_path: Path) -> None:
@@ -97,12 +95,6 @@ def test_missing_header_version_is_an_error(tmp_path: Path) -> None:
     path.write_text("packages:\n  a: true\n")
     with pytest.raises(ConfigError, match=r"old\.yml: header\.version must be 1"):
         config.load(f"{path}")
-
-
-def test_required_key_missing_names_the_files(tmp_path: Path) -> None:
-    recipe = write(tmp_path / "recipe.yml", "packages:\n  a: true\n")
-    with pytest.raises(ConfigError, match=r"required key 'board\.partitions'.*recipe\.yml"):
-        config.load(f"{recipe}")
 
 
 def test_missing_uboot_binary_names_file_and_key(tmp_path: Path) -> None:

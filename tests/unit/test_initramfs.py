@@ -39,13 +39,6 @@ def test_real_cpio_lists_and_extracts_it(tmp_path: Path) -> None:
     assert out == b"virtio_blk.ko\nsquashfs.ko\n"
 
 
-def test_init_mounts_the_slot_read_only() -> None:
-    script = initramfs.init_script().decode()
-    assert script.startswith("#!/bin/sh")
-    assert 'mount -t squashfs -o ro "$root" /newroot' in script
-    assert "exec switch_root /newroot /sbin/init" in script
-
-
 def test_duplicate_entries_are_refused() -> None:
     entry = initramfs.Entry("etc", initramfs.MODE_DIR)
     with pytest.raises(ValueError, match="duplicate"):
