@@ -1,41 +1,237 @@
-"""`pbxagent`: the device agent's command line."""
+"""`pbxagent`: the device agent's command line.
+
+Exit status: 0 success (accepted, all checks pass), 1 a rejection or a failed check,
+2 an error (bad argument, unreadable file), named in the message.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from dataclasses import asdict
+from pathlib import Path
 
-from . import bootstate, provision
+from . import audit, bootstate, extensions, passwords, policy, provision, rootcred, sshd
+from .passwords import Account, Kind
+
+OK, REJECTED, ERROR = 0, 1, 2
+
+
+def _policy() -> policy.Policy:
+    loaded = policy.load()
+    if loaded.error:
+        print(f"pbxagent: warning: {loaded.error}; the {loaded.origin} policy is in force", file=sys.stderr)
+    return loaded.policy
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=1, sort_keys=True))
 
 
 def _provision(_: argparse.Namespace) -> int:
     for step in provision.provision():
-        print(f"pbxagent: {step}")
+        print(f"pbxagent: {step}", flush=True)
     # A fixed marker the console tests and the production line wait for.
     print("pbxagent: provisioned", flush=True)
-    return 0
+    return OK
 
 
 def _mark_good(_: argparse.Namespace) -> int:
     print(f"pbxagent: slot {bootstate.mark_good()} marked good")
-    return 0
+    return OK
+
+
+def _root_status(args: argparse.Namespace) -> int:
+    current = rootcred.status()
+    must_change = rootcred.initial_path().exists() and current is rootcred.Status.ROTATED
+    if args.json:
+        _print_json({"status": current.value, "must_change": must_change})
+    else:
+        print(f"root: {current.value}" + (" (must change at first login)" if must_change else ""))
+    return OK
+
+
+def _root_rotate(_: argparse.Namespace) -> int:
+    print(f"pbxagent: {rootcred.rotate_now(_policy().rules)}")
+    return OK
+
+
+def _root_sync(_: argparse.Namespace) -> int:
+    print(f"pbxagent: {rootcred.sync()}")
+    return OK
+
+
+def _ssh_enable(args: argparse.Namespace) -> int:
+    state = sshd.enable(args.authorized_key, args.port or _policy().ssh_port)
+    print(f"pbxagent: ssh enabled on port {state.port}, key login only")
+    return OK
+
+
+def _ssh_disable(_: argparse.Namespace) -> int:
+    sshd.disable()
+    print("pbxagent: ssh disabled and masked")
+    return OK
+
+
+def _ssh_status(args: argparse.Namespace) -> int:
+    current = sshd.status()
+    if args.json:
+        _print_json(current)
+    else:
+        state = "on" if current["enabled"] else "off"
+        print(f"ssh: {state}; port {current['port']}; unit {current['unit']}; "
+              f"active {current['active']}; listening {current['listening']}")
+    return OK
+
+
+def _extensions_list(args: argparse.Namespace) -> int:
+    if args.show_secrets and os.geteuid() != 0:
+        print("pbxagent: error: --show-secrets needs root", file=sys.stderr)
+        return ERROR
+    rows = []
+    for ext in extensions.load().values():
+        row: dict[str, object] = {"extension": ext.number, "secret": "set", "pin": "set"}
+        if args.show_secrets:
+            row.update(secret=ext.secret, pin=ext.pin)
+        rows.append(row)
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(f"{row['extension']}\tsecret {row['secret']}\tpin {row['pin']}")
+    return OK
+
+
+def _extensions_add(args: argparse.Namespace) -> int:
+    pol = _policy()
+    added = extensions.add(args.number, args.count, pol.rules, pol.secret_length)
+    print(f"pbxagent: added {len(added)} extension(s): {added[0]}-{added[-1]}")
+    return OK
+
+
+def _extensions_rotate(args: argparse.Namespace) -> int:
+    if bool(args.all) == bool(args.numbers):
+        print("pbxagent: error: give extension numbers or --all", file=sys.stderr)
+        return ERROR
+    pol = _policy()
+    done = extensions.rotate(None if args.all else args.numbers, pol.rules, pol.secret_length)
+    print(f"pbxagent: new secret and PIN for {len(done)} extension(s)")
+    return OK
+
+
+def _account(args: argparse.Namespace, pol: policy.Policy) -> Account:
+    return Account(extension=args.extension or "", user=args.user or "", company=pol.company)
+
+
+def _password_check(args: argparse.Namespace) -> int:
+    pol = _policy()
+    candidate = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    found = passwords.check(candidate, Kind(args.kind), _account(args, pol), pol.rules)
+    if args.json:
+        _print_json({"accepted": not found, "reasons": [asdict(v) for v in found]})
+    else:
+        for violation in found:
+            print(f"{violation.rule}: {violation.message}")
+        if not found:
+            print("accepted")
+    return REJECTED if found else OK
+
+
+def _password_generate(args: argparse.Namespace) -> int:
+    pol = _policy()
+    length = pol.secret_length if args.kind == Kind.SECRET.value else None
+    print(passwords.generate(Kind(args.kind), _account(args, pol), pol.rules, length))
+    return OK
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    policy.compose(policy.DEFAULTS, args.file or policy.override_path())
+    print(f"pbxagent: {args.file or policy.override_path()}: valid")
+    return OK
+
+
+def _audit(args: argparse.Namespace) -> int:
+    pol = _policy()
+    if args.fix:
+        for step in audit.fix(pol):
+            print(f"pbxagent: fixed: {step}", file=sys.stderr)
+    checks = audit.run(pol)
+    passed = all(c.passed for c in checks)
+    if args.json:
+        _print_json({"passed": passed, "checks": [asdict(c) for c in checks]})
+    else:
+        for c in checks:
+            print(f"{'PASS' if c.passed else 'FAIL'}  {c.id:24} {c.evidence}")
+    return OK if passed else REJECTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pbxagent", description="pbxfw device agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(group: argparse._SubParsersAction[argparse.ArgumentParser], name: str, func: object,
+                text: str, json_flag: bool = False) -> argparse.ArgumentParser:
+        cmd = group.add_parser(name, help=text, description=text)
+        cmd.set_defaults(func=func)
+        if json_flag:
+            cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        return cmd
+
+    def group(name: str, text: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        return sub.add_parser(name, help=text).add_subparsers(dest=f"{name}_command", required=True)
+
+    command(sub, "provision", _provision, "create per-device state on first boot, repair it later")
+    command(group("boot", "A/B boot state"), "mark-good", _mark_good, "mark the running slot as good")
+
+    root = group("root", "root's credential")
+    command(root, "status", _root_status, "default, derived, rotated, factory, user-set or locked", json_flag=True)
+    command(root, "rotate", _root_rotate, "replace root's password; the new one goes to the local console")
+    command(root, "sync", _root_sync, "keep a password set with passwd(1) on /data")
+
+    ssh = group("ssh", "the SSH service (off by default)")
+    enable = command(ssh, "enable", _ssh_enable, "turn SSH on, key login only")
+    enable.add_argument("--authorized-key", type=Path, required=True, metavar="FILE", help="OpenSSH public key")
+    enable.add_argument("--port", type=int, help="listening port (default: the policy's ssh.port)")
+    command(ssh, "disable", _ssh_disable, "stop, disable and mask SSH")
+    command(ssh, "status", _ssh_status, "whether SSH is on, its port and unit state", json_flag=True)
+
+    ext = group("extensions", "extensions and their secrets")
+    listing = command(ext, "list", _extensions_list, "list extensions (no secrets unless asked, as root)",
+                      json_flag=True)
+    listing.add_argument("--show-secrets", action="store_true", help="include secrets and PINs (root only)")
+    add = command(ext, "add", _extensions_add, "add extensions, each with its own random secret and PIN")
+    add.add_argument("number", help="the first extension number")
+    add.add_argument("--count", type=int, default=1, help="how many consecutive extensions")
+    rotate = command(ext, "rotate", _extensions_rotate, "new secret and PIN for extensions")
+    rotate.add_argument("numbers", nargs="*", help="extension numbers")
+    rotate.add_argument("--all", action="store_true", help="every extension")
+
+    pw = group("password", "the password, secret and PIN policy")
+    check = command(pw, "check", _password_check, "check a candidate read from stdin", json_flag=True)
+    gen = command(pw, "generate", _password_generate, "print a random candidate that passes the policy")
+    for cmd in (check, gen):
+        cmd.add_argument("--kind", choices=[k.value for k in Kind], required=True)
+        cmd.add_argument("--extension", help="the extension it belongs to")
+        cmd.add_argument("--user", help="the user name it belongs to")
+
+    pol = group("policy", "the agent's policy")
+    pcheck = command(pol, "check", _policy_check, "validate a policy override before installing it")
+    pcheck.add_argument("file", nargs="?", type=Path, help=f"default: {policy.override_path()}")
+
+    aud = command(sub, "audit", _audit, "check every credential rule, with evidence", json_flag=True)
+    aud.add_argument("--fix", action="store_true", help="regenerate weak secrets and PINs first")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pbxagent", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("provision", help="create per-device state on first boot, repair it later").set_defaults(
-        func=_provision
-    )
-    boot = sub.add_parser("boot", help="A/B boot state")
-    boot_sub = boot.add_subparsers(dest="boot_command", required=True)
-    boot_sub.add_parser("mark-good", help="mark the running slot as good").set_defaults(func=_mark_good)
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         return int(args.func(args))
     except (OSError, ValueError) as exc:
         print(f"pbxagent: error: {exc}", file=sys.stderr)
-        return 1
+        return ERROR
 
 
 if __name__ == "__main__":

@@ -1,42 +1,53 @@
-"""First-boot provisioning and repair at every boot (idempotent).
-
-This part applies the factory root credential: the production line (or a test
-harness) leaves only a crypt(3) hash on the data partition; the plaintext never
-reaches the device.
-"""
+"""`pbxagent provision`: at every boot, before the SIP service and the network. The
+first boot creates everything per-device; later boots only repair. Each step commits
+its files atomically, so after a power cut the next boot finishes the job without
+regenerating what was already committed."""
 
 from __future__ import annotations
 
-import subprocess
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
-from . import paths
+from . import atomic, extensions, paths, policy, rootcred, sshd
 
-FACTORY_ROOT_HASH = "credentials/root.hash"
+# Every directory on /data the agent writes, all root-only.
+DATA_DIRS = ("credentials", "secrets", "state", "ssh")
 
 
 def ensure_data_layout() -> Path:
     base = paths.data()
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    (base / "credentials").mkdir(mode=0o700, exist_ok=True)
+    base.chmod(0o700)
+    for name in DATA_DIRS:
+        (base / name).mkdir(mode=0o700, exist_ok=True)
+        (base / name).chmod(0o700)
+        atomic.clean_leftovers(base / name)
     return base
 
 
-def apply_root_hash(base: Path) -> bool:
-    """Install the stored root hash into the (volatile) shadow file; False if none."""
-    stored = base / FACTORY_ROOT_HASH
-    if not stored.is_file():
-        return False
-    crypt_hash = stored.read_text().strip()
-    if not crypt_hash.startswith("$") or ":" in crypt_hash or "\n" in crypt_hash:
-        raise ValueError(f"{stored}: not a crypt(3) hash")
-    subprocess.run(["chpasswd", "-e"], input=f"root:{crypt_hash}\n", text=True, check=True)
-    return True
+def marker() -> Path:
+    return paths.data() / "state" / "provisioned.json"
 
 
-def provision() -> list[str]:
-    """Run every provisioning step; returns what was done, for the console and journal."""
+def completed() -> bool:
+    return marker().is_file()
+
+
+def provision() -> Iterator[str]:
+    """Run every step, yielding what each did (for the console and the journal)."""
     base = ensure_data_layout()
-    done = [f"data layout at {base}"]
-    done.append("root credential from factory hash" if apply_root_hash(base) else "root locked (no credential)")
-    return done
+    yield f"data at {base}"
+    loaded = policy.load()
+    if loaded.error:
+        yield f"policy override not applied, {loaded.origin} policy stays in force: {loaded.error}"
+    policy.remember(loaded)
+    pol = loaded.policy
+    yield rootcred.repair(pol.rules)
+    created = extensions.ensure(pol.extensions, pol.rules, pol.secret_length)
+    if created:
+        yield f"secrets and PINs made for {len(created)} extension(s) {created[0]}-{created[-1]}"
+    yield sshd.repair()
+    if not completed():
+        atomic.write(marker(), json.dumps({"complete": True}) + "\n", 0o600)
+        yield "first-boot provisioning complete"

@@ -85,11 +85,14 @@ class SerialConsole:
     def send(self, text: str) -> None:
         self._spawn.send(text)
 
-    def login(self, user: str, password: str, timeout: float = 120, wake: bool = False) -> None:
+    def login(self, user: str, password: str, timeout: float = 120, wake: bool = False,
+              new_password: str | None = None) -> None:
         """Log in at the getty and set up a shell that is easy to drive (no echo, fixed prompt).
 
         `wake` sends a return first, for a board that already sits at its login prompt;
         never on a board that is booting, where any key stops U-Boot's autoboot.
+        `new_password` answers the change a one-time password demands at first login;
+        without it, that demand is an error.
         """
         if wake:
             self.send("\r")
@@ -97,7 +100,15 @@ class SerialConsole:
         self.send(f"{user}\r")
         self.expect("Password:", 30, "the password prompt")
         self.send(f"{password}\r")
-        self.expect(r"[#$] ", 60, "a shell prompt after login")
+        match = self.expect(r"[#$] |(Current|current\)).*password: ", 60, "a shell prompt after login")
+        if match.group(1):
+            if new_password is None:
+                raise ConsoleError(f"{user}'s password must be changed at login, and no new password was given")
+            self.send(f"{password}\r")
+            for prompt in ("New password: ", "Retype new password: "):
+                self.expect(prompt, 30, f"passwd's {prompt.strip()!r}")
+                self.send(f"{new_password}\r")
+            self.expect(r"[#$] ", 60, "a shell prompt after the password change")
         self.send(f"stty -echo; export PS1='{SHELL_PROMPT}' TERM=dumb PAGER=cat SYSTEMD_COLORS=0\r")
         self.expect(re.escape(SHELL_PROMPT), 30, "the fixed shell prompt")
 

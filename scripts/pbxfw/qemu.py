@@ -6,6 +6,9 @@ from pathlib import Path
 
 from .config import Board
 
+# QEMU's own locally administered prefix; tests pick their own to vary it.
+DEFAULT_MAC = "52:54:00:12:34:56"
+
 
 def command(
     board: Board,
@@ -13,10 +16,12 @@ def command(
     *,
     disk_format: str = "raw",
     serial: str = "mon:stdio",
+    mac: str = DEFAULT_MAC,
     extra: tuple[str, ...] = (),
 ) -> list[str]:
     """The twin: U-Boot from the board's firmware file, the disk on virtio-mmio
-    (what U-Boot and the initramfs both drive), no network unless `extra` adds one."""
+    (what U-Boot and the initramfs both drive), and one NIC on a user-mode network
+    that is isolated from the host's (restrict=on: nothing leaves it)."""
     q = board.qemu
     return [
         q.binary,
@@ -30,6 +35,7 @@ def command(
         "-drive", f"if=none,id=disk0,file={disk},format={disk_format},cache=unsafe",
         "-device", "virtio-blk-device,drive=disk0",
         "-device", "virtio-rng-device",
-        "-nic", "none",
+        "-netdev", "user,id=net0,restrict=on",
+        "-device", f"virtio-net-device,netdev=net0,mac={mac}",
         *extra,
     ]

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from .config import BuildConfig
@@ -100,11 +101,16 @@ def apply_overlays(config: BuildConfig, root: Path) -> None:
 
 def install_agent(agent_src: Path, root: Path) -> None:
     """Install the agent as Debian installs pure-Python packages: into dist-packages,
-    with a launcher; its imports come from the image's python3-* packages."""
-    target = root / "usr/lib/python3/dist-packages/pbxagent"
+    with a launcher. Its imports come from the image's python3-* packages, plus the few
+    pinned wheels Debian lacks (agent/requirements-device.txt, checked by hash)."""
+    dist = root / "usr/lib/python3/dist-packages"
+    target = dist / "pbxagent"
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(agent_src / "pbxagent", target, ignore=shutil.ignore_patterns("__pycache__"))
+    run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--require-hashes", "--only-binary=:all:",
+         "--no-compile", "--upgrade", "--target", dist, "-r", agent_src / "requirements-device.txt"],
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     launcher = root / "usr/sbin/pbxagent"
     launcher.write_text("#!/usr/bin/python3\nimport sys\nfrom pbxagent.cli import main\nsys.exit(main())\n")
     launcher.chmod(0o755)
@@ -112,7 +118,7 @@ def install_agent(agent_src: Path, root: Path) -> None:
     # with the target's python3 under qemu-user, hash-based so the bytes do not depend
     # on when the build ran.
     run(["chroot", root, "/usr/bin/python3", "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
-         "/usr/lib/python3/dist-packages/pbxagent"])
+         *(f"/{path.relative_to(root)}" for path in sorted(dist.glob("pbxagent")) + sorted(dist.glob("zxcvbn")))])
 
 
 def apply_services(config: BuildConfig, root: Path) -> None:

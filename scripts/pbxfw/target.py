@@ -54,12 +54,12 @@ def crypt_hash(password: str) -> str:
     return run(["openssl", "passwd", "-6", "-stdin"], stdin=password, capture=True).strip()
 
 
-def prepare_disk(board: Board, built: Path, work: Path) -> tuple[Path, str]:
-    """A private copy of the built disk with a fresh root credential on its data
-    partition, as the production line would leave it: only the hash goes to the
-    device, the plaintext stays with the caller."""
+def prepare_disk(board: Board, built: Path, work: Path, password: str | None = None) -> tuple[Path, str]:
+    """A private copy of the built disk with a root credential on its data partition,
+    as the production line would leave it: only the hash goes to the device, the
+    plaintext stays with the caller. Random unless `password` is given (an old box)."""
     disk = private_disk(built, work / "disk.img")
-    password = secrets.token_urlsafe(18)
+    password = password or secrets.token_urlsafe(18)
     disk_layout = layout.for_board(board)
     seed_data_partition(
         disk, disk_layout, {"pbx/credentials/root.hash": (crypt_hash(password).encode() + b"\n", 0o600)}, work
@@ -68,9 +68,11 @@ def prepare_disk(board: Board, built: Path, work: Path) -> tuple[Path, str]:
 
 
 class QemuTarget:
-    def __init__(self, board: Board, disk: Path, log: Path, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, board: Board, disk: Path, log: Path, mac: str = qemu.DEFAULT_MAC,
+                 extra: tuple[str, ...] = ()) -> None:
         self.board = board
         self.disk = disk
+        self.mac = mac
         self.extra = extra
         self.port = free_port()
         self._log = log
@@ -82,10 +84,18 @@ class QemuTarget:
 
     def start(self) -> None:
         argv = qemu.command(
-            self.board, self.disk, serial=f"tcp:127.0.0.1:{self.port},server=on,wait=on", extra=self.extra
+            self.board, self.disk, serial=f"tcp:127.0.0.1:{self.port},server=on,wait=on", mac=self.mac,
+            extra=self.extra
         )
         with self._log.open("ab") as log:
             self._process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def power_cut(self) -> None:
+        """Pull the plug: no shutdown, no flush inside the guest."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
 
     def stop(self) -> None:
         if self._process is None:

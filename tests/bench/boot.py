@@ -44,7 +44,7 @@ def boot(
         cmdline = kernel_args(board, disk_layout, "A", str(disk_layout.get("rootfs_a").number))
         extra = ("-kernel", str(direct[0]), "-initrd", str(direct[1]), "-append", cmdline)
         marks = [("login prompt", r"login: ?$")]
-    twin = target.QemuTarget(board, disk, work / "qemu.log", extra)
+    twin = target.QemuTarget(board, disk, work / "qemu.log", extra=extra)
     twin.start()
     started = time.monotonic()
     console = SerialConsole(twin.console_url, log=(work / "console.log").open("a"))

@@ -1,0 +1,55 @@
+"""Crash-safe file replacement: after a power cut a file holds its old or its new
+content, never a mix, and a committed write survives."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write(path: Path, data: bytes | str, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
+    """Replace `path` with `data` (write to a temporary file beside it, fsync, rename,
+    fsync the directory so the rename itself is durable)."""
+    payload = data.encode() if isinstance(data, str) else data
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    sync_dir(path.parent)
+
+
+def remove(path: Path) -> None:
+    """Delete `path` durably (missing is fine)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    sync_dir(path.parent)
+
+
+def sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clean_leftovers(directory: Path) -> None:
+    """Drop temporary files a power cut left behind (they never became the real file)."""
+    if not directory.is_dir():
+        return
+    for leftover in directory.glob(".*.*"):
+        if leftover.is_file():
+            leftover.unlink()

@@ -1,0 +1,130 @@
+"""root's credential: MAC-derived and default detection with the real libxcrypt,
+rotation that survives a power cut, and keeping a user's change."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from pbxagent import rootcred, xcrypt
+from pbxagent.passwords import Kind, Rules, check
+
+from tests.unit.agent_tree import MAC, make_tree, shadow_root
+
+
+@pytest.fixture
+def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PBXAGENT_ROOT", str(tmp_path))
+    return make_tree(tmp_path)
+
+
+def seed_hash(password: str) -> None:
+    path = rootcred.hash_path()
+    path.parent.mkdir(parents=True, mode=0o700)
+    # sha512crypt: what old boards and `openssl passwd -6` write, and quick to test.
+    path.write_text(xcrypt.hash_password(password, "$6$") + "\n")
+
+
+@pytest.mark.parametrize("form", ["abcdef", "ABCDEF", "00abcdef", "00ABCDEF", "525400abcdef", "52:54:00:AB:CD:EF",
+                                  "52-54-00-ab-cd-ef", "ab:cd:ef", "00:ab:cd:ef", "5254.00ab.cdef"])
+def test_mac_candidates_cover_every_form_old_boards_used(form: str) -> None:
+    assert form in rootcred.mac_candidates(MAC)
+
+
+def test_mac_candidates_reject_garbage() -> None:
+    with pytest.raises(ValueError, match="not a MAC"):
+        rootcred.mac_candidates("52:54:00")
+
+
+def test_crypt_binding_round_trip_and_locked_hashes_never_match() -> None:
+    for prefix in ("$y$", "$6$", "$1$"):
+        crypt_hash = xcrypt.hash_password("pass-word", prefix)
+        assert crypt_hash.startswith(prefix)
+        assert xcrypt.verify("pass-word", crypt_hash)
+        assert not xcrypt.verify("pass-wore", crypt_hash)
+    assert not xcrypt.verify("", "*")
+    assert not xcrypt.verify("x", "!$6$locked")
+
+
+@pytest.mark.parametrize(("password", "verdict"), [("00ABCDEF", "derived"), ("ab:cd:ef", "derived"),
+                                                   ("admin", "default"), ("Kx-7Rm.2Qz=9Wp", "clean")])
+def test_classification(password: str, verdict: str) -> None:
+    assert rootcred.classify_hash(xcrypt.hash_password(password, "$6$"), (MAC,)) == verdict
+
+
+def test_a_mac_derived_root_is_rotated_shown_once_and_kept_on_data(tree: Path) -> None:
+    seed_hash("00abcdef")
+    assert "rotated" in rootcred.repair(Rules())
+    console = (tree / "dev" / "console").read_text()
+    password = rootcred.initial_path().read_text().strip()
+    assert f"one-time root password: {password}" in console
+    assert check(password, Kind.ADMIN) == []
+    stored = rootcred.hash_path().read_text().strip()
+    assert xcrypt.verify(password, stored)
+    fields = shadow_root(tree)
+    assert fields[1] == stored and fields[2] == "0"  # must change at first login
+    for path in (rootcred.hash_path(), rootcred.initial_path()):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert rootcred.status() is rootcred.Status.ROTATED
+    # A later boot neither rotates again nor shows it again.
+    assert rootcred.repair(Rules()) == "root credential: rotated"
+    assert (tree / "dev" / "console").read_text() == console
+    assert rootcred.hash_path().read_text().strip() == stored
+
+
+def test_power_cut_after_the_password_was_written_reuses_it(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed_hash("admin")
+
+    def cut(*_: object) -> str:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(xcrypt, "hash_password", cut)
+    with pytest.raises(OSError):
+        rootcred.repair(Rules())
+    pending = rootcred.initial_path().read_text()
+    monkeypatch.undo()
+    monkeypatch.setenv("PBXAGENT_ROOT", str(tree))
+    rootcred.repair(Rules())
+    assert rootcred.initial_path().read_text() == pending
+    assert xcrypt.verify(pending.strip(), rootcred.hash_path().read_text().strip())
+
+
+def test_power_cut_before_the_console_showed_it_shows_it_next_boot(tree: Path, monkeypatch: pytest.MonkeyPatch) \
+        -> None:
+    seed_hash("admin")
+    monkeypatch.setattr(rootcred, "_show_once", lambda *_: (_ for _ in ()).throw(OSError("power cut")))
+    with pytest.raises(OSError):
+        rootcred.repair(Rules())
+    monkeypatch.undo()
+    monkeypatch.setenv("PBXAGENT_ROOT", str(tree))
+    rootcred.repair(Rules())
+    assert rootcred.initial_path().read_text().strip() in (tree / "dev" / "console").read_text()
+
+
+def test_factory_credential_is_applied_and_not_rotated(tree: Path) -> None:
+    seed_hash("Factory-Cred-7x9Q")
+    assert rootcred.repair(Rules()) == "root credential: factory"
+    assert shadow_root(tree)[1] == rootcred.hash_path().read_text().strip()
+    assert shadow_root(tree)[2] != "0"
+    assert (tree / "dev" / "console").read_text() == ""
+
+
+def test_a_password_root_sets_is_kept_and_ends_the_one_time_password(tree: Path) -> None:
+    seed_hash("admin")
+    rootcred.repair(Rules())
+    new = xcrypt.hash_password("Chosen-by-4dmin-Q7")
+    lines = (tree / "etc" / "shadow").read_text().replace(shadow_root(tree)[1], new)
+    (tree / "etc" / "shadow").write_text(lines)
+    assert "user-set" in rootcred.sync()
+    assert rootcred.hash_path().read_text().strip() == new
+    assert not rootcred.initial_path().exists()
+    assert rootcred.status() is rootcred.Status.USER_SET
+
+
+def test_on_demand_rotation_makes_a_new_password(tree: Path) -> None:
+    seed_hash("admin")
+    rootcred.repair(Rules())
+    first = rootcred.initial_path().read_text()
+    rootcred.rotate_now(Rules())
+    assert rootcred.initial_path().read_text() != first
