@@ -4,7 +4,6 @@ content, never a mix, and a committed write survives."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -13,7 +12,10 @@ def write(path: Path, data: bytes | str, mode: int = 0o600, owner: tuple[int, in
     fsync the directory so the rename itself is durable)."""
     payload = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # Not tempfile.mkstemp: importing tempfile costs more than a boot-time write here.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         if owner is not None:
             os.fchown(fd, *owner)
@@ -24,7 +26,7 @@ def write(path: Path, data: bytes | str, mode: int = 0o600, owner: tuple[int, in
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     sync_dir(path.parent)
 
@@ -50,6 +52,6 @@ def clean_leftovers(directory: Path) -> None:
     """Drop temporary files a power cut left behind (they never became the real file)."""
     if not directory.is_dir():
         return
-    for leftover in directory.glob(".*.*"):
+    for leftover in directory.glob(".*.tmp"):
         if leftover.is_file():
             leftover.unlink()

@@ -9,7 +9,6 @@ so later boots, which check nothing, never pay for loading it.
 from __future__ import annotations
 
 import itertools
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -212,9 +211,14 @@ Chooser = Callable[[Sequence[str]], str]
 
 
 def generate(kind: Kind, account: Account = Account(), rules: Rules = Rules(), length: int | None = None,
-             choose: Chooser = secrets.choice) -> str:
+             choose: Chooser | None = None) -> str:
     """A random secret or PIN that passes `check` under `rules` (rejection sampling keeps
-    the draw uniform over the accepted set). `choose` is replaceable for seeded tests."""
+    the draw uniform over the accepted set). `choose` defaults to the OS CSPRNG
+    (secrets.choice); seeded tests pass their own."""
+    if choose is None:
+        import secrets
+
+        choose = secrets.choice
     if kind is Kind.PIN:
         size = max(length or rules.pin_length, rules.pin_length)
         while True:

@@ -9,8 +9,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import atomic, paths
 from .passwords import Rules
 
@@ -56,6 +54,8 @@ def last_good_path() -> Path:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    import yaml  # only when a policy file changed: a boot that finds the last good one current skips it
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -154,37 +154,56 @@ class Loaded:
     policy: Policy
     origin: str  # "defaults", "site override" or "last good"
     error: str | None  # why the override is not in force, when it is not
-    flat: dict[str, Any] | None  # the validated settings, to remember as the last good
+    # The validated settings and the texts they came from, to remember as the last good.
+    flat: dict[str, Any] | None
+    inputs: dict[str, str | None]
+
+
+def _inputs() -> dict[str, str | None]:
+    override = override_path()
+    return {
+        "defaults": DEFAULTS.read_text(encoding="utf-8", errors="replace"),
+        "override": override.read_text(encoding="utf-8", errors="replace") if override.exists() else None,
+    }
 
 
 def load() -> Loaded:
     """The policy in force. Never raises for a bad override: the caller reports `error`."""
+    inputs = _inputs()
+    origin = "defaults" if inputs["override"] is None else "site override"
+    remembered = _last_good()
+    if remembered is not None and remembered[1] == inputs:
+        return Loaded(remembered[0], origin, None, remembered[2], inputs)
     try:
         policy, flat = compose(DEFAULTS, override_path())
     except PolicyError as exc:
-        return Loaded(_last_good() or compose(DEFAULTS, None)[0], "last good", str(exc), None)
-    origin = "site override" if override_path().exists() else "defaults"
-    return Loaded(policy, origin, None, flat)
+        fallback = remembered[0] if remembered else compose(DEFAULTS, None)[0]
+        return Loaded(fallback, "last good", str(exc), None, inputs)
+    return Loaded(policy, origin, None, flat, inputs)
 
 
 def remember(loaded: Loaded) -> None:
     """Keep a policy that validated as the one to fall back to (provisioning does this)."""
     if loaded.flat is None:
         return
-    text = json.dumps(loaded.flat, sort_keys=True, indent=1) + "\n"
+    text = json.dumps({"settings": loaded.flat, "inputs": loaded.inputs}, sort_keys=True, indent=1) + "\n"
     target = last_good_path()
     if not target.exists() or target.read_text() != text:
         atomic.write(target, text, 0o600)
 
 
-def _last_good() -> Policy | None:
+def _last_good() -> tuple[Policy, dict[str, Any], dict[str, Any]] | None:
+    """The remembered policy, its input texts and settings; None if absent or damaged."""
     target = last_good_path()
     try:
-        flat = json.loads(target.read_text())
+        data = json.loads(target.read_text())
+        flat, inputs = data["settings"], data["inputs"]
         for key, value in flat.items():
             _check(target, key, value)
-        return _build(target, flat) if set(flat) == set(_SCHEMA) else None
-    except (OSError, ValueError):
+        if set(flat) != set(_SCHEMA):
+            return None
+        return _build(target, flat), inputs, flat
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 

@@ -6,6 +6,8 @@ regenerating what was already committed."""
 from __future__ import annotations
 
 import json
+import resource
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,3 +53,5 @@ def provision() -> Iterator[str]:
     if not completed():
         atomic.write(marker(), json.dumps({"complete": True}) + "\n", 0o600)
         yield "first-boot provisioning complete"
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    yield f"took {time.process_time():.2f} s of CPU, peak RSS {peak_kib / 1024:.1f} MiB"

@@ -9,7 +9,6 @@ Files (all on the data partition, root-only):
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -36,9 +35,9 @@ class Status(StrEnum):
 
 @dataclass
 class Record:
-    """What the agent knows about the hash in force (never the hash itself)."""
+    """What the agent knows about the hash in force."""
 
-    hash_id: str = ""
+    crypt_hash: str = ""
     origin: str = ""
     verdict: str = ""  # "clean", "default" or "derived" for the MACs below
     macs: tuple[str, ...] = ()
@@ -59,10 +58,6 @@ def record_path() -> Path:
 
 def console_path() -> Path:
     return paths.root() / "dev" / "console"
-
-
-def _hash_id(crypt_hash: str) -> str:
-    return hashlib.sha256(crypt_hash.encode()).hexdigest()[:16]
 
 
 def mac_candidates(mac: str) -> set[str]:
@@ -135,8 +130,8 @@ def status(record: Record | None = None, crypt_hash: str | None = None) -> Statu
     crypt_hash = crypt_hash if crypt_hash is not None else (_stored_hash() or shadow.root_hash())
     if not crypt_hash.startswith("$"):
         return Status.LOCKED
-    if record.hash_id != _hash_id(crypt_hash) or not record.verdict:
-        record = _assess(crypt_hash, record.origin if record.hash_id == _hash_id(crypt_hash) else "")
+    if record.crypt_hash != crypt_hash or not record.verdict:
+        record = _assess(crypt_hash, record.origin if record.crypt_hash == crypt_hash else "")
     if record.verdict in ("default", "derived"):
         return Status(record.verdict)
     return Status(record.origin) if record.origin in {s.value for s in Status} else Status.USER_SET
@@ -152,7 +147,7 @@ def _assess(crypt_hash: str, origin: str) -> Record:
             origin = Status.ROTATED.value
         else:
             origin = Status.FACTORY.value if not record_path().exists() else Status.USER_SET.value
-    return Record(_hash_id(crypt_hash), origin, classify_hash(crypt_hash, macs), macs)
+    return Record(crypt_hash, origin, classify_hash(crypt_hash, macs), macs)
 
 
 def _show_once(password: str, reason: str) -> None:
@@ -178,7 +173,7 @@ def rotate(rules: Rules, reason: str) -> None:
         atomic.write(pending, password + "\n", 0o600)
     crypt_hash = xcrypt.hash_password(password)
     atomic.write(hash_path(), crypt_hash + "\n", 0o600)
-    record = Record(_hash_id(crypt_hash), Status.ROTATED.value, "clean", interface_macs(), shown=False)
+    record = Record(crypt_hash, Status.ROTATED.value, "clean", interface_macs(), shown=False)
     _save_record(record)
     shadow.set_root(crypt_hash, change_at_login=True)
     _show_once(password, reason)
@@ -192,8 +187,8 @@ def repair(rules: Rules) -> str:
     stored = _stored_hash()
     crypt_hash = stored if stored is not None else shadow.root_hash()
     record = _load_record()
-    if record.hash_id != _hash_id(crypt_hash) or record.macs != interface_macs() or not record.verdict:
-        record = _assess(crypt_hash, record.origin if record.hash_id == _hash_id(crypt_hash) else "")
+    if record.crypt_hash != crypt_hash or record.macs != interface_macs() or not record.verdict:
+        record = _assess(crypt_hash, record.origin if record.crypt_hash == crypt_hash else "")
         _save_record(record)
     if record.verdict in ("default", "derived"):
         what = "a well-known default" if record.verdict == "default" else "derived from a MAC address"

@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import hmac
 from functools import cache
 from typing import Any
-
-import cffi
 
 _CDEF = """
 char *crypt(const char *phrase, const char *setting);
@@ -24,6 +21,8 @@ class CryptError(ValueError):
 
 @cache
 def _lib() -> tuple[Any, Any]:
+    import cffi  # on first use: later boots, which check nothing, never load it
+
     ffi = cffi.FFI()
     ffi.cdef(_CDEF)
     return ffi, ffi.dlopen("libcrypt.so.1")
@@ -50,6 +49,8 @@ def hash_password(password: str, prefix: str = DEFAULT_PREFIX) -> str:
 
 def verify(password: str, crypt_hash: str) -> bool:
     """True when `password` hashes to `crypt_hash`; a locked or unknown hash never matches."""
+    import hmac
+
     if not crypt_hash.startswith("$"):
         return False
     try:

@@ -76,3 +76,19 @@ def test_without_a_last_good_a_bad_override_falls_back_to_the_defaults(data: Pat
     loaded = policy.load()
     assert loaded.error is not None
     assert loaded.policy == policy.compose(policy.DEFAULTS, None)[0]
+
+
+def test_an_unchanged_policy_is_taken_from_the_last_good_without_parsing(data: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (data / "policy.yaml").write_text("passwords:\n  min_length: 12\n")
+    policy.remember(policy.load())
+
+    def no_parsing(*_: object) -> None:
+        raise AssertionError("parsed the YAML again")
+
+    monkeypatch.setattr(policy, "compose", no_parsing)
+    loaded = policy.load()
+    assert (loaded.error, loaded.origin, loaded.policy.rules.min_length) == (None, "site override", 12)
+    (data / "policy.yaml").write_text("passwords:\n  min_length: 13\n")
+    with pytest.raises(AssertionError, match="parsed the YAML again"):
+        policy.load()

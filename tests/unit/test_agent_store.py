@@ -46,7 +46,7 @@ def test_a_failed_write_keeps_the_old_content(tmp_path: Path, monkeypatch: pytes
 
 
 def test_leftovers_of_a_cut_are_cleaned(tmp_path: Path) -> None:
-    (tmp_path / ".extensions.json.abc123").write_text("half")
+    (tmp_path / ".extensions.json.123.tmp").write_text("half")
     (tmp_path / "extensions.json").write_text("whole")
     atomic.clean_leftovers(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["extensions.json"]
@@ -122,4 +122,4 @@ def test_provisioning_remembers_the_policy_and_reports_a_bad_override(tree: Path
     (tree / "data" / "pbx" / "policy.yaml").write_text("ssh:\n  port: -1\n")
     steps = list(provision.provision())
     assert any("ssh.port" in step and "stays in force" in step for step in steps)
-    assert json.loads(policy.last_good_path().read_text())["ssh.port"] == 22
+    assert json.loads(policy.last_good_path().read_text())["settings"]["ssh.port"] == 22

@@ -1,0 +1,49 @@
+"""The agent's command line on the host: exit codes and machine output."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from pbxagent import cli
+
+
+def run(argv: list[str], stdin: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) \
+        -> tuple[int, str, str]:
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    status = cli.main(argv)
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_password_check_exit_codes_and_reasons(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(["password", "check", "--kind", "pin", "--extension", "805"], "805805\n", monkeypatch, capsys)
+    assert status == cli.REJECTED
+    assert out.splitlines() == ["account: contains the extension number", "repeat: repeats one digit or a short "
+                                "pattern (like 111111, 121212)"]
+    status, out, _ = run(["password", "check", "--kind", "secret", "--json"], "Kx-7Rm.2Qz=9Wp\n", monkeypatch, capsys)
+    assert status == cli.OK
+    assert json.loads(out) == {"accepted": True, "reasons": []}
+
+
+def test_generated_candidates_pass_the_check(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    for kind in ("secret", "pin", "admin"):
+        status, generated, _ = run(["password", "generate", "--kind", kind, "--extension", "801"], "", monkeypatch,
+                                   capsys)
+        assert status == cli.OK
+        status, out, _ = run(["password", "check", "--kind", kind, "--extension", "801"], generated, monkeypatch,
+                             capsys)
+        assert (status, out.strip()) == (cli.OK, "accepted")
+
+
+def test_policy_check_names_the_file_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("passwords:\n  pin_length: 4\n")
+    status, _, err = run(["policy", "check", str(bad)], "", monkeypatch, capsys)
+    assert status == cli.ERROR
+    assert f"{bad}: passwords.pin_length: 4 is outside 6..12" in err
