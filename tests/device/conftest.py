@@ -48,6 +48,20 @@ def device(request: pytest.FixtureRequest, build_config: BuildConfig, tmp_path_f
         dev.close()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests with their own twin first: the shared twin starts on first use and runs to
+    the end of the session, and two emulated boards on two cores slow both down."""
+    items.sort(key=lambda item: item.get_closest_marker("own_twin") is None)
+
+
+@pytest.fixture
+def twin_log(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Console log of a test's own twin, attached to its report when it fails."""
+    log_path = tmp_path / "console.log"
+    request.config.stash[CONSOLE_LOG_KEY] = log_path
+    return log_path
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
