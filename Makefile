@@ -15,7 +15,7 @@ HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata 
 	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 openssl
 
 .PHONY: all setup host-packages binfmt venv image qemu test test-all lint unit image-test \
-	device-test device-test-all bench-boot clean
+	device-test device-test-all bench-boot bench-agent clean
 
 all: image
 
@@ -74,6 +74,9 @@ test-all: test
 
 bench-boot: image
 	$(PY) -m tests.bench.boot --board $(BOARD)
+
+bench-agent: image
+	$(PY) -m tests.bench.agent --board $(BOARD)
 
 clean:
 	rm -rf out

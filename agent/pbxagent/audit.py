@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import extensions, paths, policy, provision, rootcred, sshd, system
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(NamedTuple):
     id: str
     rule: str
     passed: bool

@@ -9,15 +9,17 @@ each imported module costs tens of milliseconds under emulation.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import policy
 from .passwords import Account, Kind
+
+if TYPE_CHECKING:
+    import argparse
 
 OK, REJECTED, ERROR = 0, 1, 2
 
@@ -33,7 +35,7 @@ def _print_json(data: object) -> None:
     print(json.dumps(data, indent=1, sort_keys=True))
 
 
-def _provision(_: argparse.Namespace) -> int:
+def _provision(_: object) -> int:
     from . import provision
 
     for step in provision.provision():
@@ -157,7 +159,7 @@ def _password_check(args: argparse.Namespace) -> int:
     candidate = sys.stdin.read().removesuffix("\n").removesuffix("\r")
     found = passwords.check(candidate, Kind(args.kind), _account(args, pol), pol.rules)
     if args.json:
-        _print_json({"accepted": not found, "reasons": [asdict(v) for v in found]})
+        _print_json({"accepted": not found, "reasons": [v._asdict() for v in found]})
     else:
         for violation in found:
             print(f"{violation.rule}: {violation.message}")
@@ -191,7 +193,7 @@ def _audit(args: argparse.Namespace) -> int:
     checks = audit.run(pol)
     passed = all(c.passed for c in checks)
     if args.json:
-        _print_json({"passed": passed, "checks": [asdict(c) for c in checks]})
+        _print_json({"passed": passed, "checks": [c._asdict() for c in checks]})
     else:
         for c in checks:
             print(f"{'PASS' if c.passed else 'FAIL'}  {c.id:24} {c.evidence}")
@@ -199,6 +201,8 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="pbxagent", description="pbxfw device agent")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -257,9 +261,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # Every boot runs `provision`; building the parser (argparse) alone would cost it a
+    # third of a second under emulation.
+    args: object = None
+    func = _provision if argv == ["provision"] else None
+    if func is None:
+        args = _parser().parse_args(argv)
+        func = args.func
     try:
-        return int(args.func(args))
+        return int(func(args))
     except (OSError, ValueError) as exc:
         print(f"pbxagent: error: {exc}", file=sys.stderr)
         return ERROR

@@ -4,8 +4,8 @@ each, never shared, kept for the SIP service in one root-only file on /data."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import atomic, paths
 from .passwords import Account, Kind, Rules, Violation, check, generate
@@ -15,8 +15,7 @@ class ExtensionError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class Extension:
+class Extension(NamedTuple):
     number: str
     secret: str
     pin: str
@@ -105,8 +104,7 @@ def rotate(numbers: list[str] | None, rules: Rules, secret_length: int) -> list[
     return chosen
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     number: str
     what: str  # "secret" or "pin"
     problems: tuple[Violation, ...]

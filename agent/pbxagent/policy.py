@@ -5,9 +5,8 @@ reported (file, key, reason) and the last good policy stays in force."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import atomic, paths
 from .passwords import Rules
@@ -19,8 +18,7 @@ class PolicyError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
     company: str
     extensions: tuple[str, ...]
     secret_length: int
@@ -149,8 +147,7 @@ def compose(defaults: Path, override: Path | None) -> tuple[Policy, dict[str, An
     return _build(source, flat), flat
 
 
-@dataclass(frozen=True)
-class Loaded:
+class Loaded(NamedTuple):
     policy: Policy
     origin: str  # "defaults", "site override" or "last good"
     error: str | None  # why the override is not in force, when it is not
@@ -206,6 +203,3 @@ def _last_good() -> tuple[Policy, dict[str, Any], dict[str, Any]] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
-
-def as_dict(policy: Policy) -> dict[str, Any]:
-    return asdict(policy)

@@ -10,9 +10,9 @@ Files (all on the data partition, root-only):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
 from . import atomic, paths, shadow, xcrypt
 from .passwords import Account, Kind, Rules, generate
@@ -33,8 +33,7 @@ class Status(StrEnum):
     USER_SET = "user-set"  # changed by an administrator
 
 
-@dataclass
-class Record:
+class Record(NamedTuple):
     """What the agent knows about the hash in force."""
 
     crypt_hash: str = ""
@@ -94,10 +93,10 @@ def classify_hash(crypt_hash: str, macs: tuple[str, ...]) -> str:
     """"default", "derived" or "clean" (locked hashes are clean: nothing to guess)."""
     if not crypt_hash.startswith("$"):
         return "clean"
-    if any(xcrypt.verify(word, crypt_hash) for word in KNOWN_DEFAULTS):
+    if xcrypt.matches_any(list(KNOWN_DEFAULTS), crypt_hash):
         return "default"
     candidates = sorted(set().union(*(mac_candidates(mac) for mac in macs))) if macs else []
-    if any(xcrypt.verify(word, crypt_hash) for word in candidates):
+    if xcrypt.matches_any(candidates, crypt_hash):
         return "derived"
     return "clean"
 
@@ -112,7 +111,7 @@ def _load_record() -> Record:
 
 
 def _save_record(record: Record) -> None:
-    atomic.write(record_path(), json.dumps(asdict(record), sort_keys=True) + "\n", 0o600)
+    atomic.write(record_path(), json.dumps(record._asdict(), sort_keys=True) + "\n", 0o600)
 
 
 def _stored_hash() -> str | None:
@@ -177,8 +176,7 @@ def rotate(rules: Rules, reason: str) -> None:
     _save_record(record)
     shadow.set_root(crypt_hash, change_at_login=True)
     _show_once(password, reason)
-    record.shown = True
-    _save_record(record)
+    _save_record(record._replace(shown=True))
 
 
 def repair(rules: Rules) -> str:
@@ -199,7 +197,7 @@ def repair(rules: Rules) -> str:
         shadow.set_root(crypt_hash, change_at_login=must_change)
     if must_change and not record.shown:
         _show_once(initial_path().read_text().strip(), "root's one-time password (not shown before a power cut)")
-        record.shown = True
+        record = record._replace(shown=True)
         _save_record(record)
     return f"root credential: {status(record, crypt_hash).value}"
 

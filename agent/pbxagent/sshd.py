@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import atomic, paths, system
 
@@ -20,8 +20,7 @@ class SshError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class State:
+class State(NamedTuple):
     enabled: bool = False
     port: int = 22
 

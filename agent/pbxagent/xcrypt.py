@@ -6,10 +6,14 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+# crypt_rn with caller-owned scratch (struct crypt_data, 32768 bytes in libxcrypt) is
+# thread-safe, and cffi releases the GIL around the call: several candidates can be
+# checked at once, one per core.
 _CDEF = """
-char *crypt(const char *phrase, const char *setting);
+char *crypt_rn(const char *phrase, const char *setting, void *data, int size);
 char *crypt_gensalt(const char *prefix, unsigned long count, const char *rbytes, int nrbytes);
 """
+_CRYPT_DATA_SIZE = 32768
 
 # The method new hashes use: yescrypt, as Debian's PAM does.
 DEFAULT_PREFIX = "$y$"
@@ -30,7 +34,8 @@ def _lib() -> tuple[Any, Any]:
 
 def _crypt(phrase: str, setting: str) -> str:
     ffi, lib = _lib()
-    out = lib.crypt(phrase.encode(), setting.encode())
+    scratch = ffi.new("char[]", _CRYPT_DATA_SIZE)
+    out = lib.crypt_rn(phrase.encode(), setting.encode(), scratch, _CRYPT_DATA_SIZE)
     # libxcrypt returns a string starting with "*" (never a valid hash) on failure.
     result = "" if out == ffi.NULL else ffi.string(out).decode()
     if not result or result.startswith("*"):
@@ -57,3 +62,27 @@ def verify(password: str, crypt_hash: str) -> bool:
         return hmac.compare_digest(_crypt(password, crypt_hash), crypt_hash)
     except CryptError:
         return False
+
+
+def matches_any(words: list[str], crypt_hash: str) -> bool:
+    """Whether any of `words` hashes to `crypt_hash`, checked on every core: a slow hash
+    against dozens of candidates is most of a first boot's provisioning."""
+    import os
+    import threading
+
+    found = threading.Event()
+
+    def worker(share: list[str]) -> None:
+        for word in share:
+            if found.is_set():
+                return
+            if verify(word, crypt_hash):
+                found.set()
+
+    lanes = max(1, min(os.cpu_count() or 1, 4, len(words)))
+    threads = [threading.Thread(target=worker, args=(words[i::lanes],)) for i in range(lanes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return found.is_set()

@@ -33,16 +33,22 @@ def milestones(console: SerialConsole, marks: list[tuple[str, str]], started: fl
     return seen
 
 
+def direct_boot_files(out: Path) -> tuple[Path, Path]:
+    """The kernel and initramfs the build put in the slot, for QEMU's -kernel."""
+    return next((out / "work" / "kernel" / "boot").glob("vmlinuz-*")), out / "work" / "initrd.img"
+
+
 def boot(
-    board: config.Board, disk: Path, work: Path, direct: tuple[Path, Path] | None
+    board: config.Board, disk: Path, work: Path, direct: tuple[Path, Path] | None, append: str = ""
 ) -> tuple[dict[str, float], SerialConsole, target.QemuTarget]:
-    """Boot and time the milestones; `direct` = (kernel, initramfs) for the baseline."""
+    """Boot and time the milestones; `direct` = (kernel, initramfs) boots without U-Boot,
+    with `append` added to the kernel command line."""
     extra: tuple[str, ...] = ()
     marks = [("U-Boot", r"U-Boot 20\d\d"), ("kernel", r"Starting kernel"), ("login prompt", r"login: ?$")]
     if direct is not None:
         disk_layout = layout.for_board(board)
         cmdline = kernel_args(board, disk_layout, "A", str(disk_layout.get("rootfs_a").number))
-        extra = ("-kernel", str(direct[0]), "-initrd", str(direct[1]), "-append", cmdline)
+        extra = ("-kernel", str(direct[0]), "-initrd", str(direct[1]), "-append", f"{cmdline} {append}".strip())
         marks = [("login prompt", r"login: ?$")]
     twin = target.QemuTarget(board, disk, work / "qemu.log", extra=extra)
     twin.start()
@@ -72,8 +78,7 @@ def main() -> int:
             twin.stop()
 
         # Baseline on the same disk: the boot state does not matter without U-Boot.
-        kernel_image = next((out / "work" / "kernel" / "boot").glob("vmlinuz-*"))
-        base, console, twin = boot(cfg.board, disk, work, (kernel_image, out / "work" / "initrd.img"))
+        base, console, twin = boot(cfg.board, disk, work, direct_boot_files(out))
         console.close()
         twin.stop()
 

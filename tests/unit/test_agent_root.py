@@ -128,3 +128,12 @@ def test_on_demand_rotation_makes_a_new_password(tree: Path) -> None:
     first = rootcred.initial_path().read_text()
     rootcred.rotate_now(Rules())
     assert rootcred.initial_path().read_text() != first
+
+
+def test_parallel_matching_finds_the_one_candidate_wherever_it_is() -> None:
+    crypt_hash = xcrypt.hash_password("needle", "$6$")
+    words = [f"hay{i}" for i in range(9)]
+    for position in range(10):
+        assert xcrypt.matches_any([*words[:position], "needle", *words[position:]], crypt_hash)
+    assert not xcrypt.matches_any(words, crypt_hash)
+    assert not xcrypt.matches_any([], crypt_hash)
