@@ -119,6 +119,23 @@ def test_agent_and_board_info_installed(rootfs: Path, build_config: BuildConfig)
     assert info["compatible"] == build_config.board.compatible
 
 
+def test_agent_runs_from_bytecode_with_its_pinned_wheel(rootfs: Path) -> None:
+    """A read-only root cannot cache bytecode: every module the agent imports is compiled
+    at build time, the pinned zxcvbn wheel included; its default policy ships with it."""
+    dist = rootfs / "usr/lib/python3/dist-packages"
+    for package in ("pbxagent", "zxcvbn"):
+        sources = sorted(p.stem for p in (dist / package).glob("*.py"))
+        compiled = sorted(p.name.split(".")[0] for p in (dist / package / "__pycache__").glob("*.pyc"))
+        assert sources and sources == compiled, package
+    assert (dist / "pbxagent/default-policy.yaml").is_file()
+    assert list(dist.glob("zxcvbn-4.5.0.dist-info"))
+
+
+def test_root_password_sync_is_enabled(rootfs: Path) -> None:
+    link = rootfs / "etc/systemd/system/multi-user.target.wants/pbx-root-sync.path"
+    assert link.is_symlink()
+
+
 def test_kernel_modules_for_runtime_are_present(rootfs: Path) -> None:
     modules = next((rootfs / "usr/lib/modules").iterdir())
     dep = (modules / "modules.dep").read_text()
