@@ -12,7 +12,7 @@ PYTEST := $(VENV)/bin/pytest
 HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata \
 	qemu-system-arm qemu-utils ipxe-qemu u-boot-qemu u-boot-tools device-tree-compiler \
 	squashfs-tools dosfstools mtools fdisk e2fsprogs libubootenv-tool kmod cpio \
-	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 openssl
+	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 openssl nftables
 
 .PHONY: all setup host-packages binfmt venv image qemu test test-all lint unit image-test \
 	device-test device-test-all bench-boot bench-agent clean

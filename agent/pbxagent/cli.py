@@ -200,6 +200,89 @@ def _audit(args: argparse.Namespace) -> int:
     return OK if passed else REJECTED
 
 
+def _policy_from(file: Path | None) -> policy.Policy:
+    """The policy in force, or the defaults with FILE laid over them (raises on error)."""
+    return policy.compose(policy.DEFAULTS, file)[0] if file else _policy()
+
+
+def _firewall_render(args: argparse.Namespace) -> int:
+    from . import firewall, guard, lan
+
+    pol = _policy_from(args.policy)
+    addresses = [lan.IfAddr("arg", a) for a in args.address] if args.address else lan.read_addresses()
+    print(firewall.compile_ruleset(pol.firewall, guard.segments(addresses), guard.own_addresses(addresses)), end="")
+    return OK
+
+
+def _firewall_apply(args: argparse.Namespace) -> int:
+    import time
+
+    from . import guard
+
+    started = time.monotonic()
+    guard.apply(_policy_from(args.policy))
+    print(f"pbxagent: firewall applied in {time.monotonic() - started:.2f} s")
+    return OK
+
+
+def _lan_classify(args: argparse.Namespace) -> int:
+    from . import lan
+
+    decisions = lan.classify([lan.IfAddr("arg", a) for a in args.address], _policy().firewall.allow)
+    for decision in decisions:
+        if decision.trusted:
+            print(decision.network)
+    return OK
+
+
+def _lan_status(args: argparse.Namespace) -> int:
+    from . import lan
+
+    decisions = lan.classify(lan.read_addresses(), _policy().firewall.allow)
+    if args.json:
+        _print_json([d._asdict() for d in decisions])
+    else:
+        for d in decisions:
+            print(f"{'trusted  ' if d.trusted else 'untrusted'} {d.network:24} {d.reason}")
+    return OK
+
+
+def _bans_list(args: argparse.Namespace) -> int:
+    from . import bans
+
+    current = bans.current()
+    if args.json:
+        _print_json([b._asdict() for b in current])
+    else:
+        for ban in current:
+            print(f"{ban.address}\t{ban.expires_in} s left")
+    return OK
+
+
+def _bans_add(args: argparse.Namespace) -> int:
+    from . import bans, guard, lan
+
+    bans.add(args.address, args.seconds, guard.exempt_networks(_policy(), lan.read_addresses()))
+    bans.save()
+    print(f"pbxagent: {args.address} banned for {args.seconds} s")
+    return OK
+
+
+def _bans_remove(args: argparse.Namespace) -> int:
+    from . import bans
+
+    bans.remove(args.address)
+    print(f"pbxagent: {args.address} unbanned")
+    return OK
+
+
+def _guard(_: argparse.Namespace) -> int:
+    from . import guard
+
+    guard.run(_policy(), lambda line: print(f"pbxagent: {line}", flush=True))
+    return OK
+
+
 def _parser() -> argparse.ArgumentParser:
     import argparse
 
@@ -254,6 +337,29 @@ def _parser() -> argparse.ArgumentParser:
     pol = group("policy", "the agent's policy")
     pcheck = command(pol, "check", _policy_check, "validate a policy override before installing it")
     pcheck.add_argument("file", nargs="?", type=Path, help=f"default: {policy.override_path()}")
+
+    fw = group("firewall", "the nftables firewall compiled from the policy")
+    render = command(fw, "render", _firewall_render, "print the ruleset without touching the system")
+    apply = command(fw, "apply", _firewall_apply, "check the ruleset (nft -c) and apply it in one transaction")
+    for cmd in (render, apply):
+        cmd.add_argument("--policy", type=Path, metavar="FILE", help="a policy override to use instead of the site's")
+    render.add_argument("--address", action="append", metavar="ADDR/PREFIX",
+                        help="interface addresses to compile for (default: the system's)")
+
+    lan_group = group("lan", "the trusted LAN")
+    classify = command(lan_group, "classify", _lan_classify, "print the trusted networks for these addresses")
+    classify.add_argument("address", nargs="+", metavar="ADDR/PREFIX")
+    command(lan_group, "status", _lan_status, "trusted and untrusted networks of this box, and why", json_flag=True)
+
+    ban = group("bans", "the ban list shared by SIP, SSH and web logins")
+    command(ban, "list", _bans_list, "banned addresses and the time left", json_flag=True)
+    ban_add = command(ban, "add", _bans_add, "ban an address (never a trusted or allow-listed one)")
+    ban_add.add_argument("address")
+    ban_add.add_argument("--seconds", type=int, default=3600)
+    ban_remove = command(ban, "remove", _bans_remove, "lift a ban")
+    ban_remove.add_argument("address")
+
+    command(sub, "guard", _guard, "apply the firewall and follow address changes (the pbx-guard service)")
 
     aud = command(sub, "audit", _audit, "check every credential rule, with evidence", json_flag=True)
     aud.add_argument("--fix", action="store_true", help="regenerate weak secrets and PINs first")

@@ -5,17 +5,16 @@ reported (file, key, reason) and the last good policy stays in force."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import atomic, paths
+from . import atomic, netpolicy, paths
+from .errors import PolicyError as PolicyError
+from .netpolicy import Firewall
 from .passwords import Rules
 
 DEFAULTS = Path(__file__).with_name("default-policy.yaml")
-
-
-class PolicyError(ValueError):
-    pass
 
 
 class Policy(NamedTuple):
@@ -24,7 +23,10 @@ class Policy(NamedTuple):
     secret_length: int
     rules: Rules
     ssh_port: int
+    firewall: Firewall
 
+
+Parser = Callable[[Path, str, Any], object]
 
 # key path -> (type, lowest, highest); lowest/highest bound ints (and list lengths).
 # The floors are REQUIREMENTS §1's: a site may tighten them, never loosen them.
@@ -39,6 +41,26 @@ _SCHEMA: dict[str, tuple[type, int, int]] = {
     "passwords.min_special": (int, 1, 16),
     "passwords.pin_length": (int, 6, 12),
     "ssh.port": (int, 1, 65535),
+    "lan.allow": (list, 0, 1000),
+    "firewall.ping": (bool, 0, 1),
+    "firewall.drop_all": (bool, 0, 1),
+    "firewall.refuse_ami": (bool, 0, 1),
+    "firewall.services": (list, 0, 64),
+    "firewall.rules": (list, 0, 256),
+    "firewall.block": (list, 0, 100_000),
+    "firewall.rate_limits": (list, 0, 32),
+    "firewall.flood_pps": (list, 2, 2),
+}
+# Lists whose items need more than a type: each parser raises a PolicyError naming
+# the item (firewall.services[2].ports) and returns the typed value.
+_PARSERS: dict[str, Parser] = {
+    "extensions.preconfigured": lambda path, _key, value: expand_extensions(path, value),
+    "lan.allow": netpolicy.networks,
+    "firewall.services": netpolicy.services,
+    "firewall.rules": netpolicy.rules,
+    "firewall.block": netpolicy.networks,
+    "firewall.rate_limits": netpolicy.rate_limits,
+    "firewall.flood_pps": netpolicy.flood,
 }
 _SECTIONS = {key.split(".")[0] for key in _SCHEMA if "." in key}
 
@@ -90,14 +112,16 @@ def _check(path: Path, key: str, value: Any) -> None:
     kind, low, high = _SCHEMA[key]
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise PolicyError(f"{path}: {key}: must be an integer, not {value!r}")
+    if kind is bool and not isinstance(value, bool):
+        raise PolicyError(f"{path}: {key}: must be true or false, not {value!r}")
     if not isinstance(value, kind):
         raise PolicyError(f"{path}: {key}: must be a {kind.__name__}, not {type(value).__name__}")
     size = value if isinstance(value, int) else len(value) if isinstance(value, str | list) else 0
     if not low <= size <= high:
         what = "" if isinstance(value, int) else "length "
         raise PolicyError(f"{path}: {key}: {what}{size} is outside {low}..{high}")
-    if isinstance(value, list):
-        expand_extensions(path, value)
+    if key in _PARSERS:
+        _PARSERS[key](path, key, value)
 
 
 def expand_extensions(path: Path, items: list[Any]) -> tuple[str, ...]:
@@ -131,6 +155,17 @@ def _build(source: Path, flat: dict[str, Any]) -> Policy:
         secret_length=max(flat["extensions.secret_length"], rules.min_length),
         rules=rules,
         ssh_port=flat["ssh.port"],
+        firewall=Firewall(
+            ping=flat["firewall.ping"],
+            drop_all=flat["firewall.drop_all"],
+            refuse_ami=flat["firewall.refuse_ami"],
+            services=netpolicy.services(source, "firewall.services", flat["firewall.services"]),
+            rules=netpolicy.rules(source, "firewall.rules", flat["firewall.rules"]),
+            block=netpolicy.networks(source, "firewall.block", flat["firewall.block"]),
+            allow=netpolicy.networks(source, "lan.allow", flat["lan.allow"]),
+            rate_limits=netpolicy.rate_limits(source, "firewall.rate_limits", flat["firewall.rate_limits"]),
+            flood_pps=netpolicy.flood(source, "firewall.flood_pps", flat["firewall.flood_pps"]),
+        ),
     )
 
 

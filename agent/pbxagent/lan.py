@@ -1,0 +1,77 @@
+"""Which networks count as the trusted LAN (REQUIREMENTS §2).
+
+An interface's own segment is trusted only when it is private (RFC 1918 or IPv6 ULA):
+a public segment is shared with strangers. The policy's allow-list is added. The
+decision is a pure function of the addresses, so the host can test it; reading the
+addresses and following their changes (netlink) happens at the edge.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import NamedTuple
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+PRIVATE: tuple[Network, ...] = (
+    ipaddress.ip_network("10.0.0.0/8"),
+    ipaddress.ip_network("172.16.0.0/12"),
+    ipaddress.ip_network("192.168.0.0/16"),
+    ipaddress.ip_network("fc00::/7"),
+)
+
+
+class IfAddr(NamedTuple):
+    ifname: str
+    address: str  # "192.168.1.10/24"
+
+
+class Decision(NamedTuple):
+    network: str
+    trusted: bool
+    reason: str
+
+
+def _private(net: Network) -> str | None:
+    for block in PRIVATE:
+        if net.version == block.version and net.subnet_of(block):  # type: ignore[arg-type]
+            return "ULA" if net.version == 6 else "RFC 1918"
+    return None
+
+
+def classify(addresses: Iterable[IfAddr], allow: Iterable[str] = ()) -> list[Decision]:
+    """Every interface segment and allow-list entry, trusted or not, with the reason."""
+    decisions: dict[str, Decision] = {}
+    for ifname, address in addresses:
+        interface = ipaddress.ip_interface(address)
+        net = interface.network
+        if interface.ip.is_loopback or interface.ip.is_link_local:
+            continue
+        kind = _private(net)
+        if kind:
+            decision = Decision(str(net), True, f"{ifname} {address}: private segment ({kind})")
+        else:
+            decision = Decision(str(net), False, f"{ifname} {address}: public segment, shared with strangers")
+        if str(net) not in decisions or decision.trusted:
+            decisions[str(net)] = decision
+    for entry in allow:
+        net = ipaddress.ip_network(entry, strict=False)
+        decisions[str(net)] = Decision(str(net), True, "allow-list (policy lan.allow)")
+    return sorted(decisions.values(), key=lambda d: (ipaddress.ip_network(d.network).version, d.network))
+
+
+def trusted(addresses: Iterable[IfAddr], allow: Iterable[str] = ()) -> list[str]:
+    return [d.network for d in classify(addresses, allow) if d.trusted]
+
+
+def read_addresses() -> list[IfAddr]:
+    """The system's interface addresses, from the kernel over netlink."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        return sorted(
+            IfAddr(names.get(msg["index"], "?"), f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+            for msg in ipr.get_addr()
+        )

@@ -1,0 +1,172 @@
+"""The network guard's pure core: trusted-LAN classification, the compiled ruleset
+(golden file, and real nft in a throw-away network namespace), rate maths, policy
+errors for the network keys."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pbxagent import firewall, lan, policy
+from pbxagent.lan import IfAddr
+
+GOLDEN = Path(__file__).parent / "golden" / "firewall-default.nft"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def default_policy() -> policy.Policy:
+    return policy.compose(policy.DEFAULTS, None)[0]
+
+
+@pytest.mark.parametrize(
+    ("addresses", "trusted"),
+    [
+        (["192.168.1.10/24"], ["192.168.1.0/24"]),
+        (["10.1.2.3/8"], ["10.0.0.0/8"]),
+        (["172.20.0.5/16"], ["172.20.0.0/16"]),
+        (["172.32.0.5/16"], []),  # just outside 172.16/12
+        (["203.0.113.7/24"], []),  # a public WAN segment is shared with strangers
+        (["100.64.3.4/10"], []),  # carrier-grade NAT is not RFC 1918
+        (["fd12:3456::1/64"], ["fd12:3456::/64"]),
+        (["2001:db8::1/64", "fe80::1/64"], []),  # global and link-local IPv6
+        (["192.168.1.10/24", "203.0.113.7/24", "fd00::5/64"], ["192.168.1.0/24", "fd00::/64"]),
+        (["127.0.0.1/8", "::1/128"], []),
+    ],
+)
+def test_only_private_segments_are_trusted(addresses: list[str], trusted: list[str]) -> None:
+    assert lan.trusted([IfAddr("eth0", a) for a in addresses]) == trusted
+
+
+def test_allow_list_is_trusted_with_its_reason_and_changes_follow() -> None:
+    before = lan.classify([IfAddr("eth0", "192.168.1.10/24")], ["198.51.100.7"])
+    assert [(d.network, d.reason) for d in before if d.trusted] == [
+        ("192.168.1.0/24", "eth0 192.168.1.10/24: private segment (RFC 1918)"),
+        ("198.51.100.7/32", "allow-list (policy lan.allow)"),
+    ]
+    after = lan.trusted([IfAddr("eth0", "192.168.7.10/24")])
+    assert after == ["192.168.7.0/24"]  # a new lease: the old segment is gone
+
+
+@pytest.mark.parametrize(("packets", "seconds", "expected"), [
+    (100, 60, "100/minute"), (40, 2, "20/second"), (80, 2, "40/second"), (10, 60, "10/minute"),
+    (7, 3, "140/minute"), (1, 3600, "1/hour"), (200, 1, "200/second"), (7, 11, "39/minute"),
+])
+def test_rate_maths(packets: int, seconds: int, expected: str) -> None:
+    assert firewall.rate(packets, seconds) == expected
+
+
+def test_default_ruleset_matches_the_golden_file() -> None:
+    text = firewall.compile_ruleset(default_policy().firewall, ["10.0.2.0/24", "fd00::/64"], ["10.0.2.15"])
+    if os.environ.get("PBXFW_UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "ruleset changed: review, then rerun with PBXFW_UPDATE_GOLDEN=1"
+
+
+def test_every_option_compiles_to_its_rules() -> None:
+    fw = default_policy().firewall._replace(
+        ping=False, drop_all=True, refuse_ami=False, allow=("198.51.100.7/32",), block=("203.0.113.0/24",),
+        rules=policy.netpolicy.rules(Path("p"), "firewall.rules", [
+            {"action": "drop", "proto": "udp", "ports": "5060", "source": "192.0.2.0/24"},
+            {"action": "accept", "mac": "52:54:00:AA:BB:CC"},
+        ]),
+    )
+    text = firewall.compile_ruleset(fw, ["10.0.2.0/24"])
+    assert "echo-request" not in text
+    assert "trusted LAN\"" not in text  # drop all: the LAN gets only what is accepted
+    assert 'ip saddr @trusted4 tcp dport 22 accept comment "ssh (LAN)"' in text
+    assert "dport 5038 drop" not in text
+    assert "add element inet pbx allow4 { 198.51.100.7/32 }" in text
+    assert "add element inet pbx block4 { 203.0.113.0/24 }" in text
+    assert 'ip saddr 192.0.2.0/24 udp dport 5060 drop comment "rule 0"' in text
+    assert 'ether saddr 52:54:00:aa:bb:cc accept comment "rule 1"' in text
+    ordered = [line for line in text.splitlines() if "rule 0" in line or "auto-defense" in line or "sip" in line]
+    assert "rule 0" in ordered[0]  # common rules come before auto-defense and services
+
+
+def test_a_block_list_entry_covering_the_box_is_refused() -> None:
+    fw = default_policy().firewall._replace(block=("10.0.0.0/8",))
+    with pytest.raises(firewall.FirewallError, match=r"firewall.block: 10.0.0.0/8 covers the device's own address "
+                                                     r"10.0.2.15"):
+        firewall.compile_ruleset(fw, [], ["10.0.2.15"])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("firewall:\n  services:\n    - {name: sip, proto: udp, ports: 70000}\n",
+     r"firewall\.services\[0\]\.ports: '70000' is outside 1\.\.65535"),
+    ("firewall:\n  block: [10.0.0.300/8]\n", r"firewall\.block\[0\]: '10\.0\.0\.300/8' is not an address or network"),
+    ("lan:\n  allow: [somewhere]\n", r"lan\.allow\[0\]: 'somewhere' is not an address"),
+    ("firewall:\n  rules:\n    - {action: reject}\n", r"firewall\.rules\[0\]\.action: 'reject' is not one of"),
+    ("firewall:\n  rules:\n    - {action: drop, port: 22}\n", r"firewall\.rules\[0\]\.port: unknown key"),
+    ("firewall:\n  rate_limits:\n    - {proto: udp, port: 5060, packets: 500, seconds: 2}\n",
+     r"firewall\.rate_limits\[0\]\.packets: 500 is outside 1\.\.200"),
+    ("firewall:\n  ping: maybe\n", r"firewall\.ping: must be true or false"),
+    ("firewall:\n  flood_pps: [2000, 500]\n", r"firewall\.flood_pps: .* ascending"),
+    ("firewal:\n  ping: false\n", r"firewal: unknown key"),
+])
+def test_bad_network_policy_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    override = tmp_path / "policy.yaml"
+    override.write_text(text)
+    with pytest.raises(policy.PolicyError, match=message) as error:
+        policy.compose(policy.DEFAULTS, override)
+    assert str(error.value).startswith(str(override))
+
+
+def in_namespace(script: str) -> subprocess.CompletedProcess[str]:
+    """Run Python in a fresh network namespace: real nft, no effect on the host."""
+    if shutil.which("nft") is None or shutil.which("unshare") is None:
+        pytest.fail("nft and unshare are host requirements (make setup installs nftables)")
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a network namespace (CI runs as root)")
+    return subprocess.run(["unshare", "--net", sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_ruleset_applies_twice_keeping_bans_and_the_base_table_goes() -> None:
+    done = in_namespace("""
+import subprocess
+from pbxagent import bans, firewall, nft, policy
+fw = policy.compose(policy.DEFAULTS, None)[0].firewall
+subprocess.run(["nft", "-f", "overlay/etc/nftables.conf"], check=True)
+nft.apply(firewall.compile_ruleset(fw, ["10.0.2.0/24"]))
+bans.add("203.0.113.9", 600, ["10.0.2.0/24"])
+nft.apply(firewall.compile_ruleset(fw, ["192.168.5.0/24"]))
+print([b.address for b in bans.current()])
+print(nft.set_elements("inet pbx", "trusted4"))
+print(subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout.split())
+nft.run(firewall.trusted_update(["172.16.1.0/24"]))
+print(nft.set_elements("inet pbx", "trusted4"))
+""")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "['203.0.113.9']"
+    assert "192.168.5.0" in lines[1] and "10.0.2.0" not in lines[1]
+    assert lines[2] == "['table', 'inet', 'pbx']"
+    assert "172.16.1.0" in lines[3]
+
+
+def test_bans_refuse_trusted_addresses_and_survive_a_save_and_restore(tmp_path: Path) -> None:
+    done = in_namespace(f"""
+import os
+os.environ["PBXAGENT_ROOT"] = "{tmp_path}"
+from pbxagent import bans, firewall, nft, policy
+fw = policy.compose(policy.DEFAULTS, None)[0].firewall
+nft.apply(firewall.compile_ruleset(fw, ["10.0.2.0/24"]))
+try:
+    bans.add("10.0.2.99", 600, ["10.0.2.0/24"])
+except bans.BanError as exc:
+    print("refused:", exc)
+bans.add("2001:db8::66", 600, [])
+bans.add("203.0.113.9", 600, [])
+bans.save()
+bans.remove("203.0.113.9")
+nft.command("flush", "set", "inet", "pbx", "ban6")
+print(bans.restore([]), [b.address for b in bans.current()])
+""")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "refused: 10.0.2.99 is in 10.0.2.0/24, which is trusted or allow-listed and never banned"
+    assert lines[1] == "1 ['2001:db8::66']"  # removed stays removed; the saved one comes back
