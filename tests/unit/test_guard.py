@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from pbxagent import firewall, lan, policy
+from pbxagent import firewall, lan, netpolicy, policy
 from pbxagent.lan import IfAddr
 
 GOLDEN = Path(__file__).parent / "golden" / "firewall-default.nft"
@@ -69,7 +69,7 @@ def test_default_ruleset_matches_the_golden_file() -> None:
 def test_every_option_compiles_to_its_rules() -> None:
     fw = default_policy().firewall._replace(
         ping=False, drop_all=True, refuse_ami=False, allow=("198.51.100.7/32",), block=("203.0.113.0/24",),
-        rules=policy.netpolicy.rules(Path("p"), "firewall.rules", [
+        rules=netpolicy.rules(Path("p"), "firewall.rules", [
             {"action": "drop", "proto": "udp", "ports": "5060", "source": "192.0.2.0/24"},
             {"action": "accept", "mac": "52:54:00:AA:BB:CC"},
         ]),
