@@ -217,11 +217,42 @@ def _firewall_render(args: argparse.Namespace) -> int:
 def _firewall_apply(args: argparse.Namespace) -> int:
     import time
 
-    from . import guard
+    from . import guard, rollback
 
+    if not 5 <= args.rollback_after <= 600:
+        print(f"pbxagent: error: --rollback-after {args.rollback_after}: must be 5..600", file=sys.stderr)
+        return ERROR
+    current = _policy()
+    proposed = _policy_from(args.policy)
     started = time.monotonic()
-    guard.apply(_policy_from(args.policy))
-    print(f"pbxagent: firewall applied in {time.monotonic() - started:.2f} s")
+    guard.apply(proposed)
+    took = time.monotonic() - started
+    changes = rollback.risky(current.firewall, proposed.firewall) if args.policy else []
+    if changes:
+        rollback.hold(args.policy, args.rollback_after)
+        print(f"pbxagent: firewall applied in {took:.2f} s; it changes {', '.join(changes)}, which admit the "
+              f"administrator: run `pbxagent firewall confirm` within {args.rollback_after} s or it is rolled back")
+        return OK
+    if args.policy:
+        rollback.install(args.policy)
+    print(f"pbxagent: firewall applied in {took:.2f} s")
+    return OK
+
+
+def _firewall_confirm(_: argparse.Namespace) -> int:
+    from . import rollback
+
+    rollback.confirm()
+    print("pbxagent: firewall change confirmed; it is now the site policy")
+    return OK
+
+
+def _firewall_rollback(_: argparse.Namespace) -> int:
+    from . import guard, rollback
+
+    rollback.discard()
+    guard.apply(_policy())
+    print("pbxagent: firewall change not confirmed: the previous policy is applied again", flush=True)
     return OK
 
 
@@ -343,6 +374,10 @@ def _parser() -> argparse.ArgumentParser:
     apply = command(fw, "apply", _firewall_apply, "check the ruleset (nft -c) and apply it in one transaction")
     for cmd in (render, apply):
         cmd.add_argument("--policy", type=Path, metavar="FILE", help="a policy override to use instead of the site's")
+    apply.add_argument("--rollback-after", type=int, default=60, metavar="SECONDS",
+                       help="how long a change to who may reach the box waits for confirmation (default 60)")
+    command(fw, "confirm", _firewall_confirm, "keep a firewall change that is waiting for confirmation")
+    command(fw, "rollback", _firewall_rollback, "drop a waiting change and apply the site policy again")
     render.add_argument("--address", action="append", metavar="ADDR/PREFIX",
                         help="interface addresses to compile for (default: the system's)")
 

@@ -63,6 +63,25 @@ def test_a_bad_policy_is_refused_and_the_running_ruleset_stays(device: Device) -
     assert device.check("nft list chain inet pbx input") == before
 
 
+def test_drop_all_is_rolled_back_unless_confirmed(device: Device) -> None:
+    device.check("printf 'firewall:\\n  drop_all: true\\n' > /tmp/drop-all.yaml")
+    applied = device.check("pbxagent firewall apply --policy /tmp/drop-all.yaml --rollback-after 10 2>&1",
+                           timeout=120)
+    assert "it changes drop_all" in applied and "within 10 s" in applied
+    assert 'comment "trusted LAN"' not in device.check("nft list chain inet pbx input")
+    wait_for(device, "nft list chain inet pbx input | grep -q 'trusted LAN'", 90)  # rolled back by itself
+    assert device.run("test -e /data/pbx/policy.yaml").status == 1  # never became the site policy
+    try:
+        device.check("pbxagent firewall apply --policy /tmp/drop-all.yaml --rollback-after 10", timeout=120)
+        device.check("pbxagent firewall confirm", timeout=60)
+        device.check("sleep 15")
+        assert 'comment "trusted LAN"' not in device.check("nft list chain inet pbx input")
+        assert "drop_all: true" in device.check("cat /data/pbx/policy.yaml")
+    finally:
+        device.check("rm -f /data/pbx/policy.yaml && pbxagent firewall apply", timeout=120)
+    assert 'comment "trusted LAN"' in device.check("nft list chain inet pbx input")
+
+
 def test_a_ban_survives_a_reboot(device: Device) -> None:
     device.check("pbxagent bans add 198.51.100.77 --seconds 3600 2>/dev/null")
     device.reboot()

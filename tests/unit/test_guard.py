@@ -170,3 +170,14 @@ print(bans.restore([]), [b.address for b in bans.current()])
     lines = done.stdout.splitlines()
     assert lines[0] == "refused: 10.0.2.99 is in 10.0.2.0/24, which is trusted or allow-listed and never banned"
     assert lines[1] == "1 ['2001:db8::66']"  # removed stays removed; the saved one comes back
+
+
+def test_changes_that_admit_the_administrator_are_risky() -> None:
+    from pbxagent import rollback
+
+    current = default_policy().firewall
+    assert rollback.risky(current, current._replace(ping=False, refuse_ami=False, flood_pps=(600, 3000))) == []
+    assert rollback.risky(current, current._replace(drop_all=True)) == ["drop_all"]
+    assert rollback.risky(current, current._replace(services=current.services[:2], allow=("192.0.2.1/32",))) == [
+        "services", "allow"]
+    assert rollback.risky(current, current._replace(block=("203.0.113.0/24",))) == ["block"]
