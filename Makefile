@@ -15,7 +15,7 @@ HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata 
 	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 openssl nftables
 
 .PHONY: all setup host-packages binfmt venv image qemu test test-all lint unit image-test \
-	device-test device-test-all bench-boot bench-agent clean
+	device-test device-test-all bench-boot bench-agent bench-guard clean
 
 all: image
 
@@ -77,6 +77,9 @@ bench-boot: image
 
 bench-agent: image
 	$(PY) -m tests.bench.agent --board $(BOARD)
+
+bench-guard: image
+	$(PY) -m tests.bench.guard --board $(BOARD)
 
 clean:
 	rm -rf out

@@ -1,0 +1,86 @@
+"""`make bench-guard` (first part): firewall apply time on the twin with 0, 10,000 and
+100,000 banned addresses. The 0-ban apply in the same run is the baseline; the ban set
+is kept across applies (add/flush), so the figure shows what a full ban list costs.
+
+Ban latency and the REGISTER flood need the SIP service and the namespace network
+(issue 4, still open); they are not measured here yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from pbxfw import config, target
+from pbxfw.console import SerialConsole
+
+from tests.bench.boot import REPO
+
+GOAL_APPLY_S = 1.0
+SIZES = (0, 10_000, 100_000)
+RUNS = 3
+
+# Runs in the guest: fills ban4 with `count` addresses from 100.64.0.0/10 in batches.
+FILL = ("python3 -c 'import ipaddress,sys\n"
+        "n=int(sys.argv[1]); base=int(ipaddress.ip_address(\"100.64.0.0\"))\n"
+        "for s in range(0, n, 5000):\n"
+        "  items=\", \".join(\"%s timeout 1h\" % ipaddress.ip_address(base+i) for i in range(s, min(n, s+5000)))\n"
+        "  print(\"add element inet pbx ban4 { %s }\" % items)' {count} > /tmp/bans.nft && "
+        "nft flush set inet pbx ban4 && nft -f /tmp/bans.nft")
+COUNT = ("nft -j list set inet pbx ban4 | python3 -c 'import json,sys; "
+         "print(sum(len(i[\"set\"].get(\"elem\", [])) for i in json.load(sys.stdin)[\"nftables\"] if \"set\" in i))'")
+NFT_ALONE = "pbxagent firewall render > /tmp/fw.nft 2>/dev/null && { time -p nft -f /tmp/fw.nft; } 2>&1 | grep real"
+
+
+def _apply_seconds(console: SerialConsole) -> float:
+    output = console.run("pbxagent firewall apply 2>/dev/null", timeout=600).check()
+    match = re.search(r"applied in ([\d.]+) s", output)
+    if match is None:
+        raise SystemExit(f"bench-guard: unexpected output: {output}")
+    return float(match.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--board", default="qemu-u50")
+    parser.add_argument("--recipe", default="recipes/pbx.yml")
+    args = parser.parse_args()
+    cfg = config.load(config.board_spec(REPO, args.board, args.recipe))
+    out = REPO / "out" / cfg.board.name
+    results: dict[int, list[float]] = {}
+    nft_times: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        disk, password = target.prepare_disk(cfg.board, out / "disk.img", work)
+        with target.QemuTarget(cfg.board, disk, work / "qemu.log") as twin:
+            console = SerialConsole(twin.console_url, log=(work / "console.log").open("a"))
+            console.login("root", password)
+            console.run("systemctl is-active --wait pbx-guard.service", timeout=300)
+            for size in SIZES:
+                console.run(FILL.replace("{count}", str(size)), timeout=1800).check()
+                results[size] = [_apply_seconds(console) for _ in range(RUNS)]
+                held = int(console.run(COUNT, timeout=600).check().strip())
+                nft_alone = float(console.run(NFT_ALONE, timeout=600).check().split()[-1])
+                nft_times[size] = nft_alone
+                print(f"  {size:7d} bans ({held} in the set after applying): "
+                      f"{', '.join(f'{s:.2f}' for s in results[size])} s; nft -f alone {nft_alone:.2f} s", flush=True)
+                if held != size:
+                    raise SystemExit(f"bench-guard: {size} bans filled, {held} left after the applies")
+            console.close()
+    base = statistics.median(results[0])
+    print(f"\nbench-guard: {cfg.board.name} ({cfg.board.qemu.cpu}, TCG, no KVM), `pbxagent firewall apply` "
+          f"(nft -c, then nft -f), median of {RUNS}")
+    for size in SIZES:
+        median = statistics.median(results[size])
+        print(f"  {size:7d} banned: {median:5.2f} s  (x{median / base:.2f} of the 0-ban baseline; "
+              f"goal {GOAL_APPLY_S:.0f} s, ratio {median / GOAL_APPLY_S:.2f}); the nft transaction alone "
+              f"{nft_times[size]:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
