@@ -307,6 +307,14 @@ def _bans_remove(args: argparse.Namespace) -> int:
     return OK
 
 
+def _sip_render(_: argparse.Namespace) -> int:
+    from . import sip
+
+    for step in sip.render():
+        print(f"pbxagent: {step}")
+    return OK
+
+
 def _guard(_: argparse.Namespace) -> int:
     from . import guard
 
@@ -393,6 +401,9 @@ def _parser() -> argparse.ArgumentParser:
     ban_add.add_argument("--seconds", type=int, default=3600)
     ban_remove = command(ban, "remove", _bans_remove, "lift a ban")
     ban_remove.add_argument("address")
+
+    sip_group = group("sip", "the SIP service adapter")
+    command(sip_group, "render", _sip_render, "write the service's credentials and TLS files to /run/pbx/sip")
 
     command(sub, "guard", _guard, "apply the firewall and follow address changes (the pbx-guard service)")
 

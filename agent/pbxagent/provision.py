@@ -14,7 +14,7 @@ from pathlib import Path
 from . import atomic, extensions, paths, policy, rootcred, sshd
 
 # Every directory on /data the agent writes, all root-only.
-DATA_DIRS = ("credentials", "secrets", "state", "ssh")
+DATA_DIRS = ("credentials", "secrets", "state", "ssh", "tls")
 
 
 def ensure_data_layout() -> Path:

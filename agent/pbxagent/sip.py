@@ -1,0 +1,112 @@
+"""The adapter to the SIP service (kamailio): before each start it gets the
+extensions' credentials and the TLS files in /run/pbx/sip (tmpfs, readable by the
+service's group only). Other back ends would get an adapter of their own.
+
+Credentials go over as digest HA1 values (md5 of user:realm:secret) for the realm the
+configuration uses, so the service never holds the secrets themselves.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+from pathlib import Path
+
+from . import atomic, extensions, paths
+
+REALM = "pbx"
+SERVICE_GROUP = "kamailio"
+# kamailio's subscriber table schema version for auth_db.
+SUBSCRIBER_VERSION = 7
+
+
+def run_dir() -> Path:
+    return paths.run() / "sip"
+
+
+def tls_dir() -> Path:
+    return paths.data() / "tls"
+
+
+def ha1(user: str, secret: str, realm: str = REALM) -> str:
+    return hashlib.md5(f"{user}:{realm}:{secret}".encode(), usedforsecurity=False).hexdigest()
+
+
+def subscriber_table(store: dict[str, extensions.Extension]) -> str:
+    """db_text's file format: a typed header line, then one colon-separated row each."""
+    rows = ["id(int,auto) username(string) domain(string,null) ha1(string) ha1b(string)"]
+    for index, ext in enumerate(store.values(), start=1):
+        rows.append(f"{index}:{ext.number}:{REALM}:{ha1(ext.number, ext.secret)}:"
+                    f"{ha1(f'{ext.number}@{REALM}', ext.secret)}")
+    return "\n".join(rows) + "\n"
+
+
+def tls_config(cert: Path, key: Path) -> str:
+    return (
+        "[server:default]\n"
+        "method = TLSv1.2+\n"
+        "verify_certificate = no\n"
+        "require_certificate = no\n"
+        f"private_key = {key}\n"
+        f"certificate = {cert}\n"
+    )
+
+
+def ensure_certificate() -> bool:
+    """A self-signed certificate made on the device the first time; False if present.
+    The certificate is written last, so a key without one is a cut to redo."""
+    cert, key = tls_dir() / "cert.pem", tls_dir() / "key.pem"
+    if cert.exists() and key.exists():
+        return False
+    import datetime
+    import socket
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, socket.gethostname() or "pbx")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(socket.gethostname() or "pbx")]), critical=False)
+        .sign(private, hashes.SHA256())
+    )
+    atomic.write(key, private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()), 0o600)
+    atomic.write(cert, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    return True
+
+
+def _group() -> int | None:
+    try:
+        return grp.getgrnam(SERVICE_GROUP).gr_gid
+    except KeyError:
+        return None
+
+
+def render() -> list[str]:
+    """Write everything the service reads from /run/pbx/sip; returns what was done."""
+    done = ["TLS certificate made on this device"] if ensure_certificate() else []
+    gid = _group()
+    owner = (0, gid) if gid is not None else None
+    base = run_dir()
+    for directory in (base, base / "db"):
+        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if owner:
+            import os
+
+            os.chown(directory, *owner)
+    store = extensions.load()
+    atomic.write(base / "db" / "version", f"table_name(string) table_version(int)\nsubscriber:{SUBSCRIBER_VERSION}\n",
+                 0o640, owner)
+    atomic.write(base / "db" / "subscriber", subscriber_table(store), 0o640, owner)
+    for name in ("cert.pem", "key.pem"):
+        atomic.write(base / name, (tls_dir() / name).read_bytes(), 0o640, owner)
+    atomic.write(base / "tls.cfg", tls_config(base / "cert.pem", base / "key.pem"), 0o640, owner)
+    done.append(f"{len(store)} extensions and the TLS files written for the SIP service")
+    return done

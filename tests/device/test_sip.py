@@ -1,0 +1,66 @@
+"""The SIP service on the shared twin: digest auth with the agent's per-extension
+secrets, one answer for unknown user and wrong password, scanners unanswered, every
+failure logged with the packet's source, TLS on 5061 with the device's certificate."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.device.dut import Device
+
+CLIENT = Path(__file__).with_name("sipclient.py")
+
+
+@pytest.fixture(scope="module")
+def register(device: Device) -> Callable[..., str]:
+    """Copy the client to the twin (in chunks: a console line holds 4096 bytes)."""
+    encoded = base64.b64encode(CLIENT.read_bytes()).decode()
+    device.check("rm -f /tmp/sipclient.b64")
+    for start in range(0, len(encoded), 1000):
+        device.check(f"printf %s '{encoded[start:start + 1000]}' >> /tmp/sipclient.b64")
+    device.check("base64 -d /tmp/sipclient.b64 > /tmp/sipclient.py")
+    device.check("( for i in $(seq 600); do ss -Hlun 'sport = :5060' | grep -q . && exit 0; sleep 0.2; done; "
+                 "systemctl status kamailio --no-pager; exit 1 )", timeout=180)
+
+    def run(user: str, secret: str, agent: str = "pbxfw-test") -> str:
+        return device.check(f"python3 /tmp/sipclient.py '{user}' '{secret}' '{agent}'", timeout=60).strip()
+
+    return run
+
+
+def secret_of(device: Device, number: str) -> str:
+    rows = json.loads(device.check("pbxagent extensions list --json --show-secrets 2>/dev/null"))
+    return str(next(r["secret"] for r in rows if r["extension"] == number))
+
+
+def test_register_needs_the_extensions_own_secret(device: Device, register: Callable[..., str]) -> None:
+    assert register("800", secret_of(device, "800")) == "SIP/2.0 200 OK"
+    assert register("801", secret_of(device, "800")) == "SIP/2.0 401 Unauthorized"  # another extension's
+
+
+def test_unknown_user_and_wrong_password_look_the_same(device: Device, register: Callable[..., str]) -> None:
+    wrong = register("802", "Wrong-Secret-77xx")
+    unknown = register("999", "Wrong-Secret-77xx")
+    assert wrong == unknown == "SIP/2.0 401 Unauthorized"
+    log = device.check("journalctl -b -o cat -u kamailio | grep -c 'pbx-auth-failure src=127.0.0.1 ' || true")
+    assert int(log.strip()) >= 2
+
+
+def test_scanner_user_agents_get_no_answer(device: Device, register: Callable[..., str]) -> None:
+    assert register("800", "x", "friendly-scanner") == "timeout"
+    assert register("800", "x", "sipvicious 0.3") == "timeout"
+    assert "pbx-scanner src=127.0.0.1" in device.check("journalctl -b -o cat -u kamailio | tail -20")
+
+
+def test_tls_on_5061_with_the_devices_own_certificate(device: Device) -> None:
+    subject = device.check(
+        "python3 -c \"import socket,ssl; c=ssl.create_default_context(); c.check_hostname=False; "
+        "c.verify_mode=ssl.CERT_NONE; s=c.wrap_socket(socket.create_connection(('127.0.0.1',5061),10)); "
+        "print(s.version())\"")
+    assert subject.strip() in ("TLSv1.2", "TLSv1.3")
+    assert device.check("stat -c '%a %U' /data/pbx/tls/key.pem").strip() == "600 root"

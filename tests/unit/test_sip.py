@@ -1,0 +1,47 @@
+"""The SIP service adapter: what kamailio gets from the agent's store."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from pathlib import Path
+
+import pytest
+from pbxagent import extensions, sip
+from pbxagent.passwords import Rules
+
+
+@pytest.fixture
+def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PBXAGENT_ROOT", str(tmp_path))
+    return tmp_path
+
+
+def test_ha1_is_rfc2617s() -> None:
+    # RFC 2617's example user and realm, our secret: HA1 = MD5(user:realm:password).
+    assert sip.ha1("Mufasa", "Circle Of Life", "testrealm@host.com") == hashlib.md5(
+        b"Mufasa:testrealm@host.com:Circle Of Life").hexdigest()
+
+
+def test_subscriber_table_holds_digests_not_secrets(tree: Path) -> None:
+    extensions.ensure(("800", "801"), Rules(), 16)
+    store = extensions.load()
+    table = sip.subscriber_table(store).splitlines()
+    assert table[0] == "id(int,auto) username(string) domain(string,null) ha1(string) ha1b(string)"
+    assert table[1].split(":")[:3] == ["1", "800", "pbx"]
+    assert table[1].split(":")[3] == sip.ha1("800", store["800"].secret)
+    assert all(e.secret not in "\n".join(table) for e in store.values())
+
+
+def test_render_makes_the_certificate_once_and_private_files(tree: Path) -> None:
+    extensions.ensure(("800",), Rules(), 16)
+    first = sip.render()
+    assert first[0] == "TLS certificate made on this device"
+    cert = (sip.tls_dir() / "cert.pem").read_bytes()
+    assert b"BEGIN CERTIFICATE" in cert
+    assert stat.S_IMODE((sip.tls_dir() / "key.pem").stat().st_mode) == 0o600
+    assert sip.render()[0] != "TLS certificate made on this device"  # kept, not remade
+    assert (sip.tls_dir() / "cert.pem").read_bytes() == cert
+    for name in ("db/subscriber", "db/version", "tls.cfg", "key.pem"):
+        assert stat.S_IMODE((sip.run_dir() / name).stat().st_mode) == 0o640
+    assert "subscriber:7" in (sip.run_dir() / "db" / "version").read_text()
