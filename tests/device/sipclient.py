@@ -1,7 +1,7 @@
 """A minimal SIP REGISTER client for the device tests (standard library only: it runs
 on the twin, copied over the console). Prints the final status line, or "timeout".
 
-usage: python3 sipclient.py USER SECRET [USER-AGENT] [HOST] [PORT]
+usage: python3 sipclient.py USER SECRET [USER-AGENT] [HOST] [PORT] [SOURCE-ADDRESS]
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def main() -> int:
     host = sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1"
     port = int(sys.argv[5]) if len(sys.argv) > 5 else 5060
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if len(sys.argv) > 6:
+        sock.bind((sys.argv[6], 0))
     sock.settimeout(3)
     sock.connect((host, port))
     local = sock.getsockname()
