@@ -18,7 +18,10 @@ class Device:
         self.console = SerialConsole(url, log=self._log)
 
     def login(self, wake: bool = False) -> None:
+        """Log in, then wait until boot has finished: units that start late (boot-ok, the
+        guard) would otherwise write to the console in the middle of a command's output."""
         self.console.login("root", self.password, wake=wake)
+        self.run("systemctl is-system-running --wait >/dev/null", 180)
 
     def run(self, command: str, timeout: float = 60) -> Result:
         return self.console.run(command, timeout)

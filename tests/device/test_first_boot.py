@@ -21,11 +21,12 @@ OLD_BOX_MAC = "52:54:00:9a:bc:de"
 OLD_BOX_PASSWORD = "009ABCDE"  # the old firmware's rule: the MAC's last 8 characters
 
 
-
 def secrets_of(dut: Device) -> set[str]:
     """Every extension secret of a twin (test twins only: they die with the test)."""
     rows = json.loads(dut.check("pbxagent extensions list --json --show-secrets"))
     return {row["secret"] for row in rows}
+
+
 first_boot_secrets: dict[str, set[str]] = {}
 
 
