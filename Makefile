@@ -7,14 +7,18 @@ OUT := out/$(BOARD)
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
+# Update signing keys live outside the repository; `make image` makes a development
+# pair on first use and the image trusts every *.pub in KEYS.
+KEYS ?= $(HOME)/.config/pbxfw/keys
+SIGNING_KEY ?= $(KEYS)/dev.key
 
 # Host packages: image tools, QEMU and its firmware, and what the tests drive.
 HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata \
 	qemu-system-arm qemu-utils ipxe-qemu u-boot-qemu u-boot-tools device-tree-compiler \
 	squashfs-tools dosfstools mtools fdisk e2fsprogs libubootenv-tool kmod cpio \
-	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 openssl nftables
+	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 openssl nftables socat
 
-.PHONY: all setup host-packages binfmt venv image qemu test test-all lint unit image-test \
+.PHONY: all setup host-packages binfmt venv keys image bundle qemu test test-all lint unit image-test \
 	device-test device-test-all bench-boot bench-agent bench-guard clean
 
 all: image
@@ -45,8 +49,14 @@ $(VENV)/.ready: scripts/pyproject.toml agent/pyproject.toml requirements-dev.txt
 	$(VENV)/bin/pip install -q -e scripts -e agent -r requirements-dev.txt
 	touch $@
 
-image: setup
-	$(VENV)/bin/pbxfw image $(CONFIG) --out $(OUT)
+keys: venv
+	@test -f $(SIGNING_KEY) || $(VENV)/bin/pbxfw keys generate $(KEYS) --name $(basename $(notdir $(SIGNING_KEY)))
+
+image: setup keys
+	$(VENV)/bin/pbxfw image $(CONFIG) --out $(OUT) --trusted-keys $(KEYS)
+
+bundle: image
+	$(VENV)/bin/pbxfw bundle create --out $(OUT) --key $(SIGNING_KEY)
 
 qemu: setup
 	@test -f $(OUT)/disk.img || $(MAKE) image BOARD=$(BOARD) RECIPE=$(RECIPE)
@@ -63,7 +73,7 @@ image-test: image
 	$(PYTEST) tests/image --board $(BOARD)
 
 device-test: image
-	$(PYTEST) tests/device --board $(BOARD)
+	$(PYTEST) tests/device --board $(BOARD) --keys $(KEYS)
 
 # `make test`: lint, unit tests, the default board's image and its QEMU device tests.
 test: setup lint unit image-test device-test

@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--board", default="qemu-u50", help="board under board/ (default: qemu-u50)")
     parser.addoption("--recipe", default="recipes/pbx.yml", help="image recipe (default: recipes/pbx.yml)")
+    parser.addoption("--keys", default=str(Path.home() / ".config" / "pbxfw" / "keys"),
+                     help="update keys the image trusts; dev.key signs the test bundles")
     parser.addoption(
         "--console",
         default=None,

@@ -45,10 +45,66 @@ def _provision(_: object) -> int:
     return OK
 
 
-def _mark_good(_: argparse.Namespace) -> int:
-    from . import bootstate
+def _boot_check(args: argparse.Namespace) -> int:
+    from . import health, system
 
-    print(f"pbxagent: slot {bootstate.mark_good()} marked good")
+    healthy, lines = health.check_boot(args.wait)
+    for line in lines:
+        print(f"pbxagent: {line}", flush=True)
+    if not healthy and any("on probation" in line for line in lines):
+        system.systemctl("reboot", "--no-block")
+    return OK if healthy else REJECTED
+
+
+def _refused(exc: Exception) -> int:
+    from . import bundle
+
+    assert isinstance(exc, bundle.Rejected)
+    print(f"pbxagent: update refused ({exc.reason.name.lower().replace('_', ' ')}): {exc}", file=sys.stderr)
+    return int(exc.reason)
+
+
+def _update_install(args: argparse.Namespace) -> int:
+    from . import bundle, update
+
+    try:
+        print(f"pbxagent: {update.install(args.bundle)}")
+    except bundle.Rejected as exc:
+        return _refused(exc)
+    return OK
+
+
+def _update_verify(args: argparse.Namespace) -> int:
+    from . import bundle, update
+
+    try:
+        header = update.verify(args.bundle)
+    except bundle.Rejected as exc:
+        return _refused(exc)
+    m = header.manifest
+    print(f"pbxagent: {args.bundle}: good: {m.compatible} {m.version} (security version {m.security_version}), "
+          f"{m.payload_size} bytes")
+    return OK
+
+
+def _update_status(args: argparse.Namespace) -> int:
+    from . import update
+
+    current = update.status()
+    if args.json:
+        _print_json(current)
+        return OK
+    running, other = current["running_slot"], current["other_slot"]
+    for slot in (running, other):
+        release = current["slots"].get(slot)
+        text = f"{release['version']} (security version {release['security_version']})" if release else "unknown"
+        print(f"slot {slot}{' (running)' if slot == running else ''}: {text}, "
+              f"{current['attempts_left'][slot]} boot attempt(s) left")
+    print(f"boot order: {' '.join(current['boot_order'])}; security floor: {current['security_floor']}")
+    if current["pending"]:
+        print(f"on probation: slot {current['pending']['slot']} ({current['pending']['version']})")
+    last = current["last_result"]
+    print(f"last update: {last['result']}: {last['message']}" if last else "last update: none")
     return OK
 
 
@@ -340,7 +396,16 @@ def _parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text).add_subparsers(dest=f"{name}_command", required=True)
 
     command(sub, "provision", _provision, "create per-device state on first boot, repair it later")
-    command(group("boot", "A/B boot state"), "mark-good", _mark_good, "mark the running slot as good")
+    boot_check = command(group("boot", "A/B boot state"), "check", _boot_check,
+                         "health check: commit the running slot, or reboot a slot on probation that fails")
+    boot_check.add_argument("--wait", type=float, default=90, help="seconds the checks may take to pass")
+
+    upd = group("update", "signed A/B firmware updates")
+    install = command(upd, "install", _update_install, "verify a bundle and write it to the inactive slot")
+    verify = command(upd, "verify", _update_verify, "check a bundle file's signature and every chunk")
+    for cmd in (install, verify):
+        cmd.add_argument("bundle", metavar="FILE|URL" if cmd is install else "FILE")
+    command(upd, "status", _update_status, "slots, versions, security floor, last result", json_flag=True)
 
     root = group("root", "root's credential")
     command(root, "status", _root_status, "default, derived, rotated, factory, user-set or locked", json_flag=True)

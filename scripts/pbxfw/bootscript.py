@@ -38,10 +38,11 @@ def default_state(board: Board) -> dict[str, str]:
 
 def kernel_args(board: Board, layout: Layout, slot: str, root_part: str) -> str:
     """The command line: console, the slot, its root device and the data partition
-    (the initramfs mounts /data, so nothing in early boot waits for udev to see it)."""
+    (the initramfs mounts /data, so nothing in early boot waits for udev to see it).
+    panic=10: a kernel that dies reboots, so the attempt counter moves on."""
     prefix = board.storage.linux_partition_prefix
     return (
-        f"console={board.console} quiet loglevel=3 pbx.slot={slot} pbx.root={prefix}{root_part} "
+        f"console={board.console} quiet loglevel=3 panic=10 pbx.slot={slot} pbx.root={prefix}{root_part} "
         f"pbx.data={prefix}{layout.get('data').number}"
     )
 

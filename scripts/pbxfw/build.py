@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, bootscript, diskimage, initramfs, kernel, layout, rootfs, slot
+from . import archive, bootscript, diskimage, initramfs, kernel, layout, release, rootfs, slot
 from .config import BuildConfig
 from .errors import StageError
 from .stages import log, run, stage
@@ -44,10 +44,6 @@ class Outputs:
         return self.directory / "build.json"
 
 
-def firmware_version() -> str:
-    return (REPO / "VERSION").read_text().strip()
-
-
 def busybox_binary(config: BuildConfig, cache: Path, work: Path) -> bytes:
     package = archive.newest("busybox-static", config.debian, config.board.arch, cache)
     dest = archive.unpack(package, cache, work / "busybox-static")
@@ -57,7 +53,7 @@ def busybox_binary(config: BuildConfig, cache: Path, work: Path) -> bytes:
     raise StageError(f"{package.filename}: no busybox binary inside")
 
 
-def build(config: BuildConfig, out: Path) -> Outputs:
+def build(config: BuildConfig, out: Path, trusted_keys: Path | None = None) -> Outputs:
     started = time.monotonic()
     out = out.resolve()
     outputs = Outputs(out)
@@ -66,7 +62,7 @@ def build(config: BuildConfig, out: Path) -> Outputs:
     cache = cache_dir()
     board = config.board
     disk_layout = layout.for_board(board)
-    version = firmware_version()
+    rel = release.read(REPO)
 
     with stage("kernel: fetch and unpack Debian's package"):
         kernel_package = kernel.resolve(config, cache)
@@ -84,12 +80,16 @@ def build(config: BuildConfig, out: Path) -> Outputs:
         if config.agent:
             rootfs.install_agent(REPO / "agent", root)
         rootfs.apply_services(config, root)
+        prefix = board.storage.linux_partition_prefix
         rootfs.write_board_files(
             config,
             root,
             diskimage.fw_env_config(config, disk_layout),
-            version,
+            rel,
+            {slot: f"{prefix}{disk_layout.get(part).number}" for slot, part in bootscript.SLOTS},
         )
+        trusted = rootfs.install_trusted_keys(trusted_keys, root)
+        log(f"    {trusted} trusted update key(s)" + ("" if trusted else ": this image will refuse every update"))
         rootfs.remove_unshipped(root)
         rootfs.remove_machine_state(root)
 
@@ -129,7 +129,9 @@ def build(config: BuildConfig, out: Path) -> Outputs:
         )
         outputs.manifest.write_text(json.dumps({
             "board": board.name,
-            "version": version,
+            "version": rel.version,
+            "security_version": rel.security_version,
+            "compatible": board.compatible,
             "kernel": f"{kernel_package.name} {kernel_package.version}",
             "sources": [str(s) for s in config.sources],
             "slot_bytes": outputs.slot.stat().st_size,

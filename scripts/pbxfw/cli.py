@@ -14,7 +14,55 @@ from .stages import run
 
 def _image(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    build.build(cfg, Path(args.out))
+    build.build(cfg, Path(args.out), args.trusted_keys)
+    return 0
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    from . import keys
+
+    private, public = keys.generate(args.dir, args.name)
+    print(f"pbxfw: signing key {private} (keep it off the repository), public key {public}")
+    return 0
+
+
+def _bundle_create(args: argparse.Namespace) -> int:
+    import json
+    import subprocess
+
+    from . import bundler, keys
+
+    out = Path(args.out)
+    built = json.loads((out / "build.json").read_text())
+    payload = out / "rootfs.slot"
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    build_id = commit.stdout.strip() or "unknown"
+    manifest = bundler.manifest_for(
+        payload,
+        compatible=args.compatible or built["compatible"],
+        version=args.version or built["version"],
+        security_version=built["security_version"] if args.security_version is None else args.security_version,
+        build_id=build_id,
+    )
+    dest = Path(args.output) if args.output else out / f"pbxfw-{built['board']}-{manifest.version}.bundle"
+    bundler.write(dest, payload, manifest, [keys.FileSigner(k) for k in args.key])
+    print(f"pbxfw: {dest}: {manifest.compatible} {manifest.version} (security version "
+          f"{manifest.security_version}), {manifest.payload_size} bytes in {len(manifest.chunks)} chunks, "
+          f"{dest.stat().st_size - manifest.payload_size} bytes of header")
+    return 0
+
+
+def _bundle_verify(args: argparse.Namespace) -> int:
+    from pbxagent import bundle
+
+    try:
+        header, signer = bundle.verify_file(Path(args.file), bundle.load_trust([args.keys]))
+    except bundle.Rejected as exc:
+        print(f"pbxfw: {args.file}: refused ({exc.reason.name.lower().replace('_', ' ')}): {exc}", file=sys.stderr)
+        return int(exc.reason)
+    m = header.manifest
+    print(f"pbxfw: {args.file}: good: {m.compatible} {m.version} (security version {m.security_version}), "
+          f"signed by {signer.hex()[:16]}")
     return 0
 
 
@@ -48,7 +96,27 @@ def main(argv: list[str] | None = None) -> int:
     image = sub.add_parser("image", help="build out/<board>/disk.img from board.yaml:recipe.yml")
     image.add_argument("config", help="kas-style file list, e.g. board/qemu-u50/board.yaml:recipes/pbx.yml")
     image.add_argument("--out", required=True, help="output directory, e.g. out/qemu-u50")
+    image.add_argument("--trusted-keys", type=Path, metavar="DIR",
+                       help="directory whose *.pub (and revoked) the image trusts for updates")
     image.set_defaults(func=_image)
+    keys_gen = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
+    gen = keys_gen.add_parser("generate", help="make a development ed25519 key pair NAME.key, NAME.pub in DIR")
+    gen.add_argument("dir", type=Path)
+    gen.add_argument("--name", default="dev")
+    gen.set_defaults(func=_keys_generate)
+    bundles = sub.add_parser("bundle", help="update bundles").add_subparsers(dest="bundle_command", required=True)
+    create = bundles.add_parser("create", help="sign out/<board>/rootfs.slot into a bundle")
+    create.add_argument("--out", required=True, help="the build's output directory, e.g. out/qemu-u50")
+    create.add_argument("--key", type=Path, action="append", required=True, help="signing key (repeat to co-sign)")
+    create.add_argument("--output", help="bundle file (default: OUT/pbxfw-BOARD-VERSION.bundle)")
+    create.add_argument("--version", help="display version (default: the build's)")
+    create.add_argument("--security-version", type=int, help="security version (default: the build's)")
+    create.add_argument("--compatible", help="board compatible string (default: the build's)")
+    create.set_defaults(func=_bundle_create)
+    check = bundles.add_parser("verify", help="check a bundle's signature and every chunk")
+    check.add_argument("file")
+    check.add_argument("--keys", type=Path, required=True, help="directory of trusted *.pub (and revoked)")
+    check.set_defaults(func=_bundle_verify)
     run_qemu = sub.add_parser("qemu", help="boot a built disk image on the serial console")
     run_qemu.add_argument("config")
     run_qemu.add_argument("--disk", required=True)

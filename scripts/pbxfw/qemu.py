@@ -17,11 +17,14 @@ def command(
     disk_format: str = "raw",
     serial: str = "mon:stdio",
     mac: str = DEFAULT_MAC,
+    guestfwd: tuple[str, ...] = (),
     extra: tuple[str, ...] = (),
 ) -> list[str]:
     """The twin: U-Boot from the board's firmware file, the disk on virtio-mmio
     (what U-Boot and the initramfs both drive), and one NIC on a user-mode network
-    that is isolated from the host's (restrict=on: nothing leaves it)."""
+    that is isolated from the host's (restrict=on: nothing leaves it). `guestfwd` rules
+    (`tcp:GUEST_ADDR:PORT-tcp:127.0.0.1:PORT`) are the only way out: to a server the
+    harness runs on loopback."""
     q = board.qemu
     return [
         q.binary,
@@ -35,7 +38,7 @@ def command(
         "-drive", f"if=none,id=disk0,file={disk},format={disk_format},cache=unsafe",
         "-device", "virtio-blk-device,drive=disk0",
         "-device", "virtio-rng-device",
-        "-netdev", "user,id=net0,restrict=on",
+        "-netdev", "user,id=net0,restrict=on" + "".join(f",guestfwd={rule}" for rule in guestfwd),
         "-device", f"virtio-net-device,netdev=net0,mac={mac}",
         *extra,
     ]

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .config import BuildConfig
+from .release import Release
 from .stages import log, run
 
 EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/info/*", "/usr/share/locale/*",
@@ -137,7 +138,8 @@ def apply_services(config: BuildConfig, root: Path) -> None:
 FSTAB = "# / (read-only slot), /data: mounted by the initramfs. /etc, /var: volatile layers.\n"
 
 
-def write_board_files(config: BuildConfig, root: Path, fw_env: str, version: str) -> None:
+def write_board_files(config: BuildConfig, root: Path, fw_env: str, release: Release,
+                      slots: dict[str, str]) -> None:
     board = config.board
     etc = root / "etc"
     (root / "data").mkdir(exist_ok=True)
@@ -148,11 +150,26 @@ def write_board_files(config: BuildConfig, root: Path, fw_env: str, version: str
         "board": board.name,
         "compatible": board.compatible,
         "arch": board.arch,
-        "version": version,
+        "version": release.version,
+        "security_version": release.security_version,
         "boot_attempts": board.uboot.boot_attempts,
+        "slots": slots,
     }
     (etc / "pbxfw").mkdir(exist_ok=True)
     (etc / "pbxfw" / "board.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def install_trusted_keys(keys: Path | None, root: Path) -> int:
+    """The update keys the device trusts (public halves only) and the revoked list."""
+    dest = root / "usr" / "share" / "pbxfw" / "keys"
+    dest.mkdir(parents=True, exist_ok=True)
+    if keys is None:
+        return 0
+    publics = sorted(keys.glob("*.pub"))
+    for path in publics + [p for p in [keys / "revoked"] if p.is_file()]:
+        shutil.copyfile(path, dest / path.name)
+        (dest / path.name).chmod(0o644)
+    return len(publics)
 
 
 def remove_unshipped(root: Path) -> None:

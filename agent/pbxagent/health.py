@@ -1,0 +1,114 @@
+"""The boot health check that commits a slot (`pbxagent boot check`, pbx-boot-ok.service).
+
+A boot is good when the agent provisioned, the compiled firewall is loaded, the SIP
+service runs and /data is mounted writable. A good boot gets its attempts back, and a
+slot on probation after an update becomes the committed one (security floor raised).
+A bad boot of a slot on probation reboots, so U-Boot's attempt counter runs out and the
+old slot comes back; the old slot then reports the failed update, once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from . import bootstate, paths, provision, system, update
+
+
+class Finding(NamedTuple):
+    name: str
+    passed: bool
+    detail: str
+
+
+def _provisioned() -> tuple[bool, str]:
+    return provision.completed(), "provisioning marker on /data"
+
+
+def _firewall() -> tuple[bool, str]:
+    done = subprocess.run(["nft", "list", "table", "inet", "pbx"], capture_output=True)
+    return done.returncode == 0, "nftables table inet pbx loaded"
+
+
+def _sip() -> tuple[bool, str]:
+    return system.is_active("kamailio.service"), "kamailio.service active"
+
+
+def _data() -> tuple[bool, str]:
+    data = paths.root() / "data"
+    writable = os.path.ismount(data) and not os.statvfs(data).f_flag & os.ST_RDONLY
+    return writable, "/data mounted read-write"
+
+
+CHECKS: dict[str, Callable[[], tuple[bool, str]]] = {
+    "provisioned": _provisioned,
+    "firewall": _firewall,
+    "sip": _sip,
+    "data": _data,
+}
+
+
+def run_checks(wait: float, interval: float = 1.0) -> list[Finding]:
+    """Each check, retried for up to `wait` seconds in all (services may still be starting)."""
+    deadline = time.monotonic() + wait
+    findings: list[Finding] = []
+    for name, check in CHECKS.items():
+        while True:
+            passed, detail = check()
+            if passed or time.monotonic() >= deadline:
+                break
+            time.sleep(interval)
+        findings.append(Finding(name, passed, detail))
+    return findings
+
+
+def settle_pending(state: dict[str, Any], running: str) -> Iterator[str]:
+    """An update waiting for a slot that is not the one running failed: report it (once:
+    the pending record goes) and put the running slot first again."""
+    pending = state["pending"]
+    if pending and pending["slot"] != running:
+        state["pending"] = None
+        state["last_result"] = {"result": "failed", "version": pending["version"], "slot": pending["slot"],
+                                "time": int(time.time()),
+                                "message": f"slot {pending['slot']} ({pending['version']}) did not boot healthy; "
+                                           f"back on slot {running}"}
+        yield f"update FAILED: {state['last_result']['message']}"
+
+
+def commit(state: dict[str, Any], running: str) -> Iterator[str]:
+    """The running slot is healthy: commit a pending update to it, raise the floor."""
+    pending = state["pending"]
+    release = update.running_release()
+    if pending and pending["slot"] == running:
+        state["pending"] = None
+        state["last_result"] = {"result": "installed", "version": pending["version"], "slot": running,
+                                "time": int(time.time()),
+                                "message": f"slot {running} runs {pending['version']} and is healthy"}
+        release = {**release, "security_version": max(release["security_version"], pending["security_version"])}
+        yield f"update committed: {state['last_result']['message']}"
+    if release["security_version"] > state["floor"]:
+        state["floor"] = release["security_version"]
+        yield f"security floor raised to {state['floor']}"
+
+
+def check_boot(wait: float = 90) -> tuple[bool, list[str]]:
+    """The health check and what follows from it; returns (healthy, lines to report)."""
+    running = bootstate.booted_slot()
+    state = update.load_state()
+    lines = list(settle_pending(state, running))
+    findings = run_checks(wait)
+    healthy = all(f.passed for f in findings)
+    lines += [f"health {'ok  ' if f.passed else 'FAIL'} {f.name}: {f.detail}" for f in findings]
+    boot = bootstate.read()
+    if healthy:
+        lines += list(commit(state, running))
+        bootstate.write(bootstate.good(boot, running, bootstate.boot_attempts()))
+        lines.append(f"slot {running} marked good")
+    elif state["pending"]:
+        lines.append(f"slot {running} is on probation and unhealthy: rebooting "
+                     f"({boot.attempts(running)} attempt(s) left before slot {bootstate.other(running)})")
+    update.save_state(state)
+    return healthy, lines

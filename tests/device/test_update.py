@@ -1,0 +1,203 @@
+"""Signed A/B updates on a twin of their own, with real U-Boot reboots: A→B→A from an
+HTTP server on the host; every tampered bundle refused before it can do harm; a slot
+whose kernel does not boot falls back by itself and the failure is reported once."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pbxagent.bundle import Reason
+from pbxfw import bundler, keys, target
+from pbxfw.config import BuildConfig
+
+from tests.device.bundleserver import BundleServer, serving
+from tests.device.dut import Device
+
+pytestmark = pytest.mark.own_twin
+
+
+def make(dest: Path, payload: Path, signer: Path, *, compatible: str, security: int, version: str) -> Path:
+    manifest = bundler.manifest_for(payload, compatible, version, security, "test")
+    bundler.write(dest, payload, manifest, [keys.FileSigner(signer)])
+    return dest
+
+
+def fit_offset(slot: bytes | bytearray) -> int:
+    used: int = struct.unpack_from("<Q", slot, 0x28)[0]  # squashfs bytes_used
+    return -(-used // 4096) * 4096
+
+
+@pytest.fixture(scope="module")
+def dev_key(request: pytest.FixtureRequest) -> Path:
+    path = Path(request.config.getoption("--keys")) / "dev.key"
+    if not path.is_file():
+        pytest.fail(f"{path}: missing; `make image` creates it and the image trusts its public half")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundles(dev_key: Path, out_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every bundle the tests serve, signed on the host like `make bundle` does."""
+    work = tmp_path_factory.mktemp("bundles")
+    built = json.loads((out_dir / "build.json").read_text())
+    slot = out_dir / "rootfs.slot"
+    good = {"compatible": built["compatible"], "security": built["security_version"] + 1}
+    make(work / "v2.bundle", slot, dev_key, version="2.0.0", **good)
+    make(work / "v3.bundle", slot, dev_key, version="3.0.0", compatible=good["compatible"],
+         security=good["security"] + 1)
+
+    data = bytearray((work / "v2.bundle").read_bytes())
+    header_end = len(data) - slot.stat().st_size
+    flipped = bytearray(data)
+    flipped[header_end + 10 * 65536 + 5] ^= 0x40  # in chunk 10
+    (work / "flipped.bundle").write_bytes(bytes(flipped))
+    (work / "edited.bundle").write_bytes(bytes(data).replace(b'"version":"2.0.0"', b'"version":"9.0.0"'))
+    (work / "truncated.bundle").write_bytes(bytes(data[: len(data) // 2]))
+    keys.generate(work / "stranger", "stranger")
+    make(work / "stranger.bundle", slot, work / "stranger" / "stranger.key", version="2.0.0", **good)
+    make(work / "other-board.bundle", slot, dev_key, version="2.0.0", compatible="pbxfw,qemu-u20",
+         security=good["security"])
+    make(work / "old.bundle", slot, dev_key, version="2.0.0", compatible=good["compatible"], security=0)
+    big = work / "big.payload"
+    with big.open("wb") as out:
+        out.truncate(257 << 20)  # one MiB more than the 256 MiB slot
+    make(work / "oversize.bundle", big, dev_key, version="2.0.0", **good)
+    big.unlink()
+
+    broken = bytearray(slot.read_bytes())
+    kernel_at = fit_offset(broken) + 0x10000
+    broken[kernel_at:kernel_at + 64] = bytes(64)  # the FIT's kernel hash no longer matches
+    (work / "broken.payload").write_bytes(bytes(broken))
+    make(work / "broken-kernel.bundle", work / "broken.payload", dev_key, version="2.1.0", **good)
+    return work
+
+
+@pytest.fixture(scope="module")
+def server(bundles: Path) -> Iterator[BundleServer]:
+    with serving(bundles) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def twin(build_config: BuildConfig, out_dir: Path, server: BundleServer,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
+    work = tmp_path_factory.mktemp("update-twin")
+    log = work / "console.log"
+    disk, password = target.prepare_disk(build_config.board, out_dir / "disk.img", work)
+    with target.QemuTarget(build_config.board, disk, work / "qemu.log", guestfwd=(server.guestfwd,)) as qemu:
+        dut = Device(qemu.console_url, password, log)
+        dut.login()
+        yield dut
+        dut.close()
+
+
+@pytest.fixture
+def twin_console(twin: Device, request: pytest.FixtureRequest) -> Device:
+    from tests.device.conftest import CONSOLE_LOG_KEY
+
+    request.config.stash[CONSOLE_LOG_KEY] = twin.log_path
+    return twin
+
+
+def status(dut: Device) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(dut.check("pbxagent update status --json 2>/dev/null"))
+    return result
+
+
+def install(dut: Device, server: BundleServer, name: str) -> tuple[int, str]:
+    result = dut.run(f"pbxagent update install {server.url(name)}", timeout=600)
+    return result.status, result.output
+
+
+def test_update_a_to_b_then_b_to_a(twin_console: Device, server: BundleServer) -> None:
+    dut = twin_console
+    before = status(dut)
+    assert before["running_slot"] == "A" and before["pending"] is None
+    code, output = install(dut, server, "v2.bundle")
+    assert code == 0, output
+    assert "bytes (100 %)" in output and "slot B holds 2.0.0" in output
+    assert status(dut)["boot_order"] == ["B", "A"]
+
+    dut.reboot()
+    after = status(dut)
+    assert after["running_slot"] == "B"
+    assert after["last_result"]["result"] == "installed" and after["last_result"]["version"] == "2.0.0"
+    assert after["security_floor"] == before["security_floor"] + 1
+    assert after["attempts_left"]["B"] == 3
+
+    code, output = install(dut, server, "v3.bundle")
+    assert code == 0, output
+    dut.reboot()
+    back = status(dut)
+    assert back["running_slot"] == "A" and back["slots"]["A"]["version"] == "3.0.0"
+    assert back["security_floor"] == before["security_floor"] + 2
+
+
+REFUSED = [
+    ("edited.bundle", Reason.BAD_SIGNATURE),
+    ("stranger.bundle", Reason.UNKNOWN_KEY),
+    ("other-board.bundle", Reason.OTHER_BOARD),
+    ("old.bundle", Reason.BELOW_FLOOR),
+    ("truncated.bundle", Reason.TRUNCATED),
+    ("oversize.bundle", Reason.TOO_LARGE),
+]
+
+
+def slot_hash(dut: Device, slot: str, offset: int = 0, length: int = 0) -> str:
+    device = json.loads(dut.check("cat /etc/pbxfw/board.json"))["slots"][slot]
+    if length:
+        command = f"dd if={device} bs=64K skip={offset // 65536} count={length // 65536} 2>/dev/null | sha256sum"
+    else:
+        command = f"sha256sum {device}"
+    return dut.check(command, timeout=300).split()[0]
+
+
+def test_tampered_bundles_are_refused_and_change_nothing(twin_console: Device, server: BundleServer,
+                                                        dev_key: Path) -> None:
+    dut = twin_console
+    running = status(dut)["running_slot"]
+    other = "B" if running == "A" else "A"
+    active_before = slot_hash(dut, running)
+    env_before = dut.check("fw_printenv")
+    for name, reason in REFUSED:
+        code, output = install(dut, server, name)
+        assert code == reason, f"{name}: {output}"
+        assert dut.check("fw_printenv") == env_before, name
+
+    dut.check(f"echo {keys.FileSigner(dev_key).key_id.hex()} > /data/pbx/update/revoked")
+    code, output = install(dut, server, "v2.bundle")
+    dut.check("rm /data/pbx/update/revoked")
+    assert code == Reason.REVOKED_KEY, output
+    assert dut.check("fw_printenv") == env_before
+
+    bad_chunk_before = slot_hash(dut, other, 10 * 65536, 65536)
+    code, output = install(dut, server, "flipped.bundle")
+    assert code == Reason.CHUNK_MISMATCH and "chunk 10 " in output, output
+    assert slot_hash(dut, other, 10 * 65536, 65536) == bad_chunk_before  # not one byte of it written
+    env = status(dut)
+    assert env["boot_order"][0] == running and env["attempts_left"][other] == 0  # never boots half-written
+    assert slot_hash(dut, running) == active_before
+
+
+def test_a_kernel_that_does_not_boot_falls_back_and_is_reported_once(twin_console: Device,
+                                                                     server: BundleServer) -> None:
+    dut = twin_console
+    running = status(dut)["running_slot"]
+    code, output = install(dut, server, "broken-kernel.bundle")
+    assert code == 0, output
+    dut.console.send("systemctl reboot\r")
+    for _ in range(3):
+        dut.console.expect("did not boot, resetting", 180, "the broken slot's failed boot")
+    dut.console.expect("U-Boot 20", 120, "U-Boot after the last failed attempt")
+    dut.login()
+    after = status(dut)
+    assert after["running_slot"] == running
+    assert after["last_result"]["result"] == "failed" and after["last_result"]["version"] == "2.1.0"
+    assert after["boot_order"][0] == running
+    assert dut.check("journalctl -b -o cat -u pbx-boot-ok | grep -c 'update FAILED'").strip() == "1"
+    assert "update FAILED" not in dut.check("pbxagent boot check --wait 5")  # reported once only
