@@ -46,17 +46,19 @@ def bundles(dev_key: Path, out_dir: Path, tmp_path_factory: pytest.TempPathFacto
     work = tmp_path_factory.mktemp("bundles")
     built = json.loads((out_dir / "build.json").read_text())
     slot = out_dir / "rootfs.slot"
-    good = {"compatible": built["compatible"], "security": built["security_version"] + 1}
-    make(work / "v2.bundle", slot, dev_key, version="2.0.0", **good)
-    make(work / "v3.bundle", slot, dev_key, version="3.0.0", compatible=good["compatible"],
-         security=good["security"] + 1)
+    # v2 and v3 raise the floor by one each; the rest carry v3's security version, so
+    # they are refused (or accepted) for their defect alone, whichever test runs first.
+    good = {"compatible": built["compatible"], "security": built["security_version"] + 2}
+    make(work / "v2.bundle", slot, dev_key, version="2.0.0", compatible=good["compatible"],
+         security=built["security_version"] + 1)
+    make(work / "v3.bundle", slot, dev_key, version="3.0.0", **good)
 
-    data = bytearray((work / "v2.bundle").read_bytes())
+    data = bytearray((work / "v3.bundle").read_bytes())
     header_end = len(data) - slot.stat().st_size
     flipped = bytearray(data)
     flipped[header_end + 10 * 65536 + 5] ^= 0x40  # in chunk 10
     (work / "flipped.bundle").write_bytes(bytes(flipped))
-    (work / "edited.bundle").write_bytes(bytes(data).replace(b'"version":"2.0.0"', b'"version":"9.0.0"'))
+    (work / "edited.bundle").write_bytes(bytes(data).replace(b'"version":"3.0.0"', b'"version":"9.0.0"'))
     (work / "truncated.bundle").write_bytes(bytes(data[: len(data) // 2]))
     keys.generate(work / "stranger", "stranger")
     make(work / "stranger.bundle", slot, work / "stranger" / "stranger.key", version="2.0.0", **good)
@@ -170,7 +172,7 @@ def test_tampered_bundles_are_refused_and_change_nothing(twin_console: Device, s
         assert dut.check("fw_printenv") == env_before, name
 
     dut.check(f"echo {keys.FileSigner(dev_key).key_id.hex()} > /data/pbx/update/revoked")
-    code, output = install(dut, server, "v2.bundle")
+    code, output = install(dut, server, "v3.bundle")
     dut.check("rm /data/pbx/update/revoked")
     assert code == Reason.REVOKED_KEY, output
     assert dut.check("fw_printenv") == env_before
