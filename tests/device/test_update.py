@@ -5,10 +5,10 @@ whose kernel does not boot falls back by itself and the failure is reported once
 from __future__ import annotations
 
 import json
+import random
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pbxagent.bundle import Reason
@@ -16,7 +16,9 @@ from pbxfw import bundler, keys, target
 from pbxfw.config import BuildConfig
 
 from tests.device.bundleserver import BundleServer, serving
+from tests.device.conftest import CONSOLE_LOG_KEY
 from tests.device.dut import Device
+from tests.device.powercut import Twin, status, trial
 
 pytestmark = pytest.mark.own_twin
 
@@ -87,28 +89,19 @@ def server(bundles: Path) -> Iterator[BundleServer]:
 
 @pytest.fixture(scope="module")
 def twin(build_config: BuildConfig, out_dir: Path, server: BundleServer,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
     work = tmp_path_factory.mktemp("update-twin")
-    log = work / "console.log"
     disk, password = target.prepare_disk(build_config.board, out_dir / "disk.img", work)
-    with target.QemuTarget(build_config.board, disk, work / "qemu.log", guestfwd=(server.guestfwd,)) as qemu:
-        dut = Device(qemu.console_url, password, log)
-        dut.login()
-        yield dut
-        dut.close()
+    powered = Twin(build_config.board, disk, password, work, (server.guestfwd,))
+    powered.power_on()
+    yield powered
+    powered.shut_down()
 
 
 @pytest.fixture
-def twin_console(twin: Device, request: pytest.FixtureRequest) -> Device:
-    from tests.device.conftest import CONSOLE_LOG_KEY
-
+def twin_console(twin: Twin, request: pytest.FixtureRequest) -> Device:
     request.config.stash[CONSOLE_LOG_KEY] = twin.log_path
-    return twin
-
-
-def status(dut: Device) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(dut.check("pbxagent update status --json 2>/dev/null"))
-    return result
+    return twin.dut
 
 
 def install(dut: Device, server: BundleServer, name: str) -> tuple[int, str]:
@@ -203,3 +196,16 @@ def test_a_kernel_that_does_not_boot_falls_back_and_is_reported_once(twin_consol
     assert after["boot_order"][0] == running
     assert dut.check("journalctl -b -o cat -u pbx-boot-ok | grep -c 'update FAILED'").strip() == "1"
     assert "update FAILED" not in dut.check("pbxagent boot check --wait 5")  # reported once only
+
+
+POWER_CUTS = 5  # `make bench-update` runs 30
+
+
+def test_power_cuts_during_install_and_first_boot_always_leave_a_good_slot(
+    twin: Twin, twin_console: Device, server: BundleServer
+) -> None:
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    for number in range(POWER_CUTS):
+        outcome = trial(twin, server.url("v3.bundle"), during_boot=number % 2 == 1, rng=rng, attempts=3)
+        print(f"power cut {number + 1}/{POWER_CUTS} (seed {seed}): {outcome}")

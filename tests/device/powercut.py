@@ -1,0 +1,89 @@
+"""A twin that can lose power, and the power-cut trial the update test and
+`make bench-update` share: cut the power at a random moment of an install or of the
+new slot's first boot, power on, and check a good slot booted with a valid state."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from pbxfw import target
+from pbxfw.config import Board
+
+from tests.device.dut import Device
+
+
+class Twin:
+    """One disk, powered on and off like a real board (QEMU killed, never shut down)."""
+
+    def __init__(self, board: Board, disk: Path, password: str, work: Path, guestfwd: tuple[str, ...]) -> None:
+        self.board, self.disk, self.password, self.work, self.guestfwd = board, disk, password, work, guestfwd
+        self.log_path = work / "console.log"
+        self._qemu: target.QemuTarget | None = None
+        self._dut: Device | None = None
+
+    @property
+    def dut(self) -> Device:
+        assert self._dut is not None, "the twin is off"
+        return self._dut
+
+    def power_on(self) -> Device:
+        self._qemu = target.QemuTarget(self.board, self.disk, self.work / "qemu.log", guestfwd=self.guestfwd)
+        self._qemu.start()
+        self._dut = Device(self._qemu.console_url, self.password, self.log_path)
+        self._dut.login()
+        return self._dut
+
+    def power_cut(self) -> None:
+        if self._dut is not None:
+            self._dut.close()
+            self._dut = None
+        if self._qemu is not None:
+            self._qemu.power_cut()
+            self._qemu = None
+
+    def shut_down(self) -> None:
+        if self._dut is not None:
+            self._dut.close()
+            self._dut = None
+        if self._qemu is not None:
+            self._qemu.stop()
+            self._qemu = None
+
+
+def status(dut: Device) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(dut.check("pbxagent update status --json 2>/dev/null"))
+    return result
+
+
+def trial(twin: Twin, url: str, during_boot: bool, rng: random.Random, attempts: int) -> str:
+    """One cut; returns what happened. Raises AssertionError when the box is not good."""
+    dut = twin.dut
+    before = status(dut)["running_slot"]
+    if during_boot:
+        result = dut.run(f"pbxagent update install {url}", timeout=600)
+        assert result.status == 0, result.output
+        dut.console.send("systemctl reboot\r")
+        dut.console.expect("Starting kernel", 180, "the new slot's kernel")
+        delay = rng.uniform(0.0, 25.0)
+        what = f"first boot of the new slot, {delay:.1f} s after the kernel started"
+    else:
+        dut.console.send(f"pbxagent update install {url} >/dev/null 2>&1\r")
+        delay = rng.uniform(0.5, 9.0)
+        what = f"install, {delay:.1f} s after it started"
+    time.sleep(delay)
+    twin.power_cut()
+    dut = twin.power_on()  # logged in: boot finished, health check done
+    after = status(dut)
+    running = after["running_slot"]
+    assert after["pending"] is None, f"cut during {what}: an update is still pending on slot {running}"
+    assert after["attempts_left"][running] == attempts, f"cut during {what}: slot {running} not marked good"
+    assert after["boot_order"][0] == running and sorted(after["boot_order"]) == ["A", "B"]
+    if not during_boot and running != before:  # the install had finished: then it must be committed
+        last = after["last_result"]
+        assert last["result"] == "installed" and last["slot"] == running, f"cut during {what}: {last}"
+    assert dut.run("systemctl is-failed --quiet pbx-boot-ok").status != 0, f"cut during {what}: health check failed"
+    return f"cut during {what}: slot {running} booted and is good"
