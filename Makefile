@@ -19,7 +19,7 @@ HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata 
 	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 openssl nftables socat
 
 .PHONY: all setup host-packages binfmt venv keys image bundle qemu test test-all lint unit image-test \
-	device-test device-test-all bench-boot bench-agent bench-guard clean
+	device-test device-test-all bench-boot bench-agent bench-guard bench-update clean
 
 all: image
 
@@ -90,6 +90,9 @@ bench-agent: image
 
 bench-guard: image
 	$(PY) -m tests.bench.guard --board $(BOARD)
+
+bench-update: image
+	$(PY) -m tests.bench.update --board $(BOARD) --keys $(KEYS)
 
 clean:
 	rm -rf out

@@ -274,7 +274,7 @@ def check_target(manifest: Manifest, compatible: str, floor: int, slot_bytes: in
         )
 
 
-def verify_chunk(manifest: Manifest, index: int, data: bytes) -> None:
+def verify_chunk(manifest: Manifest, index: int, data: bytes | memoryview) -> None:
     offset, length = manifest.chunk_range(index)
     if len(data) != length:
         raise Rejected(Reason.TRUNCATED, f"payload ends at byte {offset + len(data)} of {manifest.payload_size}")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from . import bootstate, paths, provision, system, update
+from . import bootstate, paths, provision, update
 
 
 class Finding(NamedTuple):
@@ -24,26 +24,37 @@ class Finding(NamedTuple):
     detail: str
 
 
-def _provisioned() -> tuple[bool, str]:
-    return provision.completed(), "provisioning marker on /data"
+class Outcome(NamedTuple):
+    passed: bool
+    detail: str
+    settled: bool = True  # False: may still pass (a unit that is still starting)
 
 
-def _firewall() -> tuple[bool, str]:
+def _provisioned() -> Outcome:
+    return Outcome(provision.completed(), "provisioning marker on /data")
+
+
+def _firewall() -> Outcome:
     done = subprocess.run(["nft", "list", "table", "inet", "pbx"], capture_output=True)
-    return done.returncode == 0, "nftables table inet pbx loaded"
+    return Outcome(done.returncode == 0, "nftables table inet pbx loaded")
 
 
-def _sip() -> tuple[bool, str]:
-    return system.is_active("kamailio.service"), "kamailio.service active"
+def _sip() -> Outcome:
+    # The check runs after multi-user.target, so kamailio's start job is over: only a
+    # unit still starting is worth waiting for.
+    state = subprocess.run(["systemctl", "is-active", "kamailio.service"], capture_output=True, text=True)
+    current = state.stdout.strip()
+    return Outcome(current == "active", f"kamailio.service {current or 'unknown'}",
+                   settled=current not in ("activating", "reloading"))
 
 
-def _data() -> tuple[bool, str]:
+def _data() -> Outcome:
     data = paths.root() / "data"
     writable = os.path.ismount(data) and not os.statvfs(data).f_flag & os.ST_RDONLY
-    return writable, "/data mounted read-write"
+    return Outcome(writable, "/data mounted read-write")
 
 
-CHECKS: dict[str, Callable[[], tuple[bool, str]]] = {
+CHECKS: dict[str, Callable[[], Outcome]] = {
     "provisioned": _provisioned,
     "firewall": _firewall,
     "sip": _sip,
@@ -52,16 +63,16 @@ CHECKS: dict[str, Callable[[], tuple[bool, str]]] = {
 
 
 def run_checks(wait: float, interval: float = 1.0) -> list[Finding]:
-    """Each check, retried for up to `wait` seconds in all (services may still be starting)."""
+    """Each check; one that may still pass is retried for up to `wait` seconds in all."""
     deadline = time.monotonic() + wait
     findings: list[Finding] = []
     for name, check in CHECKS.items():
         while True:
-            passed, detail = check()
-            if passed or time.monotonic() >= deadline:
+            outcome = check()
+            if outcome.passed or outcome.settled or time.monotonic() >= deadline:
                 break
             time.sleep(interval)
-        findings.append(Finding(name, passed, detail))
+        findings.append(Finding(name, outcome.passed, outcome.detail))
     return findings
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import struct
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from pbxagent.bundle import Reason
 from pbxfw import bundler, keys, target
 from pbxfw.config import BuildConfig
+from pbxfw.slot import assemble
 
 from tests.device.bundleserver import BundleServer, serving
 from tests.device.conftest import CONSOLE_LOG_KEY
@@ -78,7 +81,27 @@ def bundles(dev_key: Path, out_dir: Path, tmp_path_factory: pytest.TempPathFacto
     broken[kernel_at:kernel_at + 64] = bytes(64)  # the FIT's kernel hash no longer matches
     (work / "broken.payload").write_bytes(bytes(broken))
     make(work / "broken-kernel.bundle", work / "broken.payload", dev_key, version="2.1.0", **good)
+    make(work / "unhealthy.bundle", unhealthy_slot(slot, work), dev_key, version="2.2.0", **good)
     return work
+
+
+def unhealthy_slot(slot: Path, work: Path) -> Path:
+    """The same slot with kamailio masked: it boots, and fails its health check."""
+    tree = work / "unhealthy-root"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", tree, slot], check=True)
+    mask = tree / "etc" / "systemd" / "system" / "kamailio.service"
+    mask.unlink(missing_ok=True)
+    mask.symlink_to("/dev/null")
+    squashfs = work / "unhealthy.squashfs"
+    subprocess.run(["mksquashfs", tree, squashfs, "-noappend", "-comp", "zstd", "-Xcompression-level", "3",
+                    "-quiet", "-no-progress"], check=True)
+    shutil.rmtree(tree)
+    original = slot.read_bytes()
+    fit = work / "slot.fit"
+    fit.write_bytes(original[fit_offset(original):])
+    dest = work / "unhealthy.payload"
+    assemble(squashfs, fit, dest)
+    return dest
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +219,23 @@ def test_a_kernel_that_does_not_boot_falls_back_and_is_reported_once(twin_consol
     assert after["boot_order"][0] == running
     assert dut.check("journalctl -b -o cat -u pbx-boot-ok | grep -c 'update FAILED'").strip() == "1"
     assert "update FAILED" not in dut.check("pbxagent boot check --wait 5")  # reported once only
+
+
+def test_an_unhealthy_new_slot_falls_back_by_itself(twin_console: Device, server: BundleServer) -> None:
+    dut = twin_console
+    running = status(dut)["running_slot"]
+    other = "B" if running == "A" else "A"
+    code, output = install(dut, server, "unhealthy.bundle")
+    assert code == 0, output
+    dut.console.send("systemctl reboot\r")
+    for attempt in range(3):
+        dut.console.expect(f"booting slot {other}", 180, f"attempt {attempt + 1} on the unhealthy slot")
+    dut.console.expect(f"booting slot {running}", 300, "the old slot after the attempts ran out")
+    dut.login()
+    after = status(dut)
+    assert after["running_slot"] == running and after["boot_order"][0] == running
+    assert after["last_result"]["result"] == "failed" and after["last_result"]["version"] == "2.2.0"
+    assert after["attempts_left"][running] == 3 and after["attempts_left"][other] == 0
 
 
 POWER_CUTS = 5  # `make bench-update` runs 30

@@ -252,6 +252,7 @@ def test_a_bad_chunk_is_never_written_and_a_refusal_changes_nothing(tmp_path: Pa
 def test_an_interrupted_install_resumes_at_the_last_durable_chunk(tmp_path: Path, keydir: Path, device_tree: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(update, "SYNC_EVERY", 4)
+    monkeypatch.setattr(update, "BATCH_BYTES", 4 * CHUNK)
     path = make_bundle(tmp_path, keydir)
     header, _ = bundle.verify_file(path, trust(keydir))
     whole = path.read_bytes()
@@ -268,7 +269,7 @@ def test_an_interrupted_install_resumes_at_the_last_durable_chunk(tmp_path: Path
     writes: list[int] = []
     real_pwrite = os.pwrite
 
-    def pwrite(fd: int, data: bytes, offset: int) -> int:
+    def pwrite(fd: int, data: memoryview, offset: int) -> int:
         writes.append(offset)
         return real_pwrite(fd, data, offset)
 
