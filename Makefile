@@ -18,7 +18,7 @@ HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata 
 	squashfs-tools dosfstools mtools fdisk e2fsprogs libubootenv-tool kmod cpio \
 	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 openssl nftables socat
 
-.PHONY: all setup host-packages binfmt venv keys image bundle qemu test test-all lint unit image-test \
+.PHONY: all setup host-packages binfmt venv keys image sbom bundle qemu test test-all lint unit image-test \
 	device-test device-test-all bench-boot bench-agent bench-guard bench-update clean
 
 all: image
@@ -54,6 +54,9 @@ keys: venv
 
 image: setup keys
 	$(VENV)/bin/pbxfw image $(CONFIG) --out $(OUT) --trusted-keys $(KEYS)
+
+sbom: image
+	$(VENV)/bin/pbxfw sbom $(OUT)/sbom.cdx.json
 
 bundle: image
 	$(VENV)/bin/pbxfw bundle create --out $(OUT) --key $(SIGNING_KEY)

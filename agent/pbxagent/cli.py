@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import policy
+from . import paths, policy
 from .passwords import Account, Kind
 
 if TYPE_CHECKING:
@@ -363,6 +363,20 @@ def _bans_remove(args: argparse.Namespace) -> int:
     return OK
 
 
+def _bans_jails(args: argparse.Namespace) -> int:
+    from . import atomic, netpolicy
+
+    text = netpolicy.render_jails(_policy().jails)
+    if args.write:
+        # /etc is a volatile layer: fail2ban's unit writes this at every start.
+        dest = paths.root() / "etc" / "fail2ban" / "jail.d" / "zz-pbx-policy.local"
+        atomic.write(dest, text, mode=0o644)
+        print(f"pbxagent: fail2ban thresholds from the policy written to {dest}")
+    else:
+        print(text, end="")
+    return OK
+
+
 def _sip_render(_: argparse.Namespace) -> int:
     from . import sip
 
@@ -466,6 +480,8 @@ def _parser() -> argparse.ArgumentParser:
     ban_add.add_argument("--seconds", type=int, default=3600)
     ban_remove = command(ban, "remove", _bans_remove, "lift a ban")
     ban_remove.add_argument("address")
+    jails = command(ban, "jails", _bans_jails, "fail2ban thresholds from the policy's bans section")
+    jails.add_argument("--write", action="store_true", help="write them to /etc/fail2ban/jail.d for fail2ban")
 
     sip_group = group("sip", "the SIP service adapter")
     command(sip_group, "render", _sip_render, "write the service's credentials and TLS files to /run/pbx/sip")

@@ -150,3 +150,37 @@ def flood(path: Path, key: str, value: Any) -> tuple[int, int]:
             or not 1 <= value[0] < value[1] <= 1_000_000):
         raise _fail(path, key, f"{value!r} must be two ascending packet rates, like [500, 2000]")
     return int(value[0]), int(value[1])
+
+
+class Jail(NamedTuple):
+    """A ban rule: `failures` within `window` seconds from one source -> banned `ban` s."""
+
+    failures: int
+    window: int
+    ban: int
+
+
+# The jails fail2ban runs (overlay/etc/fail2ban/jail.d/pbx.local), by policy name.
+JAILS = {"sip": "pbx-sip", "sip_flood": "pbx-sip-flood", "ssh": "sshd", "ssh_long": "pbx-ssh-long"}
+JAIL_BOUNDS = {"failures": (1, 1000), "window": (10, 86_400), "ban": (60, 604_800)}
+
+
+def jail(path: Path, key: str, value: Any) -> Jail:
+    if not isinstance(value, dict):
+        raise _fail(path, key, "must be a mapping {failures, window, ban}")
+    if set(value) != set(JAIL_BOUNDS):
+        raise _fail(path, key, f"needs exactly failures, window and ban (seconds), got {sorted(value)}")
+    for field, (low, high) in JAIL_BOUNDS.items():
+        item = value[field]
+        if isinstance(item, bool) or not isinstance(item, int) or not low <= item <= high:
+            raise _fail(path, f"{key}.{field}", f"must be an integer {low}..{high}, not {item!r}")
+    return Jail(value["failures"], value["window"], value["ban"])
+
+
+def render_jails(jails: dict[str, Jail]) -> str:
+    """fail2ban settings for the policy's thresholds, laid over the image's jail file."""
+    lines = ["# Written by pbxagent from the policy's bans section; do not edit."]
+    for name, rule in sorted(jails.items()):
+        lines += ["", f"[{JAILS[name]}]", f"maxretry = {rule.failures}", f"findtime = {rule.window}",
+                  f"bantime = {rule.ban}"]
+    return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ class Policy(NamedTuple):
     rules: Rules
     ssh_port: int
     firewall: Firewall
+    jails: dict[str, netpolicy.Jail]
 
 
 Parser = Callable[[Path, str, Any], object]
@@ -50,6 +51,7 @@ _SCHEMA: dict[str, tuple[type, int, int]] = {
     "firewall.block": (list, 0, 100_000),
     "firewall.rate_limits": (list, 0, 32),
     "firewall.flood_pps": (list, 2, 2),
+    **{f"bans.{name}": (dict, 0, 0) for name in netpolicy.JAILS},
 }
 # Lists whose items need more than a type: each parser raises a PolicyError naming
 # the item (firewall.services[2].ports) and returns the typed value.
@@ -61,6 +63,7 @@ _PARSERS: dict[str, Parser] = {
     "firewall.block": netpolicy.networks,
     "firewall.rate_limits": netpolicy.rate_limits,
     "firewall.flood_pps": netpolicy.flood,
+    **{f"bans.{name}": netpolicy.jail for name in netpolicy.JAILS},
 }
 _SECTIONS = {key.split(".")[0] for key in _SCHEMA if "." in key}
 
@@ -116,7 +119,7 @@ def _check(path: Path, key: str, value: Any) -> None:
         raise PolicyError(f"{path}: {key}: must be true or false, not {value!r}")
     if not isinstance(value, kind):
         raise PolicyError(f"{path}: {key}: must be a {kind.__name__}, not {type(value).__name__}")
-    size = value if isinstance(value, int) else len(value) if isinstance(value, str | list) else 0
+    size = value if isinstance(value, int) else len(value) if isinstance(value, str | list) else 0  # dict: 0
     if not low <= size <= high:
         what = "" if isinstance(value, int) else "length "
         raise PolicyError(f"{path}: {key}: {what}{size} is outside {low}..{high}")
@@ -166,6 +169,7 @@ def _build(source: Path, flat: dict[str, Any]) -> Policy:
             rate_limits=netpolicy.rate_limits(source, "firewall.rate_limits", flat["firewall.rate_limits"]),
             flood_pps=netpolicy.flood(source, "firewall.flood_pps", flat["firewall.flood_pps"]),
         ),
+        jails={name: netpolicy.jail(source, f"bans.{name}", flat[f"bans.{name}"]) for name in netpolicy.JAILS},
     )
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, bootscript, diskimage, initramfs, kernel, layout, release, rootfs, slot
+from . import archive, bootscript, diskimage, initramfs, kernel, layout, release, rootfs, sbom, slot
 from .config import BuildConfig
 from .errors import StageError
 from .stages import log, run, stage
@@ -38,6 +38,10 @@ class Outputs:
     @property
     def slot(self) -> Path:
         return self.directory / "rootfs.slot"
+
+    @property
+    def sbom(self) -> Path:
+        return self.directory / "sbom.cdx.json"
 
     @property
     def manifest(self) -> Path:
@@ -92,6 +96,21 @@ def build(config: BuildConfig, out: Path, trusted_keys: Path | None = None) -> O
         log(f"    {trusted} trusted update key(s)" + ("" if trusted else ": this image will refuse every update"))
         rootfs.remove_unshipped(root)
         rootfs.remove_machine_state(root)
+
+    with stage("sbom: packages, licences, agent (CycloneDX)"):
+        components = [
+            *sbom.debian_components(root, config.debian.suite),
+            sbom.kernel_component(kernel_package.name, kernel_package.version, board.arch, config.debian.suite),
+            sbom.agent_component(rel.version),
+            *sbom.python_components(root / "usr/lib/python3/dist-packages"),
+        ]
+        bom = json.dumps(sbom.document(board.name, rel.version, config.source_date_epoch, components,
+                                       {"pbxfw:debian-suite": config.debian.suite, "pbxfw:board": board.name}),
+                         indent=1, sort_keys=True) + "\n"
+        (root / "usr/share/pbxfw").mkdir(parents=True, exist_ok=True)
+        (root / "usr/share/pbxfw/sbom.cdx.json").write_text(bom)
+        outputs.sbom.write_text(bom)
+        log(f"    {len(components)} components")
 
     with stage("initramfs: busybox-static and modules, as a deterministic cpio"):
         modules = kernel.initramfs_modules(unpacked, list(board.kernel.initramfs_modules))

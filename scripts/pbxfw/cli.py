@@ -80,6 +80,21 @@ def _qemu(args: argparse.Namespace) -> int:
     os.execvp(argv[0], argv)
 
 
+def _sbom(args: argparse.Namespace) -> int:
+    import json
+
+    bom = json.loads(Path(args.file).read_text())
+    if args.json:
+        print(json.dumps(bom, indent=1, sort_keys=True))
+        return 0
+    meta = bom["metadata"]["component"]
+    print(f"{meta['name']} {meta['version']}: {len(bom['components'])} components ({args.file})")
+    for component in bom["components"]:
+        licences = ", ".join(lic["license"]["name"] for lic in component.get("licenses", [])) or "-"
+        print(f"  {component['name']:<40} {component['version']:<32} {licences}")
+    return 0
+
+
 def _show(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     print(f"board {cfg.board.name} ({cfg.board.arch}), Debian {cfg.debian.suite}")
@@ -121,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     run_qemu.add_argument("config")
     run_qemu.add_argument("--disk", required=True)
     run_qemu.set_defaults(func=_qemu)
+    bom = sub.add_parser("sbom", help="print an image's bill of materials")
+    bom.add_argument("file", help="e.g. out/qemu-u50/sbom.cdx.json")
+    bom.add_argument("--json", action="store_true", help="the CycloneDX document itself")
+    bom.set_defaults(func=_sbom)
     show = sub.add_parser("show", help="print the resolved configuration")
     show.add_argument("config")
     show.set_defaults(func=_show)

@@ -141,3 +141,18 @@ def test_kernel_modules_for_runtime_are_present(rootfs: Path) -> None:
     dep = (modules / "modules.dep").read_text()
     for needed in ("nf_tables", "ext4", "virtio_net"):
         assert f"/{needed}.ko" in dep, f"{needed} missing from the slot's modules"
+
+
+def test_sbom_lists_every_installed_package_the_kernel_and_the_agent(rootfs: Path, out_dir: Path) -> None:
+    shipped = json.loads((rootfs / "usr/share/pbxfw/sbom.cdx.json").read_text())
+    assert shipped == json.loads((out_dir / "sbom.cdx.json").read_text())
+    assert shipped["bomFormat"] == "CycloneDX"
+    names = {c["name"]: c for c in shipped["components"]}
+    status = (rootfs / "var/lib/dpkg/status").read_text()
+    installed = {block.split("\n", 1)[0].removeprefix("Package: ") for block in status.split("\n\n")
+                 if "Status: install ok installed" in block}
+    assert installed and installed <= set(names)
+    assert {"kamailio", "pbxagent", "zxcvbn"} <= set(names)
+    assert any(n.startswith("linux-image-") for n in names)
+    with_licence = [c for c in shipped["components"] if c.get("licenses")]
+    assert len(with_licence) >= 0.8 * len(shipped["components"])

@@ -106,6 +106,9 @@ def test_a_block_list_entry_covering_the_box_is_refused() -> None:
     ("firewall:\n  ping: maybe\n", r"firewall\.ping: must be true or false"),
     ("firewall:\n  flood_pps: [2000, 500]\n", r"firewall\.flood_pps: .* ascending"),
     ("firewal:\n  ping: false\n", r"firewal: unknown key"),
+    ("bans:\n  sip: {failures: 0, window: 600, ban: 3600}\n", r"bans\.sip\.failures: must be an integer 1\.\.1000"),
+    ("bans:\n  ssh: {failures: 5, window: 600}\n", r"bans\.ssh: needs exactly failures, window and ban"),
+    ("bans:\n  telnet: {failures: 5, window: 600, ban: 60}\n", r"bans\.telnet: unknown key"),
 ])
 def test_bad_network_policy_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     override = tmp_path / "policy.yaml"
@@ -181,3 +184,15 @@ def test_changes_that_admit_the_administrator_are_risky() -> None:
     assert rollback.risky(current, current._replace(services=current.services[:2], allow=("192.0.2.1/32",))) == [
         "services", "allow"]
     assert rollback.risky(current, current._replace(block=("203.0.113.0/24",))) == ["block"]
+
+
+def test_jail_thresholds_follow_the_policy(tmp_path: Path) -> None:
+    defaults = netpolicy.render_jails(default_policy().jails)
+    assert "[pbx-sip]\nmaxretry = 10\nfindtime = 600\nbantime = 3600\n" in defaults
+    assert "[sshd]\nmaxretry = 5\nfindtime = 600\nbantime = 600\n" in defaults
+    assert "[pbx-ssh-long]\nmaxretry = 8\nfindtime = 3600\nbantime = 1200\n" in defaults
+    override = tmp_path / "policy.yaml"
+    override.write_text("bans:\n  sip: {failures: 6, window: 300, ban: 7200}\n")
+    site = netpolicy.render_jails(policy.compose(policy.DEFAULTS, override)[0].jails)
+    assert "[pbx-sip]\nmaxretry = 6\nfindtime = 300\nbantime = 7200\n" in site
+    assert "[pbx-sip-flood]\nmaxretry = 50\n" in site
