@@ -4,6 +4,8 @@ BOARD ?= qemu-u50
 RECIPE ?= recipes/pbx.yml
 CONFIG := board/$(BOARD)/board.yaml:$(RECIPE)
 OUT := out/$(BOARD)
+# The exact .debs the image is built from, per board and recipe (committed; `make lock`).
+LOCK := board/$(BOARD)/$(basename $(notdir $(RECIPE))).lock
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
@@ -16,9 +18,10 @@ SIGNING_KEY ?= $(KEYS)/dev.key
 HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata \
 	qemu-system-arm qemu-utils ipxe-qemu u-boot-qemu u-boot-tools device-tree-compiler \
 	squashfs-tools dosfstools mtools fdisk e2fsprogs libubootenv-tool kmod cpio \
-	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 openssl nftables socat
+	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 openssl nftables socat \
+	dpkg-dev diffoscope-minimal
 
-.PHONY: all setup host-packages binfmt venv keys image sbom bundle qemu test test-all lint unit image-test \
+.PHONY: all setup host-packages binfmt venv keys lock image repro sbom bundle qemu test test-all lint unit image-test \
 	device-test device-test-all bench-boot bench-agent bench-guard bench-update clean
 
 all: image
@@ -53,7 +56,15 @@ keys: venv
 	@test -f $(SIGNING_KEY) || $(VENV)/bin/pbxfw keys generate $(KEYS) --name $(basename $(notdir $(SIGNING_KEY)))
 
 image: setup keys
-	$(VENV)/bin/pbxfw image $(CONFIG) --out $(OUT) --trusted-keys $(KEYS)
+	$(VENV)/bin/pbxfw image $(CONFIG) --out $(OUT) --lock $(LOCK) --trusted-keys $(KEYS)
+
+lock: setup
+	$(VENV)/bin/pbxfw lock $(CONFIG) --lock $(LOCK)
+
+# Two clean builds (the second bootstraps anew with no network) must be identical.
+repro: setup keys
+	$(PY) -m pbxfw.repro $(CONFIG) --lock $(LOCK) --trusted-keys $(KEYS) --signing-key $(SIGNING_KEY) \
+		--out out/repro/$(BOARD)
 
 sbom: image
 	$(VENV)/bin/pbxfw sbom $(OUT)/sbom.cdx.json

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--board", default="qemu-u50", help="board under board/ (default: qemu-u50)")
     parser.addoption("--recipe", default="recipes/pbx.yml", help="image recipe (default: recipes/pbx.yml)")
+    parser.addoption("--out", default=None, help="the build to test (default: out/<board>)")
     parser.addoption("--keys", default=str(Path.home() / ".config" / "pbxfw" / "keys"),
                      help="update keys the image trusts; dev.key signs the test bundles")
     parser.addoption(
@@ -32,8 +33,8 @@ def build_config(request: pytest.FixtureRequest) -> BuildConfig:
 
 
 @pytest.fixture(scope="session")
-def out_dir(build_config: BuildConfig) -> Path:
-    out = REPO / "out" / build_config.board.name
+def out_dir(build_config: BuildConfig, request: pytest.FixtureRequest) -> Path:
+    out = Path(request.config.getoption("--out") or REPO / "out" / build_config.board.name)
     if not (out / "disk.img").is_file():
         pytest.fail(f"{out}/disk.img is missing: run `make image BOARD={build_config.board.name}` first")
     return out

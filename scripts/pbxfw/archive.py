@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 from debian import deb822
 from debian.debian_support import Version
@@ -79,7 +80,7 @@ def _sha256(path: Path) -> str:
 
 
 def _verified_release(suite: Suite, cache: Path) -> deb822.Release:
-    dest = cache / "dists" / suite.name / "InRelease"
+    dest = release_path(suite, cache)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _download(f"{suite.mirror}/dists/{suite.name}/InRelease", dest)
     result = subprocess.run(
@@ -131,8 +132,14 @@ def _fetch_verified(suite: Suite, name: str, entry: dict[str, str], cache: Path)
     return "; ".join(problems)
 
 
+def release_path(suite: Suite, cache: Path) -> Path:
+    """Where the suite's InRelease lies once `packages_index` has checked it."""
+    return cache / "dists" / suite.name / "InRelease"
+
+
 @lru_cache(maxsize=16)
-def _packages_index(suite: Suite, component: str, arch: str, cache: Path) -> str:
+def packages_index(suite: Suite, component: str, arch: str, cache: Path) -> str:
+    """The suite's Packages index for one component and arch, checked against InRelease."""
     release = _verified_release(suite, cache)
     listed = {e["name"]: e for e in release.get("SHA256", [])}
     problems: list[str] = []
@@ -164,7 +171,7 @@ def newest(name: str, debian: Debian, arch: str, cache: Path) -> Package:
     best: Package | None = None
     for suite in suites:
         for component in debian.components:
-            for para in _paragraphs(_packages_index(suite, component, arch, cache), name):
+            for para in _paragraphs(packages_index(suite, component, arch, cache), name):
                 candidate = Package(
                     name=name,
                     version=para["Version"],
@@ -183,21 +190,51 @@ def newest(name: str, debian: Debian, arch: str, cache: Path) -> Package:
     return best
 
 
-def fetch(package: Package, cache: Path) -> Path:
-    """Download a .deb into the content-addressed cache and check it against its index entry."""
-    dest = cache / "debs" / f"{package.sha256}.deb"
+class Deb(Protocol):
+    """What fetching needs to know about a .deb (an index entry or a locked package)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def filename(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def mirror(self) -> str: ...
+
+
+def cached_deb(package: Deb, cache: Path) -> Path:
+    """Where the content-addressed cache keeps a .deb: named by its sha256."""
+    return cache / "debs" / f"{package.sha256}.deb"
+
+
+def fetch(package: Deb, cache: Path) -> Path:
+    """The .deb from the cache, or downloaded into it; either way checked against its sha256."""
+    dest = cached_deb(package, cache)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists() and _sha256(dest) == package.sha256:
-        return dest
-    _download(f"{package.mirror}/{package.filename}", dest)
+    if dest.exists():
+        if _sha256(dest) == package.sha256:
+            return dest
+        log(f"    {dest}: corrupted in the cache ({package.name} {package.version}), fetching it again")
+        dest.unlink()
+    try:
+        _download(f"{package.mirror}/{package.filename}", dest)
+    except StageError as exc:
+        raise StageError(
+            f"{package.name} {package.version} is not in the cache ({cache / 'debs'}) and {exc}. If the archive "
+            f"no longer has it, run `make lock` to move to the archive's current versions, or restore the cache"
+        ) from None
     actual = _sha256(dest)
     if actual != package.sha256:
         dest.unlink()
-        raise StageError(f"{package.filename}: sha256 {actual} does not match the index ({package.sha256})")
+        raise StageError(f"{package.name} {package.version} ({package.filename}): sha256 {actual} "
+                         f"does not match {package.sha256}")
     return dest
 
 
-def unpack(package: Package, cache: Path, dest: Path) -> Path:
+def unpack(package: Deb, cache: Path, dest: Path) -> Path:
     """Fetch a package (checked) and unpack it into a fresh `dest`, natively on the host."""
     deb = fetch(package, cache)
     if dest.exists():

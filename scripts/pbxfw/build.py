@@ -1,4 +1,4 @@
-"""The image build, stage by stage: resolve -> kernel -> rootfs -> initramfs -> slot -> disk.
+"""The image build, stage by stage: packages -> kernel -> rootfs -> sbom -> initramfs -> slot -> disk.
 
 Outputs go to out/<board>/; downloads and the bootstrap cache go to the user's cache
 directory (never the repository).
@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, bootscript, diskimage, initramfs, kernel, layout, release, rootfs, sbom, slot
+from . import archive, bootscript, diskimage, initramfs, kernel, layout, localrepo, release, rootfs, sbom, slot
+from . import lock as locking
 from .config import BuildConfig
 from .errors import StageError
 from .stages import log, run, stage
@@ -48,8 +49,8 @@ class Outputs:
         return self.directory / "build.json"
 
 
-def busybox_binary(config: BuildConfig, cache: Path, work: Path) -> bytes:
-    package = archive.newest("busybox-static", config.debian, config.board.arch, cache)
+def busybox_binary(lock: locking.Lock, cache: Path, work: Path) -> bytes:
+    package = lock.one("initramfs")
     dest = archive.unpack(package, cache, work / "busybox-static")
     for candidate in ("usr/bin/busybox", "bin/busybox"):
         if (dest / candidate).is_file():
@@ -57,7 +58,8 @@ def busybox_binary(config: BuildConfig, cache: Path, work: Path) -> bytes:
     raise StageError(f"{package.filename}: no busybox binary inside")
 
 
-def build(config: BuildConfig, out: Path, trusted_keys: Path | None = None) -> Outputs:
+def build(config: BuildConfig, out: Path, lock_path: Path, trusted_keys: Path | None = None,
+          fresh_bootstrap: bool = False) -> Outputs:
     started = time.monotonic()
     out = out.resolve()
     outputs = Outputs(out)
@@ -68,21 +70,27 @@ def build(config: BuildConfig, out: Path, trusted_keys: Path | None = None) -> O
     disk_layout = layout.for_board(board)
     rel = release.read(REPO)
 
-    with stage("kernel: fetch and unpack Debian's package"):
-        kernel_package = kernel.resolve(config, cache)
+    with stage(f"packages: the locked .debs ({lock_path}), from the cache or the archive"):
+        lock = locking.load(lock_path, config)
+        repo = localrepo.prepare(lock, cache)
+        log(f"    {len(lock.packages)} packages checked against the lock; local repository {repo}")
+
+    with stage("kernel: unpack Debian's package"):
+        kernel_package = lock.one("kernel")
         log(f"    {kernel_package.name} {kernel_package.version}")
         unpacked = kernel.unpack(kernel_package, cache, work / "kernel")
 
     with stage("rootfs: bootstrap with mmdebstrap"):
-        tarball = rootfs.bootstrap(config, cache)
+        tarball = rootfs.bootstrap(config, lock, repo, cache, fresh_into=work if fresh_bootstrap else None)
 
     root = work / "rootfs"
     with stage("rootfs: modules, overlay, agent, services, board files"):
         rootfs.unpack(tarball, root)
         kernel.install_modules(unpacked, root, board.kernel.rootfs_modules)
+        rootfs.write_apt_sources(config, root)
         rootfs.apply_overlays(config, root)
         if config.agent:
-            rootfs.install_agent(REPO / "agent", root)
+            rootfs.install_agent(REPO / "agent", root, cache)
         rootfs.apply_services(config, root)
         prefix = board.storage.linux_partition_prefix
         rootfs.write_board_files(
@@ -105,7 +113,8 @@ def build(config: BuildConfig, out: Path, trusted_keys: Path | None = None) -> O
             *sbom.python_components(root / "usr/lib/python3/dist-packages"),
         ]
         bom = json.dumps(sbom.document(board.name, rel.version, config.source_date_epoch, components,
-                                       {"pbxfw:debian-suite": config.debian.suite, "pbxfw:board": board.name}),
+                                       {"pbxfw:debian-suite": config.debian.suite, "pbxfw:board": board.name,
+                                        "pbxfw:lock-sha256": locking.digest(lock_path)}),
                          indent=1, sort_keys=True) + "\n"
         (root / "usr/share/pbxfw").mkdir(parents=True, exist_ok=True)
         (root / "usr/share/pbxfw/sbom.cdx.json").write_text(bom)
@@ -115,7 +124,7 @@ def build(config: BuildConfig, out: Path, trusted_keys: Path | None = None) -> O
     with stage("initramfs: busybox-static and modules, as a deterministic cpio"):
         modules = kernel.initramfs_modules(unpacked, list(board.kernel.initramfs_modules))
         initrd = work / "initrd.img"
-        initrd.write_bytes(initramfs.build(busybox_binary(config, cache, work), modules, config.source_date_epoch))
+        initrd.write_bytes(initramfs.build(busybox_binary(lock, cache, work), modules, config.source_date_epoch))
         log(f"    {len(modules)} modules, {initrd.stat().st_size // 1024} KiB")
 
     with stage("slot: squashfs root + FIT (kernel, initramfs)"):

@@ -14,7 +14,24 @@ from .stages import run
 
 def _image(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    build.build(cfg, Path(args.out), args.trusted_keys)
+    build.build(cfg, Path(args.out), args.lock, args.trusted_keys, fresh_bootstrap=args.fresh_bootstrap)
+    return 0
+
+
+def _lock(args: argparse.Namespace) -> int:
+    from . import lock, resolver
+    from .stages import stage
+
+    cfg = config.load(args.config)
+    dest = Path(args.lock)
+    with stage(f"lock: resolve {cfg.board.name}'s package set ({cfg.board.arch}) to exact .debs"):
+        new = resolver.resolve(cfg, build.cache_dir())
+    old = lock.parse(dest.read_text(), dest) if dest.is_file() else None
+    recipes = " + ".join(str(s.relative_to(build.REPO)) if s.is_relative_to(build.REPO) else s.name
+                         for s in cfg.sources[1:])
+    dest.write_text(lock.render(new, f"board {cfg.board.name}, {recipes}"))
+    changes = lock.changes(old, new)
+    print(f"pbxfw: {dest}: {len(new.packages)} packages, {len(changes)} changed", *changes, sep="\n  ")
     return 0
 
 
@@ -111,9 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     image = sub.add_parser("image", help="build out/<board>/disk.img from board.yaml:recipe.yml")
     image.add_argument("config", help="kas-style file list, e.g. board/qemu-u50/board.yaml:recipes/pbx.yml")
     image.add_argument("--out", required=True, help="output directory, e.g. out/qemu-u50")
+    image.add_argument("--lock", type=Path, required=True, help="package lock, e.g. board/qemu-u50/pbx.lock")
+    image.add_argument("--fresh-bootstrap", action="store_true",
+                       help="bootstrap the root file system anew instead of taking it from the cache")
     image.add_argument("--trusted-keys", type=Path, metavar="DIR",
                        help="directory whose *.pub (and revoked) the image trusts for updates")
     image.set_defaults(func=_image)
+    locking = sub.add_parser("lock", help="resolve the package set to exact .debs and write the lock file")
+    locking.add_argument("config", help="kas-style file list, as for `image`")
+    locking.add_argument("--lock", required=True, help="lock file to write, e.g. board/qemu-u50/pbx.lock")
+    locking.set_defaults(func=_lock)
     keys_gen = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
     gen = keys_gen.add_parser("generate", help="make a development ed25519 key pair NAME.key, NAME.pub in DIR")
     gen.add_argument("dir", type=Path)

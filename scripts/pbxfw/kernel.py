@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import archive
-from .config import BuildConfig
 from .errors import StageError
 from .stages import run
 
@@ -22,7 +21,7 @@ from .stages import run
 @dataclass(frozen=True)
 class UnpackedKernel:
     version: str  # the kernel release, e.g. 6.12.117+deb13-arm64
-    package: archive.Package
+    package: archive.Deb
     root: Path  # the unpacked package
 
     @property
@@ -34,17 +33,7 @@ class UnpackedKernel:
         return self.root / "usr" / "lib" / "modules" / self.version
 
 
-def resolve(config: BuildConfig, cache: Path) -> archive.Package:
-    """The concrete linux-image package behind the flavour's metapackage."""
-    meta_name = f"linux-image-{config.board.kernel.flavour}"
-    meta = archive.newest(meta_name, config.debian, config.board.arch, cache)
-    concrete = meta.depends.split(",")[0].split()[0] if meta.depends else ""
-    if not concrete.startswith("linux-image-"):
-        raise StageError(f"{meta_name} {meta.version}: cannot find the kernel package in Depends: {meta.depends!r}")
-    return archive.newest(concrete, config.debian, config.board.arch, cache)
-
-
-def unpack(package: archive.Package, cache: Path, dest: Path) -> UnpackedKernel:
+def unpack(package: archive.Deb, cache: Path, dest: Path) -> UnpackedKernel:
     archive.unpack(package, cache, dest)
     versions = sorted(p.name for p in (dest / "usr" / "lib" / "modules").iterdir())
     if len(versions) != 1:

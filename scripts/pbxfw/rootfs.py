@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
 from .config import BuildConfig
+from .lock import Lock
 from .release import Release
 from .stages import log, run
 
@@ -43,47 +45,56 @@ MACHINE_STATE = (
 )
 
 
-def mmdebstrap_argv(config: BuildConfig, output: Path) -> list[str]:
-    debian = config.debian
+def mmdebstrap_argv(config: BuildConfig, lock: Lock, repo: Path, output: Path) -> list[str]:
+    """Bootstrap exactly the lock's root packages from the local repository."""
+    names = sorted(p.name for p in lock.role("root"))
     argv = [
         "mmdebstrap",
         "--mode=root",
-        "--variant=minbase",
+        # The essential set, then every other locked package by name: the lock, not
+        # a variant's priority rules, decides what is installed.
+        "--variant=essential",
         f"--arch={config.board.arch}",
-        f"--include={','.join(config.packages)}",
+        f"--include={','.join(names)}",
         "--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata",
         # Recommends would pull in far more than a sealed appliance uses.
         "--aptopt=APT::Install-Recommends \"false\"",
     ]
     argv += [f"--dpkgopt=path-exclude={p}" for p in EXCLUDES]
     argv += [f"--dpkgopt=path-include={p}" for p in INCLUDES]
-    argv += ["--format=tar", debian.suite, str(output)]
-    components = " ".join(debian.components)
-    argv += [
-        f"deb {debian.mirror} {debian.suite} {components}",
-        f"deb {debian.mirror} {debian.suite}-updates {components}",
-        f"deb {debian.security_mirror} {debian.suite}-security {components}",
-    ]
+    argv += ["--format=tar", lock.suite, str(output), f"deb [trusted=yes] copy://{repo} {lock.suite} main"]
     return argv
 
 
-def bootstrap_key(config: BuildConfig) -> str:
+def _tool_versions() -> str:
+    return run(["dpkg-query", "-W", "-f=${Package} ${Version}\n", "mmdebstrap", "qemu-user-static", "apt", "dpkg"],
+               capture=True)
+
+
+def bootstrap_key(config: BuildConfig, lock: Lock) -> str:
+    """Everything that feeds the bootstrap: the locked packages, options, hooks, tools."""
     material = json.dumps(
-        {"argv": mmdebstrap_argv(config, Path("OUT")), "epoch": config.source_date_epoch}, sort_keys=True
+        {"argv": mmdebstrap_argv(config, lock, Path("REPO"), Path("OUT")),
+         "debs": sorted(p.sha256 for p in lock.role("root", "bootstrap")),
+         "epoch": config.source_date_epoch, "tools": _tool_versions()},
+        sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-def bootstrap(config: BuildConfig, cache: Path) -> Path:
-    """The bootstrapped base as a tarball, from the cache when its inputs are unchanged."""
-    tarball = cache / "rootfs" / f"{config.board.arch}-{config.debian.suite}-{bootstrap_key(config)}.tar"
-    if tarball.exists():
+def bootstrap(config: BuildConfig, lock: Lock, repo: Path, cache: Path, fresh_into: Path | None = None) -> Path:
+    """The bootstrapped base as a tarball, from the cache when its inputs are unchanged;
+    with `fresh_into`, bootstrapped anew into that directory whatever the cache holds."""
+    tarball = cache / "rootfs" / f"{config.board.arch}-{config.debian.suite}-{bootstrap_key(config, lock)}.tar"
+    if fresh_into is not None:
+        tarball = fresh_into / "base.tar"
+    elif tarball.exists():
         log(f"    base root file system from cache: {tarball}")
         return tarball
     tarball.parent.mkdir(parents=True, exist_ok=True)
     partial = tarball.with_suffix(".tar.part")
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(config.source_date_epoch))
-    run(mmdebstrap_argv(config, partial), env=env)
+    run(mmdebstrap_argv(config, lock, repo, partial), env=env)
     partial.replace(tarball)
     return tarball
 
@@ -100,7 +111,23 @@ def apply_overlays(config: BuildConfig, root: Path) -> None:
         run(["cp", "-a", "--no-preserve=ownership", f"{overlay}/.", str(root)])
 
 
-def install_agent(agent_src: Path, root: Path) -> None:
+def _wheel_hashes(requirements: Path) -> set[str]:
+    return set(re.findall(r"--hash=sha256:([0-9a-f]{64})", requirements.read_text()))
+
+
+def cached_wheels(requirements: Path, cache: Path) -> Path:
+    """The pinned wheels in the cache, downloaded (and checked by pip) only when one is missing."""
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    have = {hashlib.sha256(w.read_bytes()).hexdigest() for w in wheels.glob("*.whl")}
+    if not _wheel_hashes(requirements) <= have:
+        run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
+             "--only-binary=:all:", "--dest", wheels, "-r", requirements],
+            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    return wheels
+
+
+def install_agent(agent_src: Path, root: Path, cache: Path) -> None:
     """Install the agent as Debian installs pure-Python packages: into dist-packages,
     with a launcher. Its imports come from the image's python3-* packages, plus the few
     pinned wheels Debian lacks (agent/requirements-device.txt, checked by hash)."""
@@ -109,9 +136,13 @@ def install_agent(agent_src: Path, root: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(agent_src / "pbxagent", target, ignore=shutil.ignore_patterns("__pycache__"))
+    requirements = agent_src / "requirements-device.txt"
     run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--require-hashes", "--only-binary=:all:",
-         "--no-compile", "--upgrade", "--target", dist, "-r", agent_src / "requirements-device.txt"],
-        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+         "--no-compile", "--upgrade", "--no-index", "--find-links", cached_wheels(requirements, cache),
+         "--target", dist, "-r", requirements],
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONFIG_FILE": os.devnull})
+    # pip --target also writes console scripts whose #! names the build host's Python.
+    shutil.rmtree(dist / "bin", ignore_errors=True)
     launcher = root / "usr/sbin/pbxagent"
     # -I: no environment or user site can change what runs as root at boot; -S: no
     # site.py, which costs a tenth of a second of a cold boot, so dist-packages is added here.
@@ -125,6 +156,21 @@ def install_agent(agent_src: Path, root: Path) -> None:
     # on when the build ran.
     run(["chroot", root, "/usr/bin/python3", "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
          *(f"/{path.relative_to(root)}" for path in sorted(dist.glob("pbxagent")) + sorted(dist.glob("zxcvbn")))])
+
+
+def write_apt_sources(config: BuildConfig, root: Path) -> None:
+    """The archive's suites instead of the build's local repository (a build-host path)."""
+    apt = root / "etc/apt"
+    (apt / "sources.list").unlink(missing_ok=True)
+    for stale in (apt / "sources.list.d").glob("*"):
+        stale.unlink()
+    debian = config.debian
+    (apt / "sources.list.d/debian.sources").write_text(
+        f"Types: deb\nURIs: {debian.mirror}\nSuites: {debian.suite} {debian.suite}-updates\n"
+        f"Components: {' '.join(debian.components)}\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+        f"Types: deb\nURIs: {debian.security_mirror}\nSuites: {debian.suite}-security\n"
+        f"Components: {' '.join(debian.components)}\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
 
 
 def apply_services(config: BuildConfig, root: Path) -> None:

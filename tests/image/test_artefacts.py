@@ -8,7 +8,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from pbxfw import layout
+from pbxfw import layout, lock
+from pbxfw.build import REPO
 from pbxfw.config import BuildConfig
 
 from tests.image.conftest import squashfs_length
@@ -156,3 +157,25 @@ def test_sbom_lists_every_installed_package_the_kernel_and_the_agent(rootfs: Pat
     assert any(n.startswith("linux-image-") for n in names)
     with_licence = [c for c in shipped["components"] if c.get("licenses")]
     assert len(with_licence) >= 0.8 * len(shipped["components"])
+
+
+def test_sbom_and_image_hold_exactly_the_locked_packages(rootfs: Path, build_config: BuildConfig) -> None:
+    lock_path = REPO / "board" / build_config.board.name / "pbx.lock"
+    locked = lock.load(lock_path, build_config)
+    bom = json.loads((rootfs / "usr/share/pbxfw/sbom.cdx.json").read_text())
+    properties = {p["name"]: p["value"] for p in bom["metadata"]["properties"]}
+    assert properties["pbxfw:lock-sha256"] == lock.digest(lock_path)
+    debian = {(c["name"], c["version"]) for c in bom["components"] if c.get("purl", "").startswith("pkg:deb/")}
+    kernel = locked.one("kernel")
+    assert debian - {(kernel.name, kernel.version)} == {(p.name, p.version) for p in locked.role("root")}
+    status = (rootfs / "var/lib/dpkg/status").read_text()
+    assert not any(f"Package: {p.name}\n" in status for p in locked.role("bootstrap")), "bootstrap tools shipped"
+
+
+def test_no_build_host_path_or_local_repository_in_the_image(rootfs: Path) -> None:
+    sources = "".join(p.read_text() for p in sorted((rootfs / "etc/apt").rglob("*.sources")))
+    assert "deb.debian.org" in sources
+    leaks = subprocess.run(["grep", "-rIl", "-e", "/.cache/pbxfw", "-e", str(REPO), "-e", "copy://", str(rootfs)],
+                           capture_output=True, text=True).stdout.split()
+    assert leaks == []
+    assert not list((rootfs / "var/lib/apt/lists").glob("*Packages*")), "apt lists shipped"

@@ -1,0 +1,65 @@
+"""The locked .debs as a local apt repository, the only source mmdebstrap sees.
+
+Each .deb is fetched once into the content-addressed cache (named by its sha256, checked
+against the lock) and linked into a repository made for exactly one set of packages, so
+a build with a warm cache needs no network, and apt can install nothing the lock lacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+from . import archive
+from .lock import Lock, LockedPackage
+from .stages import log, run
+
+
+def repo_key(lock: Lock) -> str:
+    material = "\n".join([lock.suite, lock.arch, *sorted(p.sha256 for p in lock.role("root", "bootstrap"))])
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def fetch_all(packages: tuple[LockedPackage, ...], cache: Path) -> list[Path]:
+    """Every package from the cache or the archive, checked; progress while downloading."""
+    missing = [p for p in packages if not archive.cached_deb(p, cache).exists()]
+    total = sum(p.size for p in missing)
+    if missing:
+        log(f"    downloading {len(missing)} of {len(packages)} packages ({total / 2**20:.1f} MiB)")
+    started, done = time.monotonic(), 0
+    paths = []
+    for package in packages:
+        paths.append(archive.fetch(package, cache))
+        if package in missing:
+            done += package.size
+            if len(missing) > 20 and missing.index(package) % (len(missing) // 10) == 0:
+                log(f"    {done / 2**20:6.1f} / {total / 2**20:.1f} MiB, {time.monotonic() - started:.0f} s")
+    return paths
+
+
+def prepare(lock: Lock, cache: Path) -> Path:
+    """The repository for the lock's root and bootstrap packages (`deb [trusted=yes] copy://REPO SUITE main`)."""
+    repo = cache / "repo" / repo_key(lock)
+    ready = repo / ".complete"
+    packages = lock.role("root", "bootstrap")
+    debs = fetch_all(packages, cache)
+    if ready.exists():
+        return repo
+    if repo.exists():
+        shutil.rmtree(repo)
+    pool = repo / "pool"
+    pool.mkdir(parents=True)
+    for package, deb in zip(packages, debs, strict=True):
+        os.link(deb, pool / f"{package.name}_{package.version.replace(':', '%3a')}_{package.arch}.deb")
+    index = repo / "dists" / lock.suite / "main" / f"binary-{lock.arch}"
+    index.mkdir(parents=True)
+    (index / "Packages").write_text(run(["dpkg-scanpackages", "--multiversion", "pool"], cwd=repo, capture=True))
+    # The codename must match the suite mmdebstrap is given: it picks Essential:yes there.
+    (repo / "dists" / lock.suite / "Release").write_text(
+        f"Suite: {lock.suite}\nCodename: {lock.suite}\nArchitectures: {lock.arch}\nComponents: main\n"
+    )
+    ready.write_text("")
+    return repo
