@@ -89,8 +89,9 @@ image-test: image
 device-test: image
 	$(PYTEST) tests/device --board $(BOARD) --keys $(KEYS)
 
-# `make test`: lint, unit tests, the default board's image and its QEMU device tests.
-test: setup lint unit image-test device-test
+# `make test`: lint, unit tests, the default board's image, its reproducibility (a second
+# build bootstrapped anew with no network) and its QEMU device tests.
+test: setup lint unit image-test repro device-test
 
 # Also builds and boots the armhf twin (adds a full bootstrap and boot; not in CI).
 test-all: test

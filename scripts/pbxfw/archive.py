@@ -14,6 +14,7 @@ import lzma
 import re
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -137,22 +138,33 @@ def release_path(suite: Suite, cache: Path) -> Path:
     return cache / "dists" / suite.name / "InRelease"
 
 
+# A front cache out of step with the archive usually catches up within minutes; a
+# build waits this long (seconds, per retry) before calling the mirror out of step.
+RETRY_PAUSES = (5.0, 20.0)
+
+
 @lru_cache(maxsize=16)
 def packages_index(suite: Suite, component: str, arch: str, cache: Path) -> str:
     """The suite's Packages index for one component and arch, checked against InRelease."""
-    release = _verified_release(suite, cache)
-    listed = {e["name"]: e for e in release.get("SHA256", [])}
     problems: list[str] = []
-    for form, decompress in INDEX_FORMS:
-        name = f"{component}/binary-{arch}/{form}"
-        if name not in listed:
-            continue
-        result = _fetch_verified(suite, name, listed[name], cache)
-        if isinstance(result, Path):
-            if problems:
-                log(f"    {suite.name} {arch}: using {form} ({'; '.join(problems)})")
-            return decompress(result.read_bytes()).decode()
-        problems.append(result)
+    for pause in (*RETRY_PAUSES, None):
+        release = _verified_release(suite, cache)
+        listed = {e["name"]: e for e in release.get("SHA256", [])}
+        problems = []
+        for form, decompress in INDEX_FORMS:
+            name = f"{component}/binary-{arch}/{form}"
+            if name not in listed:
+                continue
+            result = _fetch_verified(suite, name, listed[name], cache)
+            if isinstance(result, Path):
+                if problems:
+                    log(f"    {suite.name} {arch}: using {form} ({'; '.join(problems)})")
+                return decompress(result.read_bytes()).decode()
+            problems.append(result)
+        if pause is not None:
+            log(f"    {suite.name} {component}/binary-{arch}: no form of the index matches its Release file; "
+                f"trying again in {pause:.0f} s")
+            time.sleep(pause)
     raise StageError(
         f"{suite.mirror}/dists/{suite.name} {component}/binary-{arch}: no form of the index matches its "
         f"Release file ({'; '.join(problems) or 'none listed'}); the mirror is out of step"

@@ -29,6 +29,9 @@ EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/info/*", "/usr/s
 UNSHIPPED = (
     # fail2ban's own test suite: 1.5 MiB, and it carries a published private key.
     "usr/lib/python3/dist-packages/fail2ban/tests",
+    # The sources of udev's hardware database (9 MiB): its compiled hwdb.bin ships, and
+    # a read-only root never recompiles it (/etc/.updated keeps systemd-hwdb-update off).
+    "usr/lib/udev/hwdb.d",
 )
 # Keep what licences and locale lookups need even though their directories are excluded.
 INCLUDES = ("/usr/share/doc/*/copyright", "/usr/share/locale/locale.alias")
