@@ -72,7 +72,7 @@ def _download(url: str, dest: Path) -> None:
     tmp.replace(dest)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -114,7 +114,7 @@ def _fetch_verified(suite: Suite, name: str, entry: dict[str, str], cache: Path)
     serve out of step: the address is the content's hash)."""
     dest = cache / "dists" / suite.name / name
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists() and _sha256(dest) == entry["sha256"]:
+    if dest.exists() and sha256_file(dest) == entry["sha256"]:
         return dest
     directory = name.rsplit("/", 1)[0]
     problems = []
@@ -125,7 +125,7 @@ def _fetch_verified(suite: Suite, name: str, entry: dict[str, str], cache: Path)
         except StageError as exc:
             problems.append(str(exc))
             continue
-        actual = _sha256(dest)
+        actual = sha256_file(dest)
         if actual == entry["sha256"] and dest.stat().st_size == int(entry["size"]):
             return dest
         problems.append(f"{url}: sha256 {actual}, Release says {entry['sha256']}")
@@ -227,7 +227,7 @@ def fetch(package: Deb, cache: Path) -> Path:
     dest = cached_deb(package, cache)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
-        if _sha256(dest) == package.sha256:
+        if sha256_file(dest) == package.sha256:
             return dest
         log(f"    {dest}: corrupted in the cache ({package.name} {package.version}), fetching it again")
         dest.unlink()
@@ -238,7 +238,7 @@ def fetch(package: Deb, cache: Path) -> Path:
             f"{package.name} {package.version} is not in the cache ({cache / 'debs'}) and {exc}. If the archive "
             f"no longer has it, run `make lock` to move to the archive's current versions, or restore the cache"
         ) from None
-    actual = _sha256(dest)
+    actual = sha256_file(dest)
     if actual != package.sha256:
         dest.unlink()
         raise StageError(f"{package.name} {package.version} ({package.filename}): sha256 {actual} "

@@ -9,24 +9,16 @@ ed25519 signatures are deterministic, so equal payloads give equal bundles.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from .archive import sha256_file
 from .stages import log
 
 ARTEFACTS = ("rootfs.slot", "disk.img", "repro.bundle", "sbom.cdx.json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _pbxfw(*args: str | Path, offline: bool = False) -> None:
@@ -57,7 +49,7 @@ def compare(a: Path, b: Path) -> list[str]:
     """The artefacts whose bytes differ, each with both hashes."""
     differ = []
     for name in ARTEFACTS:
-        left, right = _sha256(a / name), _sha256(b / name)
+        left, right = sha256_file(a / name), sha256_file(b / name)
         log(f"    {name:<14} {left}" + ("" if left == right else f"\n    {'':<14} {right}  DIFFERS"))
         if left != right:
             differ.append(name)
