@@ -38,19 +38,20 @@ class Twin:
         return self._dut
 
     def power_cut(self) -> None:
-        if self._dut is not None:
-            self._dut.close()
-            self._dut = None
-        if self._qemu is not None:
-            self._qemu.power_cut()
-            self._qemu = None
+        self._off(cut=True)
 
     def shut_down(self) -> None:
+        self._off(cut=False)
+
+    def _off(self, cut: bool) -> None:
         if self._dut is not None:
             self._dut.close()
             self._dut = None
         if self._qemu is not None:
-            self._qemu.stop()
+            if cut:
+                self._qemu.power_cut()
+            else:
+                self._qemu.stop()
             self._qemu = None
 
 
