@@ -17,6 +17,16 @@ from .config import BuildConfig
 from .stages import run
 
 ALIGN = 4096
+SQUASHFS_MAGIC = b"hsqs"
+
+
+def fit_offset(head: bytes) -> int:
+    """Where the FIT starts in a slot image beginning with `head` (at least 0x30 bytes):
+    the squashfs length (bytes_used, little-endian u64 at 0x28) rounded up to ALIGN."""
+    if head[:4] != SQUASHFS_MAGIC:
+        raise ValueError("the slot image does not start with a squashfs")
+    used = int.from_bytes(head[0x28:0x30], "little")
+    return -(-used // ALIGN) * ALIGN
 
 
 def fit_source(config: BuildConfig, kernel: Path, initramfs: Path) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from pbxagent.bundle import Reason
 from pbxfw import bundler, keys, target
 from pbxfw.config import BuildConfig
-from pbxfw.slot import assemble
+from pbxfw.slot import assemble, fit_offset
 
 from tests.device.bundleserver import BundleServer, serving
 from tests.device.conftest import CONSOLE_LOG_KEY
@@ -30,11 +29,6 @@ def make(dest: Path, payload: Path, signer: Path, *, compatible: str, security: 
     manifest = bundler.manifest_for(payload, compatible, version, security, "test")
     bundler.write(dest, payload, manifest, [keys.FileSigner(signer)])
     return dest
-
-
-def fit_offset(slot: bytes | bytearray) -> int:
-    used: int = struct.unpack_from("<Q", slot, 0x28)[0]  # squashfs bytes_used
-    return -(-used // 4096) * 4096
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +71,7 @@ def bundles(dev_key: Path, out_dir: Path, tmp_path_factory: pytest.TempPathFacto
     big.unlink()
 
     broken = bytearray(slot.read_bytes())
-    kernel_at = fit_offset(broken) + 0x10000
+    kernel_at = fit_offset(bytes(broken[:0x30])) + 0x10000
     broken[kernel_at:kernel_at + 64] = bytes(64)  # the FIT's kernel hash no longer matches
     (work / "broken.payload").write_bytes(bytes(broken))
     make(work / "broken-kernel.bundle", work / "broken.payload", dev_key, version="2.1.0", **good)
@@ -98,7 +92,7 @@ def unhealthy_slot(slot: Path, work: Path) -> Path:
     shutil.rmtree(tree)
     original = slot.read_bytes()
     fit = work / "slot.fit"
-    fit.write_bytes(original[fit_offset(original):])
+    fit.write_bytes(original[fit_offset(original[:0x30]):])
     dest = work / "unhealthy.payload"
     assemble(squashfs, fit, dest)
     return dest

@@ -7,16 +7,6 @@ from pathlib import Path
 
 import pytest
 
-SQUASHFS_MAGIC = b"hsqs"
-
-
-def squashfs_length(slot: Path) -> int:
-    """bytes_used from the squashfs superblock (little-endian u64 at 0x28)."""
-    with slot.open("rb") as handle:
-        head = handle.read(0x30)
-    assert head[:4] == SQUASHFS_MAGIC, f"{slot} does not start with a squashfs"
-    return int.from_bytes(head[0x28:0x30], "little")
-
 
 @pytest.fixture(scope="session")
 def slot(out_dir: Path) -> Path:
