@@ -9,6 +9,15 @@ import urllib.request
 from typing import Any, BinaryIO, Protocol
 
 
+def byte_size(path: str) -> int:
+    """The size of a file or a block device (whose st_size is 0: seek to its end)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
 class Source(Protocol):
     name: str
 
@@ -22,12 +31,7 @@ class FileSource:
         self.name = path
 
     def size(self) -> int:
-        # A block device has st_size 0; seeking to its end gives its size.
-        fd = os.open(self.name, os.O_RDONLY)
-        try:
-            return os.lseek(fd, 0, os.SEEK_END)
-        finally:
-            os.close(fd)
+        return byte_size(self.name)
 
     def open_at(self, offset: int) -> BinaryIO:
         handle = open(self.name, "rb")  # noqa: SIM115 - the caller closes it

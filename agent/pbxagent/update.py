@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic, bootstate, bundle, paths
-from .source import Source, open_source, read_exactly
+from .source import Source, byte_size, open_source, read_exactly
 
 # Chunks are verified in batches of BATCH_BYTES and written with one call per batch;
 # every SYNC_EVERY chunks (16 MiB at 64 KiB) the slot is synced and the progress
@@ -95,7 +95,7 @@ def plan(source: Source) -> Plan:
     device = slot_device(target)
     info = bootstate.board_info()
     bundle.check_target(header.manifest, str(info["compatible"]), int(load_state()["floor"]),
-                        device_size(device))
+                        byte_size(device))
     size = source.size()
     if size is not None and size < header.total_size:
         raise bundle.Rejected(bundle.Reason.TRUNCATED,
@@ -103,14 +103,6 @@ def plan(source: Source) -> Plan:
     progress = _load("progress.json")
     resume = progress.get("manifest_sha256") == header.manifest_sha256 and progress.get("slot") == target
     return Plan(header, key, target, device, int(progress.get("next_chunk", 0)) if resume else 0)
-
-
-def device_size(device: str) -> int:
-    fd = os.open(device, os.O_RDONLY)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
 
 
 def _verify_batch(manifest: bundle.Manifest, first: int, count: int, data: memoryview) \
