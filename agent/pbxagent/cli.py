@@ -48,12 +48,12 @@ def _provision(_: object) -> int:
 def _boot_check(args: argparse.Namespace) -> int:
     from . import health, system
 
-    healthy, lines = health.check_boot(args.wait)
-    for line in lines:
+    verdict = health.check_boot(args.wait)
+    for line in verdict.lines:
         print(f"pbxagent: {line}", flush=True)
-    if not healthy and any("on probation" in line for line in lines):
+    if verdict.reboot:
         system.systemctl("reboot", "--no-block")
-    return OK if healthy else REJECTED
+    return OK if verdict.healthy else REJECTED
 
 
 def _refused(exc: Exception) -> int:

@@ -105,21 +105,28 @@ def commit(state: dict[str, Any], running: str) -> Iterator[str]:
         yield f"security floor raised to {state['floor']}"
 
 
-def check_boot(wait: float = 90) -> tuple[bool, list[str]]:
-    """The health check and what follows from it; returns (healthy, lines to report)."""
+class Verdict(NamedTuple):
+    healthy: bool
+    reboot: bool  # an unhealthy slot on probation: reboot so U-Boot's attempts run out
+    lines: list[str]  # what to report
+
+
+def check_boot(wait: float = 90) -> Verdict:
+    """The health check and what follows from it."""
     running = bootstate.booted_slot()
     state = update.load_state()
     lines = list(settle_pending(state, running))
     findings = run_checks(wait)
     healthy = all(f.passed for f in findings)
+    reboot = not healthy and bool(state["pending"])
     lines += [f"health {'ok  ' if f.passed else 'FAIL'} {f.name}: {f.detail}" for f in findings]
     boot = bootstate.read()
     if healthy:
         lines += list(commit(state, running))
         bootstate.write(bootstate.good(boot, running, bootstate.boot_attempts()))
         lines.append(f"slot {running} marked good")
-    elif state["pending"]:
+    elif reboot:
         lines.append(f"slot {running} is on probation and unhealthy: rebooting "
                      f"({boot.attempts(running)} attempt(s) left before slot {bootstate.other(running)})")
     update.save_state(state)
-    return healthy, lines
+    return Verdict(healthy, reboot, lines)
