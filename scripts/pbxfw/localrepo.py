@@ -30,14 +30,15 @@ def fetch_all(packages: tuple[LockedPackage, ...], cache: Path) -> list[Path]:
     if missing:
         log(f"    downloading {len(missing)} of {len(packages)} packages ({total / 2**20:.1f} MiB)")
     started, done = time.monotonic(), 0
-    paths = []
-    for package in packages:
-        paths.append(archive.fetch(package, cache))
-        if package in missing:
-            done += package.size
-            if len(missing) > 20 and missing.index(package) % (len(missing) // 10) == 0:
-                log(f"    {done / 2**20:6.1f} / {total / 2**20:.1f} MiB, {time.monotonic() - started:.0f} s")
-    return paths
+    fetched: dict[LockedPackage, Path] = {}
+    for number, package in enumerate(missing, 1):
+        fetched[package] = archive.fetch(package, cache)
+        done += package.size
+        if number % 20 == 0 or number == len(missing):
+            log(f"    {number}/{len(missing)} packages, {done / 2**20:.1f} / {total / 2**20:.1f} MiB, "
+                f"{time.monotonic() - started:.0f} s")
+    # The cached ones are checked against the lock too, on every build.
+    return [fetched.get(package) or archive.fetch(package, cache) for package in packages]
 
 
 def prepare(lock: Lock, cache: Path) -> Path:
