@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
 
 from debian import deb822
 from debian.debian_support import Version
@@ -42,7 +41,11 @@ class Package:
     size: int
     sha256: str
     mirror: str
-    depends: str
+    depends: str = ""  # only read to follow a metapackage (the kernel flavour)
+
+    @property
+    def url(self) -> str:
+        return f"{self.mirror}/{self.filename}"
 
 
 @dataclass(frozen=True)
@@ -202,27 +205,12 @@ def newest(name: str, debian: Debian, arch: str, cache: Path) -> Package:
     return best
 
 
-class Deb(Protocol):
-    """What fetching needs to know about a .deb (an index entry or a locked package)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def version(self) -> str: ...
-    @property
-    def filename(self) -> str: ...
-    @property
-    def sha256(self) -> str: ...
-    @property
-    def mirror(self) -> str: ...
-
-
-def cached_deb(package: Deb, cache: Path) -> Path:
+def cached_deb(package: Package, cache: Path) -> Path:
     """Where the content-addressed cache keeps a .deb: named by its sha256."""
     return cache / "debs" / f"{package.sha256}.deb"
 
 
-def fetch(package: Deb, cache: Path) -> Path:
+def fetch(package: Package, cache: Path) -> Path:
     """The .deb from the cache, or downloaded into it; either way checked against its sha256."""
     dest = cached_deb(package, cache)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +220,7 @@ def fetch(package: Deb, cache: Path) -> Path:
         log(f"    {dest}: corrupted in the cache ({package.name} {package.version}), fetching it again")
         dest.unlink()
     try:
-        _download(f"{package.mirror}/{package.filename}", dest)
+        _download(package.url, dest)
     except StageError as exc:
         raise StageError(
             f"{package.name} {package.version} is not in the cache ({cache / 'debs'}) and {exc}. If the archive "
@@ -246,7 +234,7 @@ def fetch(package: Deb, cache: Path) -> Path:
     return dest
 
 
-def unpack(package: Deb, cache: Path, dest: Path) -> Path:
+def unpack(package: Package, cache: Path, dest: Path) -> Path:
     """Fetch a package (checked) and unpack it into a fresh `dest`, natively on the host."""
     deb = fetch(package, cache)
     if dest.exists():

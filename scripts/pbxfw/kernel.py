@@ -21,7 +21,7 @@ from .stages import run
 @dataclass(frozen=True)
 class UnpackedKernel:
     version: str  # the kernel release, e.g. 6.12.117+deb13-arm64
-    package: archive.Deb
+    package: archive.Package
     root: Path  # the unpacked package
 
     @property
@@ -33,7 +33,7 @@ class UnpackedKernel:
         return self.root / "usr" / "lib" / "modules" / self.version
 
 
-def unpack(package: archive.Deb, cache: Path, dest: Path) -> UnpackedKernel:
+def unpack(package: archive.Package, cache: Path, dest: Path) -> UnpackedKernel:
     archive.unpack(package, cache, dest)
     versions = sorted(p.name for p in (dest / "usr" / "lib" / "modules").iterdir())
     if len(versions) != 1:

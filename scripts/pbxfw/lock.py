@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .archive import Package
 from .config import BuildConfig
 from .errors import PbxfwError
 
@@ -37,20 +38,15 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 BASE_SET = ("?essential", "?priority(required)", "apt")
 
 
-@dataclass(frozen=True)
-class LockedPackage:
-    role: str
-    name: str
-    version: str
-    arch: str
-    size: int
-    sha256: str
-    mirror: str
-    filename: str  # pool path, relative to the mirror
+@dataclass(frozen=True, kw_only=True)
+class LockedPackage(Package):
+    """An archive package and the part it plays in the image."""
 
-    @property
-    def url(self) -> str:
-        return f"{self.mirror}/{self.filename}"
+    role: str
+
+    @classmethod
+    def of(cls, package: Package, role: str) -> LockedPackage:
+        return cls(**{**vars(package), "depends": ""}, role=role)
 
 
 @dataclass(frozen=True)
@@ -129,7 +125,8 @@ def parse(text: str, path: Path) -> Lock:
         if (role, name) in seen:
             raise PbxfwError(f"{where}: {name} is locked twice as '{role}'")
         seen.add((role, name))
-        packages.append(LockedPackage(role, name, version, arch, int(size), sha256, mirror, filename))
+        packages.append(LockedPackage(role=role, name=name, version=version, arch=arch, size=int(size), sha256=sha256,
+                                      mirror=mirror, filename=filename))
     for key in ("format", "suite", "arch", "request"):
         if key not in header:
             raise PbxfwError(f"{path}: no '{key}' line")

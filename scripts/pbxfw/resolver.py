@@ -84,14 +84,10 @@ def _index_entries(index: str, mirror: str, wanted: set[str]) -> dict[str, Locke
         if filename not in wanted:
             continue
         fields = dict(line.split(": ", 1) for line in paragraph.splitlines() if ": " in line and line[0] != " ")
-        found[filename] = LockedPackage("root", fields["Package"], fields["Version"], fields["Architecture"],
-                                        int(fields["Size"]), fields["SHA256"], mirror, filename)
+        found[filename] = LockedPackage(role="root", name=fields["Package"], version=fields["Version"],
+                                        arch=fields["Architecture"], size=int(fields["Size"]),
+                                        sha256=fields["SHA256"], mirror=mirror, filename=filename)
     return found
-
-
-def _locked(package: archive.Package, role: str) -> LockedPackage:
-    return LockedPackage(role, package.name, package.version, package.arch, package.size, package.sha256,
-                         package.mirror, package.filename)
 
 
 def kernel_package(config: BuildConfig, cache: Path) -> archive.Package:
@@ -126,11 +122,11 @@ def resolve(config: BuildConfig, cache: Path) -> Lock:
     missing = [f"{m}/{f}" for m, files in by_mirror.items() for f in files if (m, f) not in entries]
     if missing:
         raise StageError(f"apt chose files no checked index lists: {', '.join(sorted(missing))}")
-    packages = [*entries.values(),
-                *(_locked(archive.newest(name, config.debian, config.board.arch, cache), "bootstrap")
-                  for name in BOOTSTRAP_TOOLS),
-                _locked(kernel_package(config, cache), "kernel"),
-                _locked(archive.newest("busybox-static", config.debian, config.board.arch, cache), "initramfs")]
+    def newest(name: str, role: str) -> LockedPackage:
+        return LockedPackage.of(archive.newest(name, config.debian, config.board.arch, cache), role)
+
+    packages = [*entries.values(), *(newest(name, "bootstrap") for name in BOOTSTRAP_TOOLS),
+                LockedPackage.of(kernel_package(config, cache), "kernel"), newest("busybox-static", "initramfs")]
     log(f"    {len(entries)} packages for the root file system, kernel and busybox-static "
         f"({time.monotonic() - started:.1f} s)")
     return Lock(config.debian.suite, config.board.arch, request_digest(config), tuple(packages))

@@ -15,12 +15,17 @@ SHA_A = "a" * 64
 SHA_B = "b" * 64
 
 
+def locked(role: str, name: str, version: str, sha256: str, filename: str, size: int = 1,
+           mirror: str = "http://deb.debian.org/debian", arch: str = "arm64") -> lock.LockedPackage:
+    return lock.LockedPackage(role=role, name=name, version=version, arch=arch, size=size, sha256=sha256,
+                              mirror=mirror, filename=filename)
+
+
 def sample(request: str = "r" * 64) -> lock.Lock:
     return lock.Lock("trixie", "arm64", request, (
-        lock.LockedPackage("root", "libc6", "2.41-12", "arm64", 100, SHA_A, "http://deb.debian.org/debian",
-                           "pool/main/g/glibc/libc6_2.41-12_arm64.deb"),
-        lock.LockedPackage("kernel", "linux-image-6.12-arm64", "6.12-1", "arm64", 200, SHA_B,
-                           "http://deb.debian.org/debian", "pool/main/l/linux/linux-image_6.12-1_arm64.deb"),
+        locked("root", "libc6", "2.41-12", SHA_A, "pool/main/g/glibc/libc6_2.41-12_arm64.deb", size=100),
+        locked("kernel", "linux-image-6.12-arm64", "6.12-1", SHA_B, "pool/main/l/linux/linux-image_6.12-1_arm64.deb",
+               size=200),
     ))
 
 
@@ -70,8 +75,8 @@ def test_the_committed_lock_answers_the_default_recipe() -> None:
 
 def test_changes_list_every_package_that_moved() -> None:
     old = sample()
-    moved = lock.LockedPackage("root", "libc6", "2.41-13", "arm64", 100, SHA_A, "m", "f")
-    added = lock.LockedPackage("root", "zlib1g", "1.3", "arm64", 1, SHA_B, "m", "g")
+    moved = locked("root", "libc6", "2.41-13", SHA_A, "f")
+    added = locked("root", "zlib1g", "1.3", SHA_B, "g")
     new = lock.Lock("trixie", "arm64", old.request, (moved, old.packages[1], added))
     assert lock.changes(old, new) == ["libc6: 2.41-12 -> 2.41-13", "zlib1g: - -> 1.3"]
     assert lock.changes(old, old) == []
@@ -82,8 +87,8 @@ def mirror_with(tmp_path: Path, content: bytes) -> tuple[lock.LockedPackage, Pat
     mirror = tmp_path / "mirror"
     (mirror / "pool").mkdir(parents=True)
     (mirror / "pool/hello_1.0_all.deb").write_bytes(content)
-    package = lock.LockedPackage("root", "hello", "1.0", "all", len(content), hashlib.sha256(content).hexdigest(),
-                                 f"file://{mirror}", "pool/hello_1.0_all.deb")
+    package = locked("root", "hello", "1.0", hashlib.sha256(content).hexdigest(), "pool/hello_1.0_all.deb",
+                     size=len(content), mirror=f"file://{mirror}", arch="all")
     return package, mirror
 
 
