@@ -23,7 +23,7 @@ def command(
     """The twin: U-Boot from the board's firmware file, the disk on virtio-mmio
     (what U-Boot and the initramfs both drive), and one NIC on a user-mode network
     that is isolated from the host's (restrict=on: nothing leaves it). `guestfwd` rules
-    (`tcp:GUEST_ADDR:PORT-tcp:127.0.0.1:PORT`) are the only way out: to a server the
+    (`tcp:GUEST_ADDR:PORT-cmd:socat - TCP:127.0.0.1:PORT`) are the only way out: to a server the
     harness runs on loopback."""
     q = board.qemu
     return [

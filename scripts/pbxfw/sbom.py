@@ -34,6 +34,10 @@ def package_licences(copyright_text: str) -> list[str]:
     return []
 
 
+def _deb_purl(name: str, version: str, arch: str, distro: str) -> str:
+    return f"pkg:deb/debian/{name}@{version}?arch={arch}&distro={distro}"
+
+
 def debian_components(root: Path, distro: str) -> list[dict[str, Any]]:
     status = (root / "var" / "lib" / "dpkg" / "status").read_text(encoding="utf-8")
     components = []
@@ -50,11 +54,11 @@ def debian_components(root: Path, distro: str) -> list[dict[str, Any]]:
             "bom-ref": f"deb:{name}",
             "name": name,
             "version": version,
-            "purl": f"pkg:deb/debian/{name}@{version}?arch={arch}&distro={distro}",
+            "purl": _deb_purl(name, version, arch, distro),
             "properties": [{"name": "debian:source", "value": source}],
         }
         if licences:
-            component["licenses"] = [{"license": {"name": text}} for text in licences]
+            component["licenses"] = [{"license": {"name": licence}} for licence in licences]
         else:
             component["properties"].append({"name": "debian:copyright", "value": "not machine-readable"})
         components.append(component)
@@ -102,7 +106,7 @@ def document(board: str, version: str, epoch: int, components: list[dict[str, An
 def kernel_component(name: str, version: str, arch: str, distro: str) -> dict[str, Any]:
     """The kernel is unpacked on the host into the slot's FIT, so dpkg never saw it."""
     return {"type": "operating-system", "bom-ref": f"deb:{name}", "name": name, "version": version,
-            "purl": f"pkg:deb/debian/{name}@{version}?arch={arch}&distro={distro}",
+            "purl": _deb_purl(name, version, arch, distro),
             "licenses": [{"license": {"name": "GPL-2"}}],
             "properties": [{"name": "debian:source", "value": "linux"}]}
 
