@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from . import atomic, nft, paths
 from .firewall import TABLE
+from .netpolicy import Jail, render_jails
 
 DEFAULT_SECONDS = 3600
 
@@ -23,6 +24,19 @@ class BanError(ValueError):
 class Ban(NamedTuple):
     address: str
     expires_in: int  # seconds left
+
+
+def jails_path() -> Path:
+    # Read by fail2ban after the image's jail.d/pbx.local, so these settings win.
+    return paths.root() / "etc" / "fail2ban" / "jail.d" / "zz-pbx-policy.local"
+
+
+def write_jails(jails: dict[str, Jail]) -> Path:
+    """The policy's thresholds where fail2ban reads them (/etc is volatile: written at
+    every guard start, before fail2ban, which is ordered after the guard)."""
+    dest = jails_path()
+    atomic.write(dest, render_jails(jails), mode=0o644)
+    return dest
 
 
 def store_path() -> Path:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import paths, policy
+from . import policy
 from .passwords import Account, Kind
 
 if TYPE_CHECKING:
@@ -364,16 +364,13 @@ def _bans_remove(args: argparse.Namespace) -> int:
 
 
 def _bans_jails(args: argparse.Namespace) -> int:
-    from . import atomic, netpolicy
+    from . import bans, netpolicy
 
-    text = netpolicy.render_jails(_policy().jails)
+    jails = _policy().jails
     if args.write:
-        # /etc is a volatile layer: fail2ban's unit writes this at every start.
-        dest = paths.root() / "etc" / "fail2ban" / "jail.d" / "zz-pbx-policy.local"
-        atomic.write(dest, text, mode=0o644)
-        print(f"pbxagent: fail2ban thresholds from the policy written to {dest}")
+        print(f"pbxagent: fail2ban thresholds from the policy written to {bans.write_jails(jails)}")
     else:
-        print(text, end="")
+        print(netpolicy.render_jails(jails), end="")
     return OK
 
 

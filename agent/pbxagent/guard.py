@@ -86,6 +86,7 @@ def _follow(policy: Policy, log: Callable[[str], None], events: Any, groups: int
         trusted = segments(addresses)
         log(f"firewall applied; trusted LAN: {', '.join(trusted) or 'none'}")
         log(f"{bans.restore(exempt_networks(policy, addresses))} saved ban(s) restored")
+        log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
         _notify("READY=1")
         last_save = time.monotonic()
         while True:

@@ -108,21 +108,22 @@ def test_ten_failures_from_the_internet_ban_it_the_lan_never(device: Device, hos
         device.check(f"pbxagent bans remove {attacker} 2>/dev/null || true")
 
 
-def restart_fail2ban(device: Device) -> None:
-    # The unit is active before the server answers on its socket; wait for the answer.
-    device.check("systemctl restart fail2ban && ( for i in $(seq 120); do "
+def restart_guard_and_fail2ban(device: Device) -> None:
+    """The guard writes the policy's thresholds when it starts; fail2ban reads them. The
+    unit is active before the server answers on its socket: wait for the answer."""
+    device.check("systemctl restart pbx-guard fail2ban && ( for i in $(seq 120); do "
                  "fail2ban-client ping >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1 )", timeout=120)
 
 
 def test_ban_thresholds_come_from_the_policy(device: Device) -> None:
-    restart_fail2ban(device)
+    restart_guard_and_fail2ban(device)
     assert device.check("fail2ban-client get pbx-sip maxretry").strip() == "10"
     device.check("printf 'bans:\\n  sip: {failures: 6, window: 300, ban: 7200}\\n' > /data/pbx/policy.yaml")
     try:
-        restart_fail2ban(device)
+        restart_guard_and_fail2ban(device)
         assert device.check("fail2ban-client get pbx-sip maxretry").strip() == "6"
         assert device.check("fail2ban-client get pbx-sip bantime").strip() == "7200"
     finally:
         device.check("rm -f /data/pbx/policy.yaml")
-        restart_fail2ban(device)
+        restart_guard_and_fail2ban(device)
     assert device.check("fail2ban-client get pbx-sip maxretry").strip() == "10"
