@@ -23,8 +23,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -274,13 +275,30 @@ def check_target(manifest: Manifest, compatible: str, floor: int, slot_bytes: in
         )
 
 
-def verify_chunk(manifest: Manifest, index: int, data: bytes | memoryview) -> None:
+def verify_chunk(manifest: Manifest, index: int, data: bytes | memoryview,
+                 mismatch: Reason = Reason.CHUNK_MISMATCH) -> None:
     offset, length = manifest.chunk_range(index)
     if len(data) != length:
         raise Rejected(Reason.TRUNCATED, f"payload ends at byte {offset + len(data)} of {manifest.payload_size}")
     if hashlib.sha256(data).hexdigest() != manifest.chunks[index]:
-        raise Rejected(Reason.CHUNK_MISMATCH, f"payload chunk {index} (bytes {offset}..{offset + length}) "
-                                              "does not match the signed manifest")
+        raise Rejected(mismatch, f"payload chunk {index} (bytes {offset}..{offset + length}) "
+                                 "does not match the signed manifest")
+
+
+def verify_payload(manifest: Manifest, read: Callable[[int, int], bytes], where: str,
+                   mismatch: Reason = Reason.CHUNK_MISMATCH) -> None:
+    """Every chunk and then the whole payload, read through `read(offset, length)` (a
+    bundle file, or a slot read back after writing: `mismatch` says which failed)."""
+    whole = hashlib.sha256()
+    for index in range(len(manifest.chunks)):
+        data = read(*manifest.chunk_range(index))
+        try:
+            verify_chunk(manifest, index, data, mismatch)
+        except Rejected as exc:
+            raise Rejected(exc.reason, f"{where}: {exc}") from None
+        whole.update(data)
+    if whole.hexdigest() != manifest.payload_sha256:
+        raise Rejected(mismatch, f"{where}: payload sha256 does not match the signed manifest")
 
 
 def read_header(src: BinaryIO) -> Header:
@@ -300,12 +318,6 @@ def verify_file(path: Path, trust: Trust) -> tuple[Header, bytes]:
         size = path.stat().st_size
         if size < header.total_size:
             raise Rejected(Reason.TRUNCATED, f"{path}: {size} bytes, the manifest needs {header.total_size}")
-        src.seek(header.payload_offset)
-        whole = hashlib.sha256()
-        for index in range(len(header.manifest.chunks)):
-            data = src.read(header.manifest.chunk_range(index)[1])
-            verify_chunk(header.manifest, index, data)
-            whole.update(data)
-        if whole.hexdigest() != header.manifest.payload_sha256:
-            raise Rejected(Reason.CHUNK_MISMATCH, f"{path}: payload sha256 does not match the manifest")
+        verify_payload(header.manifest, lambda offset, length: os.pread(src.fileno(), length,
+                                                                        header.payload_offset + offset), str(path))
     return header, signer

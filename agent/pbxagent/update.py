@@ -12,7 +12,6 @@ State on /data/pbx/update (outside the slots, so it survives both):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -161,22 +160,13 @@ def _write_chunks(plan_: Plan, source: Source, report: Callable[[int], None]) ->
 
 def _read_back(plan_: Plan) -> None:
     """Read the written slot from the device (page cache dropped) and check every chunk."""
-    manifest = plan_.header.manifest
-    whole = hashlib.sha256()
     fd = os.open(plan_.device, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        for index in range(len(manifest.chunks)):
-            offset, length = manifest.chunk_range(index)
-            data = os.pread(fd, length, offset)
-            if hashlib.sha256(data).hexdigest() != manifest.chunks[index]:
-                raise bundle.Rejected(bundle.Reason.READBACK_MISMATCH,
-                                      f"{plan_.device}: chunk {index} reads back different from what was written")
-            whole.update(data)
+        bundle.verify_payload(plan_.header.manifest, lambda offset, length: os.pread(fd, length, offset),
+                              f"{plan_.device} (read back)", bundle.Reason.READBACK_MISMATCH)
     finally:
         os.close(fd)
-    if whole.hexdigest() != manifest.payload_sha256:
-        raise bundle.Rejected(bundle.Reason.READBACK_MISMATCH, f"{plan_.device}: payload sha256 differs")
 
 
 class Progress:

@@ -74,6 +74,20 @@ def test_a_flipped_payload_bit_names_its_chunk(tmp_path: Path, keydir: Path) -> 
     assert caught.value.reason is Reason.CHUNK_MISMATCH
 
 
+def test_a_slot_that_reads_back_different_is_a_read_back_failure(tmp_path: Path, keydir: Path) -> None:
+    path = make_bundle(tmp_path, keydir)
+    header, _ = bundle.verify_file(path, trust(keydir))
+    payload = bytearray(path.read_bytes()[header.payload_offset:])
+    bundle.verify_payload(header.manifest, lambda offset, length: bytes(payload[offset:offset + length]), "slot")
+    payload[len(payload) - 1] ^= 0x01  # the flash returned one bit wrong, in the last chunk
+    with pytest.raises(Rejected) as refused:
+        bundle.verify_payload(header.manifest, lambda offset, length: bytes(payload[offset:offset + length]),
+                              "/dev/vda4 (read back)", Reason.READBACK_MISMATCH)
+    last = len(header.manifest.chunks) - 1
+    assert refused.value.reason == Reason.READBACK_MISMATCH
+    assert str(refused.value).startswith(f"/dev/vda4 (read back): payload chunk {last} ")
+
+
 def test_an_edited_manifest_breaks_the_signature(tmp_path: Path, keydir: Path) -> None:
     path = make_bundle(tmp_path, keydir)
     data = path.read_bytes()
