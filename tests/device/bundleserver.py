@@ -1,6 +1,6 @@
 """An HTTP server on the host's loopback that serves bundles to a twin (through QEMU's
-guestfwd), with byte ranges for resumed downloads and a way to drop the connection
-after N bytes (an interrupted download)."""
+guestfwd) or to the host's own tests, with byte ranges for resumed downloads and a way
+to drop a download after N bytes (an interrupted download)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ GUEST_ADDRESS = "10.0.2.100"  # inside the twin's user-mode network
 
 class _Handler(BaseHTTPRequestHandler):
     directory: Path
+    # file name -> bytes after which the next ranged GET (a payload download: the
+    # installer reads the header from byte 0 without a range) loses its connection
     cut_after: dict[str, int]
 
     def log_message(self, format: str, *args: object) -> None:
@@ -53,7 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(size - start))
         self.end_headers()
-        budget = self.cut_after.pop(path.name, None)
+        budget = self.cut_after.pop(path.name, None) if match else None
         with path.open("rb") as src, contextlib.suppress(BrokenPipeError, ConnectionResetError):
             # A client that read the header and hung up is normal (verify before download).
             src.seek(start)
@@ -85,6 +87,9 @@ class BundleServer:
 
     def url(self, name: str) -> str:
         return f"http://{GUEST_ADDRESS}/{name}"
+
+    def host_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
 
     @property
     def guestfwd(self) -> str:

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pbxagent import bootstate, bundle, health, update
 from pbxagent.bundle import Reason, Rejected
-from pbxagent.source import FileSource
 from pbxfw import bundler, keys
+
+from tests.device.bundleserver import serving
 
 COMPATIBLE = "pbxfw,qemu-u50"
 CHUNK = 4096
@@ -263,31 +264,27 @@ def test_a_bad_chunk_is_never_written_and_a_refusal_changes_nothing(tmp_path: Pa
     assert (tmp_path / "bootstate").read_bytes() == before
 
 
-def test_an_interrupted_install_resumes_at_the_last_durable_chunk(tmp_path: Path, keydir: Path, device_tree: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupted_download_resumes_at_the_last_durable_chunk(tmp_path: Path, keydir: Path, device_tree: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(update, "SYNC_EVERY", 4)
     monkeypatch.setattr(update, "BATCH_BYTES", 4 * CHUNK)
     path = make_bundle(tmp_path, keydir)
-    header, _ = bundle.verify_file(path, trust(keydir))
-    whole = path.read_bytes()
-    path.write_bytes(whole[:header.payload_offset + 9 * CHUNK + 100])
-    # A download that ends early: the source promised the whole bundle (a fake only for
-    # that promise; the reads, writes and boot state are real).
-    monkeypatch.setattr(FileSource, "size", lambda self: len(whole))
-    with pytest.raises(Rejected) as caught:
-        update.install(str(path))
-    assert caught.value.reason is Reason.TRUNCATED
-    progress = json.loads((device_tree / "data" / "pbx" / "update" / "progress.json").read_text())
-    assert progress["next_chunk"] == 8
-    path.write_bytes(whole)
-    writes: list[int] = []
-    real_pwrite = os.pwrite
+    with serving(path.parent) as server:
+        url = server.host_url(path.name)
+        server.cut_after[path.name] = 9 * CHUNK + 100  # the connection drops inside chunk 9
+        with pytest.raises(Rejected) as caught:
+            update.install(url)
+        assert caught.value.reason is Reason.TRUNCATED
+        progress = json.loads((device_tree / "data" / "pbx" / "update" / "progress.json").read_text())
+        assert progress["next_chunk"] == 8
+        writes: list[int] = []
+        real_pwrite = os.pwrite
 
-    def pwrite(fd: int, data: memoryview, offset: int) -> int:
-        writes.append(offset)
-        return real_pwrite(fd, data, offset)
+        def pwrite(fd: int, data: memoryview, offset: int) -> int:
+            writes.append(offset)
+            return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(os, "pwrite", pwrite)
-    update.install(str(path))
+        monkeypatch.setattr(os, "pwrite", pwrite)
+        update.install(url)  # a Range request from the first chunk not yet durable
     assert min(writes) == 8 * CHUNK
     assert Path(update.slot_device("B")).read_bytes()[:len(PAYLOAD)] == PAYLOAD
