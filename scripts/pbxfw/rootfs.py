@@ -16,6 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .archive import sha256_file
 from .config import BuildConfig
 from .lock import Lock
 from .release import Release
@@ -122,7 +123,7 @@ def cached_wheels(requirements: Path, cache: Path) -> Path:
     """The pinned wheels in the cache, downloaded (and checked by pip) only when one is missing."""
     wheels = cache / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    have = {hashlib.sha256(w.read_bytes()).hexdigest() for w in wheels.glob("*.whl")}
+    have = {sha256_file(w) for w in wheels.glob("*.whl")}
     if not _wheel_hashes(requirements) <= have:
         run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
              "--only-binary=:all:", "--dest", wheels, "-r", requirements],
