@@ -89,6 +89,19 @@ def read() -> BootState:
     return BootState.from_env(env)
 
 
+def factory_identity() -> dict[str, str]:
+    """The production line's identity block (serial, MAC, root hash; pbxfw.factory);
+    empty on a board that never went through it or whose block fails its CRC."""
+    config = paths.root() / "etc" / "fw_env.factory.config"
+    if not config.is_file():
+        return {}
+    done = subprocess.run(["fw_printenv", "-c", str(config)], capture_output=True, text=True, check=False)
+    if done.returncode != 0 or "Bad CRC" in done.stderr:
+        return {}
+    pairs = (line.split("=", 1) for line in done.stdout.splitlines() if line.startswith("PBX_") and "=" in line)
+    return dict(pairs)
+
+
 def write(state: BootState) -> None:
     """All variables in one fw_setenv call: one write of one copy."""
     script = paths.run() / "bootstate.script"

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
-from . import atomic, paths, shadow, xcrypt
+from . import atomic, bootstate, paths, shadow, xcrypt
 from .passwords import Account, Kind, Rules, generate
 
 # Defaults shipped by PBX and embedded vendors; the old boards' own was the MAC.
@@ -41,6 +41,7 @@ class Record(NamedTuple):
     verdict: str = ""  # "clean", "default" or "derived" for the MACs below
     macs: tuple[str, ...] = ()
     shown: bool = False
+    must_change: bool = False  # a factory credential: root chooses a new one at first login
 
 
 def hash_path() -> Path:
@@ -114,14 +115,30 @@ def _save_record(record: Record) -> None:
     atomic.write(record_path(), json.dumps(record._asdict(), sort_keys=True) + "\n", 0o600)
 
 
+def _is_crypt_hash(value: str) -> bool:
+    return bool(value) and ":" not in value and "\n" not in value and (value.startswith("$") or value[0] in "!*")
+
+
 def _stored_hash() -> str | None:
     path = hash_path()
     if not path.is_file():
         return None
     value = path.read_text().strip()
-    if not value or ":" in value or "\n" in value or not (value.startswith("$") or value[0] in "!*"):
+    if not _is_crypt_hash(value):
         raise ValueError(f"{path}: not a crypt(3) hash")
     return value
+
+
+def _import_factory_hash() -> str | None:
+    """First boot of a board from the production line: its credential's hash is in the
+    factory identity block. The record (must change at first login) is committed before
+    the hash, so a power cut in between imports it again rather than lose the demand."""
+    crypt_hash = bootstate.factory_identity().get("PBX_ROOT_HASH", "")
+    if not crypt_hash.startswith("$") or not _is_crypt_hash(crypt_hash):
+        return None
+    _save_record(_assess(crypt_hash, Status.FACTORY.value)._replace(must_change=True))
+    atomic.write(hash_path(), crypt_hash + "\n", 0o600)
+    return crypt_hash
 
 
 def status(record: Record | None = None, crypt_hash: str | None = None) -> Status:
@@ -183,19 +200,22 @@ def repair(rules: Rules) -> str:
     """Provisioning's step: put the kept hash into /etc/shadow, rotate a default or
     MAC-derived one, show a pending one-time password once. Returns what happened."""
     stored = _stored_hash()
+    if stored is None:
+        stored = _import_factory_hash()
     crypt_hash = stored if stored is not None else shadow.root_hash()
     record = _load_record()
     if record.crypt_hash != crypt_hash or record.macs != interface_macs() or not record.verdict:
-        record = _assess(crypt_hash, record.origin if record.crypt_hash == crypt_hash else "")
+        same = record.crypt_hash == crypt_hash
+        record = _assess(crypt_hash, record.origin if same else "")._replace(must_change=same and record.must_change)
         _save_record(record)
     if record.verdict in ("default", "derived"):
         what = "a well-known default" if record.verdict == "default" else "derived from a MAC address"
         rotate(rules, f"root's password was {what}; it has been replaced")
         return f"root password was {what}: rotated, must change at first login"
-    must_change = record.origin == Status.ROTATED.value
+    must_change = record.origin == Status.ROTATED.value or record.must_change
     if stored is not None:
         shadow.set_root(crypt_hash, change_at_login=must_change)
-    if must_change and not record.shown:
+    if record.origin == Status.ROTATED.value and not record.shown:
         _show_once(initial_path().read_text().strip(), "root's one-time password (not shown before a power cut)")
         record = record._replace(shown=True)
         _save_record(record)

@@ -96,7 +96,7 @@ def build(config: BuildConfig, out: Path, lock_path: Path, trusted_keys: Path | 
         rootfs.write_board_files(
             config,
             root,
-            diskimage.fw_env_config(config, disk_layout),
+            diskimage.fw_env_configs(config, disk_layout),
             rel,
             {slot: f"{prefix}{disk_layout.get(part).number}" for slot, part in bootscript.SLOTS},
         )

@@ -112,6 +112,32 @@ def _sbom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flash(args: argparse.Namespace) -> int:
+    from . import factory, flash
+
+    if args.batch:
+        if args.port or args.mac or args.serial:
+            raise PbxfwError("--batch takes the boards from its file; leave out --port, --mac and --serial")
+        jobs = flash.parse_batch(Path(args.batch))
+    else:
+        missing = [name for name in ("port", "mac", "serial") if not getattr(args, name)]
+        if missing:
+            raise PbxfwError(f"missing {', '.join('--' + m for m in missing)} (or give --batch FILE)")
+        jobs = [flash.Job(args.port, factory.Identity(factory.parse_mac(args.mac), factory.parse_serial(args.serial)))]
+    key = factory.load_key(Path(args.factory_key)) if args.factory_key else None
+    image = flash.load_image(Path(args.image))
+    tftp_dir = Path(args.tftp_dir) if args.tftp_dir else None
+    label_out = Path(args.label_out) if args.label_out else None
+    if args.dry_run:
+        print(flash.plan(image, jobs, key is not None, tftp_dir, label_out))
+        return 0
+    if tftp_dir is None or not tftp_dir.is_dir():
+        raise PbxfwError(f"--tftp-dir {args.tftp_dir}: not a directory (the station's TFTP server serves it)")
+    station = flash.Station(tftp_dir, args.tftp_server, Path(args.station_log), label_out,
+                            Path(args.console_log) if args.console_log else None)
+    return int(flash.run_jobs(image, jobs, key, station))
+
+
 def _show(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     print(f"board {cfg.board.name} ({cfg.board.arch}), Debian {cfg.debian.suite}")
@@ -164,6 +190,20 @@ def main(argv: list[str] | None = None) -> int:
     bom.add_argument("file", help="e.g. out/qemu-u50/sbom.cdx.json")
     bom.add_argument("--json", action="store_true", help="the CycloneDX document itself")
     bom.set_defaults(func=_sbom)
+    fl = sub.add_parser("flash", help="flash and provision boards over their serial console (production line)")
+    fl.add_argument("--image", required=True, help="e.g. out/qemu-u50/disk.img (its build.json names the board)")
+    fl.add_argument("--port", help="pyserial URL of the board's console: /dev/ttyUSB0, socket://HOST:PORT")
+    fl.add_argument("--mac", help="the board's MAC address")
+    fl.add_argument("--serial", help="the board's serial number")
+    fl.add_argument("--batch", help="file of boards, one `PORT MAC SERIAL` per line, flashed one after another")
+    fl.add_argument("--factory-key", help="derive credentials as HMAC(key, MAC); default: random")
+    fl.add_argument("--tftp-dir", help="directory the station's TFTP server serves")
+    fl.add_argument("--tftp-server", help="the TFTP server's address (default: the DHCP server's)")
+    fl.add_argument("--label-out", help="CSV of labels to append to; an SVG label per board goes beside it")
+    fl.add_argument("--station-log", default="station.log", help="one line per board, no secrets")
+    fl.add_argument("--console-log", help="append the console transcript here")
+    fl.add_argument("--dry-run", action="store_true", help="print the plan, touch nothing")
+    fl.set_defaults(func=_flash)
     show = sub.add_parser("show", help="print the resolved configuration")
     show.add_argument("config")
     show.set_defaults(func=_show)

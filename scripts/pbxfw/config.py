@@ -51,6 +51,9 @@ SCHEMA: Schema = {
             "scratch_address": str,
             "fit_address": str,
             "boot_attempts": int,
+            "version_match": str,
+            "transfer_address": str,
+            "verify_address": str,
         },
         "qemu": {"binary": str, "machine": str, "cpu": str, "memory_mib": int},
     },
@@ -88,6 +91,11 @@ class UBoot:
     scratch_address: int
     fit_address: int
     boot_attempts: int
+    # `pbxfw flash`: a pattern the board's `version` output matches (another board's
+    # image is refused), where the compressed image is loaded, and the read-back buffer.
+    version_match: str
+    transfer_address: int
+    verify_address: int
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,8 @@ class BuildConfig:
     board: Board
     debian: Debian
     packages: tuple[str, ...]
+    # `name: false`: kept out even where Debian's priorities would install it (apt).
+    excluded: tuple[str, ...]
     services: tuple[tuple[str, str], ...]
     overlays: tuple[Path, ...]
     hostname: str
@@ -294,6 +304,12 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
         # The boot script compares attempts with U-Boot's decimal `test`; one digit keeps it exact.
         raise ConfigError(f"{where('board.uboot.boot_attempts')}: board.uboot.boot_attempts must be 1..9")
 
+    version_match = req("board.uboot.version_match")
+    try:
+        re.compile(version_match)
+    except re.error as exc:
+        raise ConfigError(f"{where('board.uboot.version_match')}: board.uboot.version_match: {exc}") from None
+
     board = Board(
         name=req("board.name"),
         compatible=req("board.compatible"),
@@ -318,6 +334,9 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
             scratch_address=address("board.uboot.scratch_address"),
             fit_address=address("board.uboot.fit_address"),
             boot_attempts=attempts,
+            version_match=version_match,
+            transfer_address=address("board.uboot.transfer_address"),
+            verify_address=address("board.uboot.verify_address"),
         ),
         qemu=Qemu(
             binary=req("board.qemu.binary"),
@@ -326,7 +345,9 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
             memory_mib=req("board.qemu.memory_mib"),
         ),
     )
-    packages = tuple(sorted(name for name, wanted in merged.get("packages", {}).items() if wanted))
+    wanted = merged.get("packages", {})
+    packages = tuple(sorted(name for name, on in wanted.items() if on))
+    excluded = tuple(sorted(name for name, on in wanted.items() if not on))
     return BuildConfig(
         sources=sources,
         board=board,
@@ -337,6 +358,7 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
             components=tuple(req("debian.components")),
         ),
         packages=packages,
+        excluded=excluded,
         services=tuple(sorted(services.items())),
         overlays=overlays,
         hostname=req("image.hostname"),

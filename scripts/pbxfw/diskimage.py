@@ -8,16 +8,19 @@ from pathlib import Path
 from .bootscript import default_state
 from .config import BuildConfig
 from .errors import StageError
-from .layout import ENV_COPIES, ENV_SIZE, Layout, derived_uuid, sfdisk_script
+from .layout import ENV_COPIES, ENV_SIZE, FACTORY_OFFSET, Layout, derived_uuid, sfdisk_script
 from .stages import run
 
 
-def fw_env_config(config: BuildConfig, layout: Layout) -> str:
-    """libubootenv's view of the boot state: two copies = redundant environment."""
+def fw_env_configs(config: BuildConfig, layout: Layout) -> dict[str, str]:
+    """libubootenv's views of the bootstate partition, by file name under /etc: the
+    boot state (two copies = redundant environment) and the factory identity block."""
     device = f"{config.board.storage.linux_partition_prefix}{layout.get('bootstate').number}"
-    lines = ["# device  offset  size  (two lines: redundant copies, see pbxfw.bootscript)"]
-    lines += [f"{device} {offset:#x} {ENV_SIZE:#x}" for offset in ENV_COPIES]
-    return "\n".join(lines) + "\n"
+    state = ["# device  offset  size  (two lines: redundant copies, see pbxfw.bootscript)"]
+    state += [f"{device} {offset:#x} {ENV_SIZE:#x}" for offset in ENV_COPIES]
+    identity = ["# device  offset  size  (the production line's identity block, see pbxfw.factory)",
+                f"{device} {FACTORY_OFFSET:#x} {ENV_SIZE:#x}"]
+    return {"fw_env.config": "\n".join(state) + "\n", "fw_env.factory.config": "\n".join(identity) + "\n"}
 
 
 def boot_state_image(config: BuildConfig, work: Path) -> bytes:

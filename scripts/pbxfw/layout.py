@@ -19,6 +19,9 @@ ALIGN_SECTORS = MIB // SECTOR
 # Redundant boot state: two copies, one after the other, at the start of `bootstate`.
 ENV_SIZE = 0x4000
 ENV_COPIES = (0, ENV_SIZE)
+# The production line's identity block (pbxfw.factory), one more environment further
+# on: no A/B boot state writer ever touches it.
+FACTORY_OFFSET = 4 * ENV_SIZE
 
 _NAMESPACE = uuid.UUID("6f1c1f8e-8a37-4bd5-9f0b-0a9c3f1d5e21")
 

@@ -33,9 +33,18 @@ ROLES = ("root", "bootstrap", "kernel", "initramfs")
 # (dpkg without fsync, minutes faster under qemu-user) and removes them afterwards.
 BOOTSTRAP_TOOLS = ("eatmydata", "libeatmydata1")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-# The package set is resolved the way mmdebstrap's minbase variant selects it, plus
-# the recipe's packages; part of the request so that a change of rule asks for a new lock.
-BASE_SET = ("?essential", "?priority(required)", "apt")
+
+
+def base_set(excluded: tuple[str, ...]) -> tuple[str, ...]:
+    """The apt patterns for the base: what mmdebstrap's minbase variant selects (the
+    essential set, which to apt includes apt itself, and Priority: required), less the
+    packages a recipe excludes. Part of the request, so that a change of rule asks for
+    a new lock."""
+    patterns = ("?essential", "?priority(required)")
+    if not excluded:
+        return patterns
+    keep_out = ",".join(f"?not(?exact-name({name}))" for name in excluded)
+    return tuple(f"?and({pattern},{keep_out})" for pattern in patterns)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +83,7 @@ def request_digest(config: BuildConfig) -> str:
         "components": list(config.debian.components),
         "arch": config.board.arch,
         "kernel": config.board.kernel.flavour,
-        "base": list(BASE_SET),
+        "base": list(base_set(config.excluded)),
         "bootstrap": list(BOOTSTRAP_TOOLS),
         "packages": sorted(config.packages),
     }

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import archive
 from .config import BuildConfig
 from .errors import StageError
-from .lock import BASE_SET, BOOTSTRAP_TOOLS, Lock, LockedPackage, request_digest
+from .lock import BOOTSTRAP_TOOLS, Lock, LockedPackage, base_set, request_digest
 from .stages import log
 
 
@@ -106,7 +106,7 @@ def resolve(config: BuildConfig, cache: Path) -> Lock:
     with tempfile.TemporaryDirectory(prefix="pbxfw-apt-") as tmp:
         log(f"    indices: {', '.join(s.name for s in suites)} ({config.board.arch}), checked against InRelease")
         conf = _apt_root(Path(tmp), config, cache)
-        uris = _apt_uris(conf, [*BASE_SET, *config.packages])
+        uris = _apt_uris(conf, [*base_set(config.excluded), *config.packages])
     by_mirror: dict[str, set[str]] = {}
     for uri in uris:
         mirror = max((s.mirror for s in suites if uri.startswith(s.mirror.rstrip("/") + "/")), key=len, default="")
@@ -122,6 +122,11 @@ def resolve(config: BuildConfig, cache: Path) -> Lock:
     missing = [f"{m}/{f}" for m, files in by_mirror.items() for f in files if (m, f) not in entries]
     if missing:
         raise StageError(f"apt chose files no checked index lists: {', '.join(sorted(missing))}")
+    pulled_back = sorted({p.name for p in entries.values()} & set(config.excluded))
+    if pulled_back:
+        raise StageError(f"the recipe excludes {', '.join(pulled_back)} (`false` under packages), but other "
+                         "packages of the set depend on it")
+
     def newest(name: str, role: str) -> LockedPackage:
         return LockedPackage.of(archive.newest(name, config.debian, config.board.arch, cache), role)
 

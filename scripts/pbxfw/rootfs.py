@@ -49,8 +49,14 @@ MACHINE_STATE = (
 )
 
 
-def mmdebstrap_argv(config: BuildConfig, lock: Lock, repo: Path, output: Path) -> list[str]:
-    """Bootstrap exactly the lock's root packages from the local repository."""
+def local_source(repo: Path, suite: str) -> str:
+    """The build's local repository (the locked .debs only) as an apt source line."""
+    return f"deb [trusted=yes] copy://{repo} {suite} main"
+
+
+def mmdebstrap_argv(config: BuildConfig, lock: Lock, sources: list[str], output: Path) -> list[str]:
+    """Bootstrap exactly the lock's root packages from `sources` (the build's local
+    repository; the archive itself for the benchmark's plain baseline)."""
     names = sorted(p.name for p in lock.role("root"))
     argv = [
         "mmdebstrap",
@@ -66,7 +72,7 @@ def mmdebstrap_argv(config: BuildConfig, lock: Lock, repo: Path, output: Path) -
     ]
     argv += [f"--dpkgopt=path-exclude={p}" for p in EXCLUDES]
     argv += [f"--dpkgopt=path-include={p}" for p in INCLUDES]
-    argv += ["--format=tar", lock.suite, str(output), f"deb [trusted=yes] copy://{repo} {lock.suite} main"]
+    argv += ["--format=tar", lock.suite, str(output), *sources]
     return argv
 
 
@@ -78,7 +84,7 @@ def _tool_versions() -> str:
 def bootstrap_key(config: BuildConfig, lock: Lock) -> str:
     """Everything that feeds the bootstrap: the locked packages, options, hooks, tools."""
     material = json.dumps(
-        {"argv": mmdebstrap_argv(config, lock, Path("REPO"), Path("OUT")),
+        {"argv": mmdebstrap_argv(config, lock, [local_source(Path("REPO"), lock.suite)], Path("OUT")),
          "debs": sorted(p.sha256 for p in lock.role("root", "bootstrap")),
          "epoch": config.source_date_epoch, "tools": _tool_versions()},
         sort_keys=True,
@@ -98,7 +104,7 @@ def bootstrap(config: BuildConfig, lock: Lock, repo: Path, cache: Path, fresh_in
     tarball.parent.mkdir(parents=True, exist_ok=True)
     partial = tarball.with_suffix(".tar.part")
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(config.source_date_epoch))
-    run(mmdebstrap_argv(config, lock, repo, partial), env=env)
+    run(mmdebstrap_argv(config, lock, [local_source(repo, lock.suite)], partial), env=env)
     partial.replace(tarball)
     return tarball
 
@@ -163,8 +169,13 @@ def install_agent(agent_src: Path, root: Path, cache: Path) -> None:
 
 
 def write_apt_sources(config: BuildConfig, root: Path) -> None:
-    """The archive's suites instead of the build's local repository (a build-host path)."""
+    """The archive's suites instead of the build's local repository (a build-host path);
+    in an image without apt, none of the directories mmdebstrap set up for it."""
     apt = root / "etc/apt"
+    if not (root / "usr/bin/apt-get").exists():
+        for tree in (apt, root / "var/lib/apt", root / "var/cache/apt"):
+            shutil.rmtree(tree, ignore_errors=True)
+        return
     (apt / "sources.list").unlink(missing_ok=True)
     for stale in (apt / "sources.list.d").glob("*"):
         stale.unlink()
@@ -188,14 +199,15 @@ def apply_services(config: BuildConfig, root: Path) -> None:
 FSTAB = "# / (read-only slot), /data: mounted by the initramfs. /etc, /var: volatile layers.\n"
 
 
-def write_board_files(config: BuildConfig, root: Path, fw_env: str, release: Release,
+def write_board_files(config: BuildConfig, root: Path, fw_env: dict[str, str], release: Release,
                       slots: dict[str, str]) -> None:
     board = config.board
     etc = root / "etc"
     (root / "data").mkdir(exist_ok=True)
     (etc / "hostname").write_text(f"{config.hostname}\n")
     (etc / "fstab").write_text(FSTAB)
-    (etc / "fw_env.config").write_text(fw_env)
+    for name, text in fw_env.items():
+        (etc / name).write_text(text)
     info = {
         "board": board.name,
         "compatible": board.compatible,

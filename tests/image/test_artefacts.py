@@ -171,9 +171,15 @@ def test_sbom_and_image_hold_exactly_the_locked_packages(rootfs: Path, build_con
 
 
 def test_no_build_host_path_or_local_repository_in_the_image(rootfs: Path) -> None:
-    sources = "".join(p.read_text() for p in sorted((rootfs / "etc/apt").rglob("*.sources")))
-    assert "deb.debian.org" in sources
     leaks = subprocess.run(["grep", "-rIl", "-e", "/.cache/pbxfw", "-e", str(REPO), "-e", "copy://", str(rootfs)],
                            capture_output=True, text=True).stdout.split()
     assert leaks == []
-    assert not list((rootfs / "var/lib/apt/lists").glob("*Packages*")), "apt lists shipped"
+
+
+def test_no_apt_in_the_sealed_image_but_dpkg_status_kept(rootfs: Path) -> None:
+    """The default recipe excludes apt: updates are signed A/B bundles only."""
+    assert not (rootfs / "usr/bin/apt-get").exists()
+    leftovers = [p for p in ("etc/apt", "var/lib/apt", "var/cache/apt") if (rootfs / p).exists()]
+    assert leftovers == [], f"apt's directories shipped: {leftovers}"
+    status = (rootfs / "var/lib/dpkg/status").read_text()
+    assert "Package: dpkg\n" in status and "Package: apt\n" not in status

@@ -137,3 +137,40 @@ def test_parallel_matching_finds_the_one_candidate_wherever_it_is() -> None:
         assert xcrypt.matches_any([*words[:position], "needle", *words[position:]], crypt_hash)
     assert not xcrypt.matches_any(words, crypt_hash)
     assert not xcrypt.matches_any([], crypt_hash)
+
+
+def write_factory_block(tree: Path, block: bytes) -> None:
+    """The bootstate partition as a file, with the production line's identity block."""
+    from pbxfw.layout import FACTORY_OFFSET
+
+    partition = tree / "bootstate.img"
+    partition.write_bytes(bytes(FACTORY_OFFSET) + block)
+    (tree / "etc" / "fw_env.factory.config").write_text(f"{partition} {FACTORY_OFFSET:#x} {len(block):#x}\n")
+
+
+def test_first_boot_imports_the_factory_hash_and_demands_a_change_until_root_sets_one(tree: Path) -> None:
+    from pbxfw import factory
+
+    crypt_hash = xcrypt.hash_password(factory.credential(MAC, None), "$6$")
+    identity = factory.Identity(mac=MAC, serial="U50-000123")
+    write_factory_block(tree, factory.identity_block(identity, crypt_hash, "0" * 64))
+    assert rootcred.repair(Rules()) == "root credential: factory"
+    assert rootcred.hash_path().read_text().strip() == crypt_hash
+    assert shadow_root(tree)[1:3] == [crypt_hash, "0"]
+    # A later boot (volatile /etc/shadow rebuilt from the image) still demands the change.
+    (tree / "etc" / "shadow").write_text("root:*:20000:0:99999:7:::\n")
+    rootcred.repair(Rules())
+    assert shadow_root(tree)[1:3] == [crypt_hash, "0"]
+    # root chose a password with passwd(1): kept, and no longer must change.
+    chosen = xcrypt.hash_password("Kx-7Rm.2Qz=9Wp", "$6$")
+    (tree / "etc" / "shadow").write_text(f"root:{chosen}:20400:0:99999:7:::\n")
+    rootcred.sync()
+    (tree / "etc" / "shadow").write_text("root:*:20000:0:99999:7:::\n")
+    assert rootcred.repair(Rules()) == "root credential: user-set"
+    assert shadow_root(tree)[1] == chosen and shadow_root(tree)[2] != "0"
+
+
+def test_a_blank_or_corrupt_factory_block_imports_nothing(tree: Path) -> None:
+    write_factory_block(tree, bytes(0x4000))
+    assert rootcred.repair(Rules()) == "root credential: locked"
+    assert not rootcred.hash_path().exists()

@@ -68,9 +68,19 @@ def test_the_committed_lock_answers_the_default_recipe() -> None:
     locked = lock.load(REPO / "board/qemu-u50/pbx.lock", cfg)
     names = {p.name for p in locked.role("root")}
     assert set(cfg.packages) <= names
+    assert cfg.excluded == ("apt",) and not names & {"apt", "libapt-pkg7.0"}
     assert locked.one("kernel").name.startswith("linux-image-")
     assert locked.one("initramfs").name == "busybox-static"
     assert {p.name for p in locked.role("bootstrap")} == set(lock.BOOTSTRAP_TOOLS)
+
+
+def test_an_excluded_package_leaves_both_base_patterns() -> None:
+    """apt counts itself essential, so the exclusion must reach `?essential` too."""
+    assert lock.base_set(()) == ("?essential", "?priority(required)")
+    assert lock.base_set(("apt", "sqv")) == (
+        "?and(?essential,?not(?exact-name(apt)),?not(?exact-name(sqv)))",
+        "?and(?priority(required),?not(?exact-name(apt)),?not(?exact-name(sqv)))",
+    )
 
 
 def test_changes_list_every_package_that_moved() -> None:
