@@ -212,10 +212,23 @@ def boot_check(console: SerialConsole, timeout: float) -> None:
         raise FlashFailed(Outcome.BOOT_CHECK_FAILED, str(exc)) from None
 
 
-def _write(uboot: UBoot, hw: config.Board, staged: Staged, block: Staged, server: str | None) -> None:
+def gzwrite_buffer(total: int, largest: int = 4 << 20) -> int:
+    """gzwrite's write buffer for an image of `total` bytes: a whole number of sectors
+    that does not divide `total`. U-Boot 2023.01's gzwrite ends with a zero-block write
+    when the image fills its last buffer exactly, which QEMU's virtio-blk refuses
+    ("zero sized buffers are not allowed") and the command never returns; with a
+    remainder, the last inflate writes it and ends the stream in the same call."""
+    size = largest - SECTOR
+    while total % size == 0:
+        size -= SECTOR
+    return size
+
+
+def _write(uboot: UBoot, hw: config.Board, staged: Staged, total: int, block: Staged, server: str | None) -> None:
     iface, dev = hw.storage.uboot_interface, hw.storage.uboot_device
     try:
-        uboot.check(f"gzwrite {iface} {dev} {hw.uboot.transfer_address:#x} {staged.size:#x}", 900)
+        uboot.check(f"gzwrite {iface} {dev} {hw.uboot.transfer_address:#x} {staged.size:#x} "
+                    f"{gzwrite_buffer(total):#x}", 900)
     except ConsoleError as exc:
         raise FlashFailed(Outcome.WRITE_FAILED, f"gzwrite to {iface} {dev} failed: {exc}") from None
     transfer(uboot, block, hw.uboot.verify_address, server)
@@ -268,7 +281,7 @@ def flash_board(image: Image, job: Job, root_hash: str, tftp_dir: Path, server: 
             transfer(uboot, staged, hw.uboot.transfer_address, server)
         progress(f"transferred {staged.size / (1 << 20):.0f} MiB")
         with timings.step("write"):
-            _write(uboot, hw, staged, staged_block, server)
+            _write(uboot, hw, staged, image.size, staged_block, server)
         progress("written")
         with timings.step("verify"):
             verify(uboot, hw, expected, progress)
@@ -365,8 +378,6 @@ class Station:
 
 def run_jobs(image: Image, jobs: list[Job], key: bytes | None, station: Station) -> Outcome:
     """Flash the boards one after another; returns the first failure (or FLASHED)."""
-    from pbxagent import xcrypt
-
     from . import labels
 
     first_failure = Outcome.FLASHED
@@ -378,7 +389,7 @@ def run_jobs(image: Image, jobs: list[Job], key: bytes | None, station: Station)
         outcome, detail, timings = Outcome.FLASHED, "", Timings()
         log = station.console_log.open("a", encoding="utf-8") if station.console_log else None
         try:
-            timings = flash_board(image, job, xcrypt.hash_password(credential), station.tftp_dir, station.server,
+            timings = flash_board(image, job, factory.crypt_hash(credential), station.tftp_dir, station.server,
                                   log, Bar(job.identity.serial, 4 + chunks))
         except FlashFailed as exc:
             outcome, detail = exc.outcome, str(exc)

@@ -69,11 +69,12 @@ def prepare_disk(board: Board, built: Path, work: Path, password: str | None = N
 
 class QemuTarget:
     def __init__(self, board: Board, disk: Path, log: Path, mac: str = qemu.DEFAULT_MAC,
-                 guestfwd: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> None:
+                 guestfwd: tuple[str, ...] = (), tftp: Path | None = None, extra: tuple[str, ...] = ()) -> None:
         self.board = board
         self.disk = disk
         self.mac = mac
         self.guestfwd = guestfwd
+        self.tftp = tftp
         self.extra = extra
         self.port = free_port()
         self._log = log
@@ -86,7 +87,7 @@ class QemuTarget:
     def start(self) -> None:
         argv = qemu.command(
             self.board, self.disk, serial=f"tcp:127.0.0.1:{self.port},server=on,wait=on", mac=self.mac,
-            guestfwd=self.guestfwd, extra=self.extra
+            guestfwd=self.guestfwd, tftp=self.tftp, extra=self.extra
         )
         with self._log.open("ab") as log:
             self._process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

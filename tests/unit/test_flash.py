@@ -76,6 +76,12 @@ def test_label_record_and_printable_label() -> None:
     assert len(svg.findall(".//{http://www.w3.org/2000/svg}g/{http://www.w3.org/2000/svg}rect")) == dark
 
 
+def test_the_gzwrite_buffer_never_divides_the_image() -> None:
+    for total in (825229312, 10 << 20, (4 << 20) - 512, 4 << 20, 12345 * 512):
+        size = flash.gzwrite_buffer(total)
+        assert size % 512 == 0 and total % size != 0 and size <= 4 << 20
+
+
 def test_a_batch_file_with_a_bad_line_is_named(tmp_path: Path) -> None:
     batch = tmp_path / "boards.txt"
     batch.write_text("# port mac serial\nsocket://127.0.0.1:1 52:54:00:00:00:01 U50-1\n\n"
