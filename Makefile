@@ -22,7 +22,7 @@ HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata 
 	dpkg-dev diffoscope-minimal
 
 .PHONY: all setup host-packages binfmt venv keys lock image repro sbom bundle qemu test test-all lint unit image-test \
-	device-test device-test-all bench-boot bench-agent bench-guard bench-update bench-build clean
+	device-test device-test-all bench-boot bench-agent bench-guard bench-update bench-build bench-flash clean
 
 all: image
 
@@ -108,6 +108,10 @@ bench-guard: image
 
 bench-update: image
 	$(PY) -m tests.bench.update --board $(BOARD) --keys $(KEYS)
+
+# Production line: blank twins flashed over their console, time per step.
+bench-flash: image
+	$(PY) -m tests.bench.flash --board $(BOARD)
 
 # Cold, warm and incremental builds in a cache of their own, against plain mmdebstrap.
 bench-build: setup keys
