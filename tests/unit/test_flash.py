@@ -107,7 +107,7 @@ def image(tmp_path: Path) -> flash.Image:
 
 @pytest.fixture
 def station(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[flash.Station]:
-    monkeypatch.setenv("PBXFW_TIMEOUT_SCALE", "0.05")
+    monkeypatch.setenv("PBXFW_TIMEOUT_SCALE", "0.02")
     tftp = tmp_path / "tftp"
     tftp.mkdir()
     yield flash.Station(tftp, None, tmp_path / "station.log", tmp_path / "labels.csv", tmp_path / "console.log")
@@ -163,3 +163,31 @@ def test_no_console_is_its_own_failure(image: flash.Image, station: flash.Statio
     job = flash.Job(f"socket://127.0.0.1:{free_port()}", factory.Identity(MAC, "U50-000124"))
     assert flash.run_jobs(image, [job], None, station) is flash.Outcome.NO_CONSOLE
     assert not station.label_out.exists()  # type: ignore[union-attr]
+
+
+def test_a_batch_goes_on_after_a_failure_and_reports_the_first(image: flash.Image, station: flash.Station) -> None:
+    boards = [FakeUBoot(station.tftp_dir, image.size, fault="flip_read"), FakeUBoot(station.tftp_dir, image.size)]
+    try:
+        jobs = [flash.Job(board.url, factory.Identity(f"52:54:00:00:00:0{n}", f"U50-B{n}"))
+                for n, board in enumerate(boards, 1)]
+        assert flash.run_jobs(image, jobs, KEY, station) is flash.Outcome.CHECKSUM_MISMATCH
+    finally:
+        for board in boards:
+            board.close()
+    assert [row["serial"] for row in csv.DictReader(station.label_out.open())] == ["U50-B2"]  # type: ignore[union-attr]
+    results = [line.split(" result=")[1].split()[0] for line in station.station_log.read_text().splitlines()]
+    assert results == ["checksum_mismatch", "flashed"]
+
+
+def test_dry_run_shows_the_plan_and_touches_nothing(image: flash.Image, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from pbxfw import cli
+
+    argv = ["flash", "--image", str(image.disk), "--port", "socket://127.0.0.1:1", "--mac", MAC, "--serial", "U50-1",
+            "--tftp-dir", str(tmp_path / "none"), "--station-log", str(tmp_path / "station.log")]
+    assert cli.main([*argv, "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "board 1/1: serial U50-1" in plan and "gzwrite virtio 0" in plan and "random (OS CSPRNG)" in plan
+    assert not (tmp_path / "station.log").exists()
+    assert cli.main(argv) == 2
+    assert "--tftp-dir" in capsys.readouterr().err
