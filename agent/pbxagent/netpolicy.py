@@ -80,6 +80,19 @@ def networks(path: Path, key: str, value: Any) -> tuple[str, ...]:
     return tuple(network(path, f"{key}[{i}]", item) for i, item in enumerate(value))
 
 
+def permits(path: Path, key: str, value: Any) -> dict[str, tuple[str, ...]]:
+    """{extension: [networks]}: where each listed extension may register and call from."""
+    found: dict[str, tuple[str, ...]] = {}
+    for extension, nets in value.items():
+        where = f"{key}.{extension}"
+        if not str(extension).isdigit():
+            raise _fail(path, where, "an extension number must be digits")
+        if not isinstance(nets, list) or not 1 <= len(nets) <= 64:
+            raise _fail(path, where, "must be a list of 1..64 addresses or networks")
+        found[str(extension)] = networks(path, where, nets)
+    return found
+
+
 def _mapping(path: Path, key: str, item: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise _fail(path, key, "must be a mapping")

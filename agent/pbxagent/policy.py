@@ -20,6 +20,7 @@ DEFAULTS = Path(__file__).with_name("default-policy.yaml")
 class Policy(NamedTuple):
     company: str
     extensions: tuple[str, ...]
+    permit: dict[str, tuple[str, ...]]  # extension -> the only networks it may use SIP from
     secret_length: int
     rules: Rules
     ssh_port: int
@@ -36,6 +37,7 @@ _SCHEMA: dict[str, tuple[type, int, int]] = {
     "site.company": (str, 0, 64),
     "extensions.preconfigured": (list, 0, 1000),
     "extensions.secret_length": (int, 16, 64),
+    "extensions.permit": (dict, 0, 0),
     "passwords.min_length": (int, 8, 64),
     "passwords.min_upper": (int, 2, 16),
     "passwords.min_digits": (int, 2, 16),
@@ -57,6 +59,7 @@ _SCHEMA: dict[str, tuple[type, int, int]] = {
 # the item (firewall.services[2].ports) and returns the typed value.
 _PARSERS: dict[str, Parser] = {
     "extensions.preconfigured": lambda path, _key, value: expand_extensions(path, value),
+    "extensions.permit": netpolicy.permits,
     "lan.allow": netpolicy.networks,
     "firewall.services": netpolicy.services,
     "firewall.rules": netpolicy.rules,
@@ -155,6 +158,7 @@ def _build(source: Path, flat: dict[str, Any]) -> Policy:
     return Policy(
         company=flat["site.company"],
         extensions=expand_extensions(source, flat["extensions.preconfigured"]),
+        permit=netpolicy.permits(source, "extensions.permit", flat["extensions.permit"]),
         secret_length=max(flat["extensions.secret_length"], rules.min_length),
         rules=rules,
         ssh_port=flat["ssh.port"],

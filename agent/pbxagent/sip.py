@@ -12,7 +12,7 @@ import grp
 import hashlib
 from pathlib import Path
 
-from . import atomic, extensions, paths
+from . import atomic, extensions, paths, policy
 
 REALM = "pbx"
 SERVICE_GROUP = "kamailio"
@@ -32,12 +32,16 @@ def ha1(user: str, secret: str, realm: str = REALM) -> str:
     return hashlib.md5(f"{user}:{realm}:{secret}".encode(), usedforsecurity=False).hexdigest()
 
 
-def subscriber_table(store: dict[str, extensions.Extension]) -> str:
-    """db_text's file format: a typed header line, then one colon-separated row each."""
-    rows = ["id(int,auto) username(string) domain(string,null) ha1(string) ha1b(string)"]
+def subscriber_table(store: dict[str, extensions.Extension], permit: dict[str, tuple[str, ...]]) -> str:
+    """db_text's file format: a typed header line, then one colon-separated row each
+    (':' inside a value, as in IPv6 networks, escaped). `permit` is the comma-separated
+    list of networks the extension may use, empty (null) for anywhere; kamailio loads it
+    with the credentials and checks the packet's source against it."""
+    rows = ["id(int,auto) username(string) domain(string,null) ha1(string) ha1b(string) permit(string,null)"]
     for index, ext in enumerate(store.values(), start=1):
+        nets = ",".join(permit.get(ext.number, ())).replace(":", "\\:")
         rows.append(f"{index}:{ext.number}:{REALM}:{ha1(ext.number, ext.secret)}:"
-                    f"{ha1(f'{ext.number}@{REALM}', ext.secret)}")
+                    f"{ha1(f'{ext.number}@{REALM}', ext.secret)}:{nets}")
     return "\n".join(rows) + "\n"
 
 
@@ -102,9 +106,10 @@ def render() -> list[str]:
 
             os.chown(directory, *owner)
     store = extensions.load()
+    permit = policy.load().policy.permit
     atomic.write(base / "db" / "version", f"table_name(string) table_version(int)\nsubscriber:{SUBSCRIBER_VERSION}\n",
                  0o640, owner)
-    atomic.write(base / "db" / "subscriber", subscriber_table(store), 0o640, owner)
+    atomic.write(base / "db" / "subscriber", subscriber_table(store, permit), 0o640, owner)
     for name in ("cert.pem", "key.pem"):
         atomic.write(base / name, (tls_dir() / name).read_bytes(), 0o640, owner)
     atomic.write(base / "tls.cfg", tls_config(base / "cert.pem", base / "key.pem"), 0o640, owner)

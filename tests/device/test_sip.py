@@ -127,3 +127,28 @@ def test_ban_thresholds_come_from_the_policy(device: Device) -> None:
         device.check("rm -f /data/pbx/policy.yaml")
         restart_guard_and_fail2ban(device)
     assert device.check("fail2ban-client get pbx-sip maxretry").strip() == "10"
+
+
+def restart_kamailio(device: Device) -> None:
+    """kamailio's start renders its tables from the agent's store and policy."""
+    device.check("systemctl restart kamailio && ( for i in $(seq 300); do ss -Hlun 'sport = :5060' | grep -q . "
+                 "&& exit 0; sleep 0.2; done; exit 1 )", timeout=180)
+
+
+def test_an_extensions_permit_list_refuses_its_secret_from_elsewhere(device: Device,
+                                                                      register: Callable[..., str]) -> None:
+    secret = secret_of(device, "804")
+    device.check("printf 'extensions:\\n  permit: {\"804\": [10.9.9.0/24, \"2001:db8::/32\"]}\\n' "
+                 "> /data/pbx/policy.yaml")
+    try:
+        restart_kamailio(device)
+        assert register("804", secret) == "SIP/2.0 403 Forbidden"  # the right secret, from 127.0.0.1
+        assert register("805", secret_of(device, "805")) == "SIP/2.0 200 OK"  # not listed: from anywhere
+        assert "pbx-permit-refused src=127.0.0.1 user=804" in device.check("journalctl -b -o cat -u kamailio")
+        device.check("printf 'extensions:\\n  permit: {\"804\": [10.9.9.0/24, 127.0.0.0/8]}\\n' "
+                     "> /data/pbx/policy.yaml")
+        restart_kamailio(device)
+        assert register("804", secret) == "SIP/2.0 200 OK"
+    finally:
+        device.check("rm -f /data/pbx/policy.yaml")
+        restart_kamailio(device)

@@ -30,6 +30,13 @@ def test_an_override_tightens_only_what_it_names(data: Path) -> None:
     assert loaded.policy.rules.min_length == 14
     assert loaded.policy.rules.min_upper == 2
     assert loaded.policy.extensions == ("200", "201", "300")
+    assert loaded.policy.permit == {}
+
+
+def test_a_permit_list_is_normalised_per_extension(data: Path) -> None:
+    (data / "policy.yaml").write_text(
+        "extensions:\n  permit: {801: [192.168.1.7, 2001:db8::/32], '802': [10.1.2.0/24]}\n")
+    assert policy.load().policy.permit == {"801": ("192.168.1.7/32", "2001:db8::/32"), "802": ("10.1.2.0/24",)}
 
 
 @pytest.mark.parametrize(
@@ -47,6 +54,10 @@ def test_an_override_tightens_only_what_it_names(data: Path) -> None:
         ("extensions:\n  preconfigured: [abc]\n", r"extensions\.preconfigured: 'abc' is not a number"),
         ("extensions:\n  preconfigured: [800, 800]\n", r"listed twice"),
         ("ssh: 22\n", r"ssh: must be a mapping"),
+        ("extensions:\n  permit: {ab1: [10.0.0.0/8]}\n", r"extensions\.permit\.ab1: an extension number must"),
+        ("extensions:\n  permit: {801: []}\n", r"extensions\.permit\.801: must be a list of 1\.\.64"),
+        ("extensions:\n  permit: {801: [10.0.0.0/33]}\n", r"extensions\.permit\.801\[0\]: '10\.0\.0\.0/33' is not"),
+        ("extensions:\n  permit: [801]\n", r"extensions\.permit: must be a dict"),
     ],
 )
 def test_bad_overrides_name_file_and_key(data: Path, text: str, message: str) -> None:
