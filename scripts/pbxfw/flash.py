@@ -127,12 +127,13 @@ def regions(disk: Path, overlay: dict[int, bytes], chunk: int = VERIFY_CHUNK) ->
     with disk.open("rb") as src:
         offset = 0
         while data := src.read(chunk):
-            patched = bytearray(data) if any(offset <= o < offset + len(data) for o in overlay) else None
+            view = bytearray(data)
             for at, payload in overlay.items():
-                if patched is not None and offset <= at < offset + len(data):
-                    patched[at - offset:at - offset + len(payload)] = payload
-            found.append(Region(offset // SECTOR, len(data) // SECTOR, zlib.crc32(patched or data)))
-            offset += len(data)
+                start, end = max(at, offset), min(at + len(payload), offset + len(view))
+                if start < end:
+                    view[start - offset:end - offset] = payload[start - at:end - at]
+            found.append(Region(offset // SECTOR, len(view) // SECTOR, zlib.crc32(view)))
+            offset += len(view)
     return tuple(found)
 
 
@@ -190,7 +191,11 @@ def verify(uboot: UBoot, board: config.Board, expected: tuple[Region, ...],
            progress: Callable[[str], None]) -> None:
     iface, dev = board.storage.uboot_interface, board.storage.uboot_device
     for number, region in enumerate(expected, 1):
-        uboot.check(f"{iface} read {board.uboot.verify_address:#x} {region.lba:#x} {region.blocks:#x}", 120)
+        try:
+            uboot.check(f"{iface} read {board.uboot.verify_address:#x} {region.lba:#x} {region.blocks:#x}", 120)
+        except ConsoleError as exc:
+            raise FlashFailed(Outcome.CHECKSUM_MISMATCH, f"reading back sectors {region.lba}+{region.blocks} "
+                                                         f"failed: {exc}") from None
         crc = uboot.crc32(board.uboot.verify_address, region.blocks * SECTOR)
         if crc != region.crc32:
             raise FlashFailed(Outcome.CHECKSUM_MISMATCH,

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,17 @@ def test_the_gzwrite_buffer_never_divides_the_image() -> None:
     for total in (825229312, 10 << 20, (4 << 20) - 512, 4 << 20, 12345 * 512):
         size = flash.gzwrite_buffer(total)
         assert size % 512 == 0 and total % size != 0 and size <= 4 << 20
+
+
+def test_read_back_checksums_lay_the_identity_block_over_the_image(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(range(256)) * 64)  # 16 KiB
+    block = b"\xff" * 3000
+    expected = bytearray(disk.read_bytes())
+    expected[3000:6000] = block  # across the 4 KiB chunk boundary
+    found = flash.regions(disk, {3000: block}, chunk=4096)
+    assert [(r.lba, r.blocks) for r in found] == [(0, 8), (8, 8), (16, 8), (24, 8)]
+    assert [r.crc32 for r in found] == [zlib.crc32(expected[i:i + 4096]) for i in range(0, 16384, 4096)]
 
 
 def test_a_batch_file_with_a_bad_line_is_named(tmp_path: Path) -> None:
