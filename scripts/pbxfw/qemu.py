@@ -19,6 +19,7 @@ def command(
     mac: str = DEFAULT_MAC,
     guestfwd: tuple[str, ...] = (),
     tftp: Path | None = None,
+    netdev: str | None = None,
     extra: tuple[str, ...] = (),
 ) -> list[str]:
     """The twin: U-Boot from the board's firmware file, the disk on virtio-mmio
@@ -26,7 +27,8 @@ def command(
     that is isolated from the host's (restrict=on: nothing leaves it). `guestfwd` rules
     (`tcp:GUEST_ADDR:PORT-cmd:socat - TCP:127.0.0.1:PORT`) are the only way out: to a server the
     harness runs on loopback. `tftp` is a directory the user network's own TFTP server
-    serves to U-Boot (the production line's transfer, tests/device/test_flash.py)."""
+    serves to U-Boot (the production line's transfer, tests/device/test_flash.py).
+    `netdev` replaces the user network, e.g. with a tap device on a test network."""
     q = board.qemu
     return [
         q.binary,
@@ -40,8 +42,8 @@ def command(
         "-drive", f"if=none,id=disk0,file={disk},format={disk_format},cache=unsafe",
         "-device", "virtio-blk-device,drive=disk0",
         "-device", "virtio-rng-device",
-        "-netdev", "user,id=net0,restrict=on" + "".join(f",guestfwd={rule}" for rule in guestfwd)
-        + (f",tftp={tftp}" if tftp else ""),
+        "-netdev", netdev or ("user,id=net0,restrict=on" + "".join(f",guestfwd={rule}" for rule in guestfwd)
+                              + (f",tftp={tftp}" if tftp else "")),
         "-device", f"virtio-net-device,netdev=net0,mac={mac}",
         *extra,
     ]

@@ -69,12 +69,14 @@ def prepare_disk(board: Board, built: Path, work: Path, password: str | None = N
 
 class QemuTarget:
     def __init__(self, board: Board, disk: Path, log: Path, mac: str = qemu.DEFAULT_MAC,
-                 guestfwd: tuple[str, ...] = (), tftp: Path | None = None, extra: tuple[str, ...] = ()) -> None:
+                 guestfwd: tuple[str, ...] = (), tftp: Path | None = None, netdev: str | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
         self.board = board
         self.disk = disk
         self.mac = mac
         self.guestfwd = guestfwd
         self.tftp = tftp
+        self.netdev = netdev
         self.extra = extra
         self.port = free_port()
         self._log = log
@@ -87,7 +89,7 @@ class QemuTarget:
     def start(self) -> None:
         argv = qemu.command(
             self.board, self.disk, serial=f"tcp:127.0.0.1:{self.port},server=on,wait=on", mac=self.mac,
-            guestfwd=self.guestfwd, tftp=self.tftp, extra=self.extra
+            guestfwd=self.guestfwd, tftp=self.tftp, netdev=self.netdev, extra=self.extra
         )
         with self._log.open("ab") as log:
             self._process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -1,9 +1,11 @@
-"""`make bench-guard` (first part): firewall apply time on the twin with 0, 10,000 and
-100,000 banned addresses. The 0-ban apply in the same run is the baseline; the ban set
-is kept across applies (add/flush), so the figure shows what a full ban list costs.
+"""`make bench-guard`: firewall apply time on the twin with 0, 10,000 and 100,000 banned
+addresses (the 0-ban apply in the same run is the baseline; the ban set is kept across
+applies, so the figure shows what a full ban list costs); then ban latency on a twin in
+the namespace test network (tests/device/netlab.py): from a fresh internet address each
+trial, ten wrong REGISTERs, then the time until the twin drops that address
+(tests/bench/banprobe.py, run in the internet host's namespace).
 
-Ban latency and the REGISTER flood need the SIP service and the namespace network
-(issue 4, still open); they are not measured here yet.
+The REGISTER flood with a LAN phone registering beside it is not measured yet (issue 4).
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from pbxfw import config, target
 from pbxfw.console import SerialConsole
 
 from tests.bench.boot import REPO
+from tests.device.netlab import INTERNET, PREFIX, TWIN, ip, lab_twin
 
 GOAL_APPLY_S = 1.0
+GOAL_BAN_S = 1.0
+BAN_TRIALS = 5
 SIZES = (0, 10_000, 100_000)
 RUNS = 3
 
@@ -42,6 +47,23 @@ def _apply_seconds(console: SerialConsole) -> float:
     if match is None:
         raise SystemExit(f"bench-guard: unexpected output: {output}")
     return float(match.group(1))
+
+
+def ban_latencies(board: config.Board, built: Path, work: Path) -> list[float]:
+    work.mkdir(exist_ok=True)
+    disk, password = target.prepare_disk(board, built, work)
+    found = []
+    with lab_twin(board, disk, password, work) as (net, dev):
+        for trial in range(BAN_TRIALS):
+            source = f"203.0.113.{60 + trial}"
+            ip("-n", INTERNET, "addr", "add", f"{source}/{PREFIX}", "dev", "eth0")
+            seconds = net.run(INTERNET, [sys.executable, "-m", "tests.bench.banprobe", TWIN, source, "807"]).strip()
+            banned = dev.run(f"nft get element inet pbx ban4 '{{ {source} }}'").status == 0
+            if seconds == "never" or not banned:
+                raise SystemExit(f"bench-guard: {source} was not banned (probe: {seconds})")
+            found.append(float(seconds))
+            print(f"  ban latency, trial {trial + 1}: {float(seconds):.2f} s", flush=True)
+    return found
 
 
 def main() -> int:
@@ -71,6 +93,7 @@ def main() -> int:
                 if held != size:
                     raise SystemExit(f"bench-guard: {size} bans filled, {held} left after the applies")
             console.close()
+        latencies = ban_latencies(cfg.board, out / "disk.img", work / "lab")
     base = statistics.median(results[0])
     print(f"\nbench-guard: {cfg.board.name} ({cfg.board.qemu.cpu}, TCG, no KVM), `pbxagent firewall apply` "
           f"(nft -c, then nft -f), median of {RUNS}")
@@ -79,6 +102,9 @@ def main() -> int:
         print(f"  {size:7d} banned: {median:5.2f} s  (x{median / base:.2f} of the 0-ban baseline; "
               f"goal {GOAL_APPLY_S:.0f} s, ratio {median / GOAL_APPLY_S:.2f}); the nft transaction alone "
               f"{nft_times[size]:.2f} s")
+    median, worst = statistics.median(latencies), max(latencies)
+    print(f"  ban latency (10th wrong REGISTER answered -> packets dropped), {BAN_TRIALS} internet addresses: "
+          f"median {median:.2f} s, max {worst:.2f} s (goal {GOAL_BAN_S:.0f} s, ratio {median / GOAL_BAN_S:.2f})")
     return 0
 
 

@@ -44,22 +44,19 @@ def exchange(sock: socket.socket, data: bytes, target: tuple[str, int]) -> str |
         return None
 
 
-def main() -> int:
-    user, secret = sys.argv[1], sys.argv[2]
-    agent = sys.argv[3] if len(sys.argv) > 3 else "pbxfw-test"
-    host = sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1"
-    port = int(sys.argv[5]) if len(sys.argv) > 5 else 5060
+def register(user: str, secret: str, agent: str = "pbxfw-test", host: str = "127.0.0.1", port: int = 5060,
+             source: str = "", timeout: float = 3) -> str:
+    """One REGISTER, answering a digest challenge: the final status line, or "timeout"."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    if len(sys.argv) > 6:
-        sock.bind((sys.argv[6], 0))
-    sock.settimeout(3)
+    if source:
+        sock.bind((source, 0))
+    sock.settimeout(timeout)
     sock.connect((host, port))
     local = sock.getsockname()
     call_id = f"{random.getrandbits(64):x}@pbxfw-test"
     reply = exchange(sock, request(user, host, port, local, 1, call_id, agent), (host, port))
     if reply is None:
-        print("timeout")
-        return 0
+        return "timeout"
     challenge = re.search(r"^WWW-Authenticate: Digest (.*)$", reply, re.MULTILINE | re.IGNORECASE)
     if reply.startswith("SIP/2.0 401") and challenge:
         params = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge.group(1)))
@@ -77,9 +74,14 @@ def main() -> int:
                 f'uri="{uri}", response="{response}", algorithm=MD5{extra}')
         reply = exchange(sock, request(user, host, port, local, 2, call_id, agent, auth), (host, port))
         if reply is None:
-            print("timeout")
-            return 0
-    print(reply.splitlines()[0])
+            return "timeout"
+    return reply.splitlines()[0]
+
+
+def main() -> int:
+    args = sys.argv[1:] + [""] * (7 - len(sys.argv))
+    user, secret, agent, host, port, source = args[:6]
+    print(register(user, secret, agent or "pbxfw-test", host or "127.0.0.1", int(port or 5060), source))
     return 0
 
 

@@ -1,0 +1,109 @@
+"""A test network of network namespaces on the host around a twin on a tap device:
+
+    internet host 203.0.113.50 ── router ── bridge ── tap ── twin 192.168.50.10
+                        (203.0.113.1 | 192.168.50.1)   └──── LAN host 192.168.50.20
+
+The router forwards between a public-looking segment (TEST-NET-3) and the twin's private
+LAN; nothing is routed anywhere else, and every address lives only inside these
+namespaces. QEMU creates the tap in the host's namespace when it starts (after the
+console is attached); `attach_tap` then moves it into the router's, where it joins the
+bridge. Built with iproute2, the tool an installer would use to reproduce it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+from pbxfw import target
+from pbxfw.config import Board
+
+from tests.device.dut import Device
+
+ROUTER, LAN, INTERNET = "pbx-rtr", "pbx-lan", "pbx-inet"
+TAP = "pbxtap0"
+TWIN, LAN_HOST, ROUTER_LAN = "192.168.50.10", "192.168.50.20", "192.168.50.1"
+INTERNET_HOST, ROUTER_INTERNET = "203.0.113.50", "203.0.113.1"
+PREFIX = 24
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+class NetLab:
+    def __enter__(self) -> NetLab:
+        self.close()  # what an interrupted run left behind
+        for ns in (ROUTER, LAN, INTERNET):
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ROUTER, "link", "add", "br0", "type", "bridge")
+        ip("-n", ROUTER, "addr", "add", f"{ROUTER_LAN}/{PREFIX}", "dev", "br0")
+        ip("-n", ROUTER, "link", "set", "br0", "up")
+        self._veth(LAN, "lan", LAN_HOST, ROUTER_LAN, bridge=True)
+        self._veth(INTERNET, "inet", INTERNET_HOST, ROUTER_INTERNET, bridge=False)
+        subprocess.run(["ip", "netns", "exec", ROUTER, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+        return self
+
+    def _veth(self, ns: str, name: str, address: str, gateway: str, bridge: bool) -> None:
+        """A host namespace's link to the router: on the bridge (LAN) or routed (internet)."""
+        ip("-n", ROUTER, "link", "add", f"r-{name}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+        if bridge:
+            ip("-n", ROUTER, "link", "set", f"r-{name}", "master", "br0")
+        else:
+            ip("-n", ROUTER, "addr", "add", f"{gateway}/{PREFIX}", "dev", f"r-{name}")
+        ip("-n", ROUTER, "link", "set", f"r-{name}", "up")
+        ip("-n", ns, "addr", "add", f"{address}/{PREFIX}", "dev", "eth0")
+        ip("-n", ns, "link", "set", "eth0", "up")
+        ip("-n", ns, "route", "add", "default", "via", gateway)
+
+    def attach_tap(self, timeout: float = 60) -> None:
+        """Move QEMU's tap into the router's namespace, onto the bridge."""
+        deadline = time.monotonic() + timeout
+        while subprocess.run(["ip", "link", "show", TAP], capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"QEMU did not create {TAP} within {timeout:.0f} s")
+            time.sleep(0.1)
+        ip("link", "set", TAP, "netns", ROUTER)
+        ip("-n", ROUTER, "link", "set", TAP, "master", "br0")
+        ip("-n", ROUTER, "link", "set", TAP, "up")
+
+    def run(self, ns: str, argv: list[str], timeout: float = 120) -> str:
+        done = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout,
+                              check=True)
+        return done.stdout
+
+    def close(self) -> None:
+        for ns in (ROUTER, LAN, INTERNET):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+@contextmanager
+def lab_twin(board: Board, disk: Path, password: str, work: Path, mac: str = "52:54:00:1a:b0:0a") \
+        -> Iterator[tuple[NetLab, Device]]:
+    """The lab with a logged-in twin on it: a static LAN address (the lab has no DHCP
+    server; an installer would set one the same way), the LAN trusted, fail2ban ready."""
+    tap = f"tap,id=net0,ifname={TAP},script=no,downscript=no"
+    with NetLab() as net, target.QemuTarget(board, disk, work / "qemu.log", mac=mac, netdev=tap) as twin:
+        dev = Device(twin.console_url, password, work / "console.log")  # QEMU starts once attached
+        try:
+            net.attach_tap()
+            dev.login()
+            dev.check("nic=$(basename $(ls -d /sys/class/net/e* | head -1)) && mkdir -p /run/systemd/network && "
+                      "printf '[Match]\\nName=%s\\n[Network]\\nAddress=%s\\nGateway=%s\\n' "
+                      f"$nic {TWIN}/{PREFIX} {ROUTER_LAN} > /run/systemd/network/10-lab.network && networkctl reload")
+            dev.check(f"( for i in $(seq 300); do nft list set inet pbx trusted4 | grep -q '192.168.50.0/{PREFIX}' "
+                      "&& exit 0; sleep 0.2; done; exit 1 )", timeout=90)
+            dev.check("( for i in $(seq 300); do fail2ban-client status pbx-sip >/dev/null 2>&1 && exit 0; "
+                      "sleep 0.5; done; exit 1 )", timeout=200)
+            yield net, dev
+        finally:
+            dev.close()

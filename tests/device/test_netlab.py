@@ -1,0 +1,82 @@
+"""The guard seen from the network, on a twin of its own attached by tap to host-side
+namespaces (tests/device/netlab.py): a router, a LAN host beside the twin and an
+internet host in a public-looking segment behind the router.
+
+- a TCP connect scan from the internet finds exactly the TCP ports the policy opens to
+  `any` (5060, 5061): everything else is dropped, not refused;
+- ten wrong REGISTERs from the internet ban that host, after which nothing of it gets
+  through (not even the right secret, not the open ports); `bans remove` lifts it;
+- fifty wrong REGISTERs from the LAN host ban nothing, and its right secret still works.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pbxfw import target
+from pbxfw.config import BuildConfig
+
+from tests.device.dut import Device
+from tests.device.netlab import INTERNET, INTERNET_HOST, LAN, LAN_HOST, TWIN, NetLab, lab_twin
+
+pytestmark = pytest.mark.own_twin
+HERE = Path(__file__).parent
+SCAN = "1-1024,3306,5038,5060,5061,5432,8080,8443"
+OPEN_TO_ANY = [5060, 5061]  # firewall.services from `any`, tcp (default policy)
+
+
+@pytest.fixture(scope="module")
+def lab(build_config: BuildConfig, out_dir: Path, tmp_path_factory: pytest.TempPathFactory) \
+        -> Iterator[tuple[NetLab, Device]]:
+    work = tmp_path_factory.mktemp("netlab")
+    disk, password = target.prepare_disk(build_config.board, out_dir / "disk.img", work)
+    with lab_twin(build_config.board, disk, password, work) as (net, dev):
+        yield net, dev
+
+
+def register(net: NetLab, ns: str, user: str, secret: str) -> str:
+    return net.run(ns, [sys.executable, str(HERE / "sipclient.py"), user, secret, "pbxfw-test", TWIN, "5060"]).strip()
+
+
+def scan(net: NetLab, ns: str) -> list[int]:
+    return [int(p) for p in net.run(ns, [sys.executable, str(HERE / "portscan.py"), TWIN, SCAN]).split()]
+
+
+def secret_of(dev: Device, number: str) -> str:
+    rows = json.loads(dev.check("pbxagent extensions list --json --show-secrets 2>/dev/null"))
+    return str(next(r["secret"] for r in rows if r["extension"] == number))
+
+
+def test_a_connect_scan_from_the_internet_finds_only_what_the_policy_opens(lab: tuple[NetLab, Device]) -> None:
+    net, _ = lab
+    assert scan(net, INTERNET) == OPEN_TO_ANY
+
+
+def test_ten_wrong_registers_ban_the_internet_host(lab: tuple[NetLab, Device]) -> None:
+    net, dev = lab
+    secret = secret_of(dev, "806")
+    for _ in range(10):
+        assert register(net, INTERNET, "806", "Wrong-Secret-77xx") == "SIP/2.0 401 Unauthorized"
+    tenth = time.monotonic()
+    dev.check(f"( for i in $(seq 100); do nft get element inet pbx ban4 '{{ {INTERNET_HOST} }}' >/dev/null 2>&1 "
+              "&& exit 0; sleep 0.1; done; exit 1 )", timeout=60)
+    print(f"internet host banned {time.monotonic() - tenth:.1f} s after its tenth failure (console round trip incl.)")
+    try:
+        assert register(net, INTERNET, "806", secret) == "timeout"
+        assert scan(net, INTERNET) == []
+    finally:
+        dev.check(f"pbxagent bans remove {INTERNET_HOST} 2>/dev/null || true")
+    assert register(net, INTERNET, "806", secret) == "SIP/2.0 200 OK"
+
+
+def test_fifty_wrong_registers_from_the_lan_ban_nothing(lab: tuple[NetLab, Device]) -> None:
+    net, dev = lab
+    for _ in range(50):
+        assert register(net, LAN, "808", "Wrong-Secret-77xx") == "SIP/2.0 401 Unauthorized"
+    assert register(net, LAN, "808", secret_of(dev, "808")) == "SIP/2.0 200 OK"
+    assert LAN_HOST not in dev.check("pbxagent bans list 2>/dev/null")
