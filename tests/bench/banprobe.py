@@ -1,15 +1,15 @@
 """Run inside the internet host's namespace by `make bench-guard`: from SOURCE, ten wrong
-REGISTERs, then a SIP OPTIONS every 0.1 s until one goes unanswered. Prints the seconds
-from the answer to the tenth failure to the first probe the ban dropped (resolution
-0.1 s). OPTIONS is answered without authentication, so probing adds no failure; at 10
-per second it stays under the guard's per-source rate limits for the first 8 s.
+REGISTERs, then a TCP connect to the SIP TLS port every 0.1 s until one goes unanswered.
+Prints the seconds from the answer to the tenth failure to the first probe the ban
+dropped (resolution 0.1 s). The probe is not SIP (adds no failure) and stays far under
+the guard's per-source limit on that port (80 per 2 s); a ban drops every packet of the
+source, whatever the port.
 
 usage: python3 -m tests.bench.banprobe HOST SOURCE USER
 """
 
 from __future__ import annotations
 
-import random
 import socket
 import sys
 import time
@@ -17,22 +17,17 @@ import time
 from tests.device.sipclient import register
 
 PROBE_EVERY = 0.1
-GIVE_UP_S = 30.0
+GIVE_UP_S = 60.0
+PROBE_PORT = 5061
 
 
 def answered(host: str, source: str) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((source, 0))
         sock.settimeout(PROBE_EVERY)
-        port = sock.getsockname()[1]
-        branch, tag = random.getrandbits(48), random.getrandbits(32)
-        message = (f"OPTIONS sip:{host} SIP/2.0\r\nVia: SIP/2.0/UDP {source}:{port};branch=z9hG4bK{branch:x};rport\r\n"
-                   f"Max-Forwards: 70\r\nFrom: <sip:probe@{source}>;tag={tag:x}\r\nTo: <sip:{host}>\r\n"
-                   f"Call-ID: {branch:x}@probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
-        sock.sendto(message.encode(), (host, 5060))
         try:
-            sock.recv(65535)
-        except TimeoutError:
+            sock.connect((host, PROBE_PORT))
+        except OSError:
             return False
         return True
 
