@@ -21,6 +21,10 @@ import serial
 
 LOGIN_PROMPT = re.compile(r"login: ?$", re.MULTILINE)
 SHELL_PROMPT = "PBXFW# "
+# A unit that starts on the console while we type can take input from the line: when
+# systemd resets the console it queries the terminal's size (ESC[6n) and reads the reply
+# from the same line the password is typed on. A wrong password is refused every time.
+LOGIN_ATTEMPTS = 3
 
 
 def timeout_scale() -> float:
@@ -97,10 +101,18 @@ class SerialConsole:
         if wake:
             self.send("\r")
         self.expect(LOGIN_PROMPT, timeout, "the login prompt")
-        self.send(f"{user}\r")
-        self.expect("Password:", 30, "the password prompt")
-        self.send(f"{password}\r")
-        match = self.expect(r"[#$] |(Current|current\)).*password: ", 60, "a shell prompt after login")
+        for attempt in range(1, LOGIN_ATTEMPTS + 1):
+            self.send(f"{user}\r")
+            self.expect("Password:", 30, "the password prompt")
+            self.send(f"{password}\r")
+            match = self.expect(r"[#$] |(Current|current\)).*password: |(Login incorrect)", 60,
+                                "a shell prompt after login")
+            if not match.group(2):
+                break
+            if attempt == LOGIN_ATTEMPTS:
+                raise ConsoleError(f"login as {user} refused {LOGIN_ATTEMPTS} times: wrong password")
+            # login(1) prompts again by itself.
+            self.expect(LOGIN_PROMPT, 30, "the login prompt after a refused login")
         if match.group(1):
             if new_password is None:
                 raise ConsoleError(f"{user}'s password must be changed at login, and no new password was given")

@@ -50,8 +50,11 @@ def device(request: pytest.FixtureRequest, build_config: BuildConfig, tmp_path_f
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests with their own twin first: the shared twin starts on first use and runs to
-    the end of the session, and two emulated boards on two cores slow both down."""
-    items.sort(key=lambda item: item.get_closest_marker("own_twin") is None)
+    the end of the session, and two emulated boards on two cores slow both down. A test
+    of an own-twin module that also uses the shared twin waits for the shared group
+    (it started the shared twin early and ran it beside every other own twin)."""
+    items.sort(key=lambda item: item.get_closest_marker("own_twin") is None
+               or "device" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture
