@@ -25,6 +25,9 @@ SHELL_PROMPT = "PBXFW# "
 # systemd resets the console it queries the terminal's size (ESC[6n) and reads the reply
 # from the same line the password is typed on. A wrong password is refused every time.
 LOGIN_ATTEMPTS = 3
+# Power-on to login prompt is ~30 s on an idle host, but a shared host whose CPU is half
+# stolen (seen: 50 % steal) stretches an emulated boot past 2 minutes. A bound, not a wait.
+BOOT_TIMEOUT_S = 300
 
 
 def timeout_scale() -> float:
@@ -89,7 +92,7 @@ class SerialConsole:
     def send(self, text: str) -> None:
         self._spawn.send(text)
 
-    def login(self, user: str, password: str, timeout: float = 120, wake: bool = False,
+    def login(self, user: str, password: str, timeout: float = BOOT_TIMEOUT_S, wake: bool = False,
               new_password: str | None = None) -> None:
         """Log in at the getty and set up a shell that is easy to drive (no echo, fixed prompt).
 

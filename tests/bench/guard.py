@@ -3,28 +3,36 @@ addresses (the 0-ban apply in the same run is the baseline; the ban set is kept 
 applies, so the figure shows what a full ban list costs); then ban latency on a twin in
 the namespace test network (tests/device/netlab.py): from a fresh internet address each
 trial, ten wrong REGISTERs, then the time until the twin drops that address
-(tests/bench/banprobe.py, run in the internet host's namespace).
-
-The REGISTER flood with a LAN phone registering beside it is not measured yet (issue 4).
+(tests/bench/banprobe.py, run in the internet host's namespace); then a REGISTER flood
+from another fresh internet address at 2,000 and 10,000 packets/s for 30 s while a LAN
+phone keeps registering with its right secret (tests/bench/flood.py): the phone's
+success rate and registration latency, and whether the flood layer banned the source.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from pbxfw import config, target
 from pbxfw.console import SerialConsole
 
 from tests.bench.boot import REPO
-from tests.device.netlab import INTERNET, PREFIX, TWIN, ip, lab_twin
+from tests.device.dut import Device
+from tests.device.netlab import INTERNET, LAN, PREFIX, TWIN, NetLab, ip, lab_twin, secret_of
 
 GOAL_APPLY_S = 1.0
 GOAL_BAN_S = 1.0
+GOAL_PHONE_OK = 0.99
+FLOOD_RATES = (2_000, 10_000)
+FLOOD_S = 30
 BAN_TRIALS = 5
 SIZES = (0, 10_000, 100_000)
 RUNS = 3
@@ -49,7 +57,34 @@ def _apply_seconds(console: SerialConsole) -> float:
     return float(match.group(1))
 
 
-def ban_latencies(board: config.Board, built: Path, work: Path) -> list[float]:
+class Flood(NamedTuple):
+    rate: int
+    held: int  # packets/s the sender kept up
+    attempts: int
+    ok: int
+    latencies: list[float]
+    banned: bool
+
+
+def _in(ns: str, *argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, *argv], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO)
+
+
+def flood(net: NetLab, dev: Device, rate: int, source: str, phone_secret: str) -> Flood:
+    ip("-n", INTERNET, "addr", "add", f"{source}/{PREFIX}", "dev", "eth0")
+    phone = _in(LAN, "-m", "tests.bench.flood", "phone", TWIN, "808", phone_secret, str(FLOOD_S))
+    sender = _in(INTERNET, "-m", "tests.bench.flood", "send", TWIN, source, str(rate), str(FLOOD_S))
+    sent, _ = sender.communicate(timeout=FLOOD_S + 60)
+    seen, _ = phone.communicate(timeout=FLOOD_S + 60)
+    if sender.returncode or phone.returncode:
+        raise SystemExit(f"bench-guard: flood at {rate}/s: sender exited {sender.returncode}, phone {phone.returncode}")
+    result = json.loads(seen)
+    banned = dev.run(f"nft get element inet pbx ban4 '{{ {source} }}'").status == 0
+    return Flood(rate, int(sent.split()[1]), result["attempts"], result["ok"], result["latencies"], banned)
+
+
+def on_the_test_network(board: config.Board, built: Path, work: Path) -> tuple[list[float], list[Flood]]:
     work.mkdir(exist_ok=True)
     disk, password = target.prepare_disk(board, built, work)
     found = []
@@ -63,7 +98,12 @@ def ban_latencies(board: config.Board, built: Path, work: Path) -> list[float]:
                 raise SystemExit(f"bench-guard: {source} was not banned (probe: {seconds})")
             found.append(float(seconds))
             print(f"  ban latency, trial {trial + 1}: {float(seconds):.2f} s", flush=True)
-    return found
+        secret = secret_of(dev, "808")
+        floods = []
+        for n, rate in enumerate(FLOOD_RATES):
+            floods.append(flood(net, dev, rate, f"203.0.113.{80 + n}", secret))
+            print(f"  flood {rate}/s: {floods[-1]}", flush=True)
+    return found, floods
 
 
 def main() -> int:
@@ -93,7 +133,7 @@ def main() -> int:
                 if held != size:
                     raise SystemExit(f"bench-guard: {size} bans filled, {held} left after the applies")
             console.close()
-        latencies = ban_latencies(cfg.board, out / "disk.img", work / "lab")
+        latencies, floods = on_the_test_network(cfg.board, out / "disk.img", work / "lab")
     base = statistics.median(results[0])
     print(f"\nbench-guard: {cfg.board.name} ({cfg.board.qemu.cpu}, TCG, no KVM), `pbxagent firewall apply` "
           f"(nft -c, then nft -f), median of {RUNS}")
@@ -105,6 +145,13 @@ def main() -> int:
     median, worst = statistics.median(latencies), max(latencies)
     print(f"  ban latency (10th wrong REGISTER answered -> packets dropped), {BAN_TRIALS} internet addresses: "
           f"median {median:.2f} s, max {worst:.2f} s (goal {GOAL_BAN_S:.0f} s, ratio {median / GOAL_BAN_S:.2f})")
+    for f in floods:
+        share = f.ok / f.attempts
+        times = sorted(f.latencies) or [float("nan")]
+        print(f"  REGISTER flood {f.rate}/s for {FLOOD_S} s (sender held {f.held}/s), LAN phone beside it: "
+              f"{f.ok}/{f.attempts} registered = {share:.1%} (goal {GOAL_PHONE_OK:.0%}, ratio "
+              f"{share / GOAL_PHONE_OK:.2f}); latency median {statistics.median(times) * 1000:.0f} ms, "
+              f"max {times[-1] * 1000:.0f} ms; flooding source {'banned' if f.banned else 'NOT banned'}")
     return 0
 
 

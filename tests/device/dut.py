@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pbxfw.console import Result, SerialConsole
+from pbxfw.console import BOOT_TIMEOUT_S, Result, SerialConsole
 
 
 class Device:
@@ -21,7 +21,7 @@ class Device:
         """Log in, then wait until boot has finished: units that start late (boot-ok, the
         guard) would otherwise write to the console in the middle of a command's output."""
         self.console.login("root", self.password, wake=wake)
-        self.run("systemctl is-system-running --wait >/dev/null", 180)
+        self.run("systemctl is-system-running --wait >/dev/null", BOOT_TIMEOUT_S)
 
     def run(self, command: str, timeout: float = 60) -> Result:
         return self.console.run(command, timeout)
@@ -36,7 +36,7 @@ class Device:
     def reboot(self) -> None:
         """Reboot through systemd and log in again once the new system is up."""
         self.console.send("systemctl reboot\r")
-        self.console.expect("U-Boot 20", 120, "U-Boot after the reboot")
+        self.console.expect("U-Boot 20", BOOT_TIMEOUT_S, "U-Boot after the reboot")
         self.login()
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ bridge. Built with iproute2, the tool an installer would use to reproduce it.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -84,6 +85,12 @@ class NetLab:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def secret_of(dev: Device, number: str) -> str:
+    """An extension's SIP secret, read as root over the console (test twins only)."""
+    rows = json.loads(dev.check("pbxagent extensions list --json --show-secrets 2>/dev/null"))
+    return str(next(r["secret"] for r in rows if r["extension"] == number))
 
 
 @contextmanager

@@ -13,7 +13,6 @@ internet host in a public-looking segment behind the router.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +23,18 @@ from pbxfw import target
 from pbxfw.config import BuildConfig
 
 from tests.device.dut import Device
-from tests.device.netlab import INTERNET, INTERNET_HOST, LAN, LAN_HOST, PREFIX, TWIN, NetLab, ip, lab_twin
+from tests.device.netlab import (
+    INTERNET,
+    INTERNET_HOST,
+    LAN,
+    LAN_HOST,
+    PREFIX,
+    TWIN,
+    NetLab,
+    ip,
+    lab_twin,
+    secret_of,
+)
 
 pytestmark = pytest.mark.own_twin
 HERE = Path(__file__).parent
@@ -51,11 +61,6 @@ def register(net: NetLab, ns: str, user: str, secret: str, source: str = "") -> 
 
 def scan(net: NetLab, ns: str) -> list[int]:
     return [int(p) for p in net.run(ns, [sys.executable, str(HERE / "portscan.py"), TWIN, SCAN]).split()]
-
-
-def secret_of(dev: Device, number: str) -> str:
-    rows = json.loads(dev.check("pbxagent extensions list --json --show-secrets 2>/dev/null"))
-    return str(next(r["secret"] for r in rows if r["extension"] == number))
 
 
 def test_a_connect_scan_from_the_internet_finds_only_what_the_policy_opens(lab: tuple[NetLab, Device]) -> None:
