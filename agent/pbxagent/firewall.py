@@ -105,8 +105,11 @@ def _rule(index: int, rule: Rule) -> list[str]:
 
 
 def _limits(limits: Iterable[RateLimit]) -> list[str]:
-    """Auto-defense: per source, over `packets` in `seconds` on the port is dropped."""
-    return [f"{limit.proto} dport {limit.port} update @{_rl_set(limit, fam)} {{ {ip} saddr limit rate over "
+    """Auto-defense: per source, over `packets` in `seconds` on the port is dropped. UDP
+    counts every packet (it has no sessions); TCP counts connection attempts, so an open
+    session is never cut by its own traffic."""
+    return [f"{'ct state new ' if limit.proto == 'tcp' else ''}{limit.proto} dport {limit.port} "
+            f"update @{_rl_set(limit, fam)} {{ {ip} saddr limit rate over "
             f"{rate(limit.packets, limit.seconds)} burst {limit.packets} packets }} drop comment "
             f"\"auto-defense {limit.packets}/{limit.seconds}s\""
             for limit in limits for fam, ip, _ in FAMILIES]
@@ -119,10 +122,10 @@ def _input(fw: Firewall) -> list[str]:
         rules += [f"{ip} saddr @trusted{fam} accept comment \"trusted LAN\"" for fam, ip, _ in FAMILIES]
     rules += [f"{ip} saddr @ban{fam} drop comment \"banned\"" for fam, ip, _ in FAMILIES]
     rules += [f"{ip} saddr @block{fam} drop comment \"block-list\"" for fam, ip, _ in FAMILIES]
-    # Flood layers and UDP limits come before "established": a UDP flood from one source
-    # port is "established" once the box has answered its first packet, and would pass
-    # them all (measured: 10,000 REGISTERs/s from one port, never banned, LAN phones 0 %).
-    # Only replies to what the box itself started (an update download, DNS) skip them.
+    # Flood layers and limits come before "established": a UDP flood from one source port
+    # is "established" once the box has answered its first packet, and would pass them all
+    # (measured: 10,000 REGISTERs/s from one port, never banned, LAN phones 0 %). Only
+    # replies to what the box itself started (an update download, DNS) skip them.
     rules.append("ct state established,related ct direction reply accept")
     level1, level2 = fw.flood_pps
     for pps, ban in ((level2, LEVEL2_BAN), (level1, LEVEL1_BAN)):
@@ -132,8 +135,7 @@ def _input(fw: Firewall) -> list[str]:
     # The administrator's ordered rules keep their place before every limit.
     for index, rule in enumerate(fw.rules):
         rules += _rule(index, rule)
-    rules += _limits(limit for limit in fw.rate_limits if limit.proto == "udp")
-    # TCP limits count connection attempts: after this line an open session passes.
+    rules += _limits(fw.rate_limits)
     rules += ["ct state established,related accept", "ct state invalid drop"]
     rules += ["icmp type { destination-unreachable, time-exceeded, parameter-problem } accept",
               "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem, "
@@ -145,7 +147,6 @@ def _input(fw: Firewall) -> list[str]:
               "udp sport 547 udp dport 546 accept comment \"DHCPv6\""]
     if fw.refuse_ami:
         rules.append("tcp dport 5038 drop comment \"refuse AMI\"")
-    rules += _limits(limit for limit in fw.rate_limits if limit.proto != "udp")
     for svc in fw.services:
         rules += _service(svc)
     return rules

@@ -200,10 +200,11 @@ def test_jail_thresholds_follow_the_policy(tmp_path: Path) -> None:
 
 def test_a_flood_from_one_source_port_meets_the_flood_layers_and_udp_limits() -> None:
     """A UDP flow the box has answered once is "established": the flood layers and the
-    UDP limits must come before that accept, and only replies to the box's own
-    connections may skip them."""
+    limits must come before that accept, and only replies to the box's own connections
+    may skip them. TCP limits count connection attempts only."""
     lines = firewall.compile_ruleset(default_policy().firewall, ["10.0.2.0/24"], ["10.0.2.15"]).splitlines()
     where = {key: next(i for i, line in enumerate(lines) if key in line)
              for key in ("ct direction reply accept", "flood over 500 pps", "auto-defense 40/2s",
-                         "input ct state established,related accept", "auto-defense 80/2s")}
+                         "auto-defense 80/2s", "input ct state established,related accept")}
     assert list(where.values()) == sorted(where.values()), where
+    assert lines[where["auto-defense 80/2s"]].startswith("add rule inet pbx input ct state new tcp dport 5061")
