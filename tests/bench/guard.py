@@ -15,7 +15,6 @@ import argparse
 import json
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ from pbxfw.console import SerialConsole
 
 from tests.bench.boot import REPO
 from tests.device.dut import Device
-from tests.device.netlab import INTERNET, LAN, PREFIX, TWIN, NetLab, ip, lab_twin, secret_of
+from tests.device.netlab import INTERNET, LAN, TWIN, NetLab, banned, lab_twin, secret_of
 
 GOAL_APPLY_S = 1.0
 GOAL_BAN_S = 1.0
@@ -66,22 +65,19 @@ class Flood(NamedTuple):
     banned: bool
 
 
-def _in(ns: str, *argv: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, *argv], stdout=subprocess.PIPE, text=True,
-                            cwd=REPO)
-
-
 def flood(net: NetLab, dev: Device, rate: int, source: str, phone_secret: str) -> Flood:
-    ip("-n", INTERNET, "addr", "add", f"{source}/{PREFIX}", "dev", "eth0")
-    phone = _in(LAN, "-m", "tests.bench.flood", "phone", TWIN, "808", phone_secret, str(FLOOD_S))
-    sender = _in(INTERNET, "-m", "tests.bench.flood", "send", TWIN, source, str(rate), str(FLOOD_S))
+    net.add_address(INTERNET, source)
+    phone = net.spawn(LAN, [sys.executable, "-m", "tests.bench.flood", "phone", TWIN, "808", phone_secret,
+                            str(FLOOD_S)])
+    sender = net.spawn(INTERNET, [sys.executable, "-m", "tests.bench.flood", "send", TWIN, source, str(rate),
+                                  str(FLOOD_S)])
     sent, _ = sender.communicate(timeout=FLOOD_S + 60)
     seen, _ = phone.communicate(timeout=FLOOD_S + 60)
     if sender.returncode or phone.returncode:
         raise SystemExit(f"bench-guard: flood at {rate}/s: sender exited {sender.returncode}, phone {phone.returncode}")
     result = json.loads(seen)
-    banned = dev.run(f"nft get element inet pbx ban4 '{{ {source} }}'").status == 0
-    return Flood(rate, int(sent.split()[1]), result["attempts"], result["ok"], result["latencies"], banned)
+    return Flood(rate, int(sent.split()[1]), result["attempts"], result["ok"], result["latencies"],
+                 banned(dev, source))
 
 
 def on_the_test_network(board: config.Board, built: Path, work: Path) -> tuple[list[float], list[Flood]]:
@@ -91,10 +87,9 @@ def on_the_test_network(board: config.Board, built: Path, work: Path) -> tuple[l
     with lab_twin(board, disk, password, work) as (net, dev):
         for trial in range(BAN_TRIALS):
             source = f"203.0.113.{60 + trial}"
-            ip("-n", INTERNET, "addr", "add", f"{source}/{PREFIX}", "dev", "eth0")
+            net.add_address(INTERNET, source)
             seconds = net.run(INTERNET, [sys.executable, "-m", "tests.bench.banprobe", TWIN, source, "807"]).strip()
-            banned = dev.run(f"nft get element inet pbx ban4 '{{ {source} }}'").status == 0
-            if seconds == "never" or not banned:
+            if seconds == "never" or not banned(dev, source):
                 raise SystemExit(f"bench-guard: {source} was not banned (probe: {seconds})")
             found.append(float(seconds))
             print(f"  ban latency, trial {trial + 1}: {float(seconds):.2f} s", flush=True)

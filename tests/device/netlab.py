@@ -78,6 +78,14 @@ class NetLab:
                               check=True)
         return done.stdout
 
+    def spawn(self, ns: str, argv: list[str]) -> subprocess.Popen[str]:
+        """`run` without waiting: for hosts that must act at the same time."""
+        return subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=subprocess.PIPE, text=True)
+
+    def add_address(self, ns: str, address: str) -> None:
+        """Another address on a host's link: a fresh source nothing has seen yet."""
+        ip("-n", ns, "addr", "add", f"{address}/{PREFIX}", "dev", "eth0")
+
     def close(self) -> None:
         for ns in (ROUTER, LAN, INTERNET):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
@@ -85,6 +93,11 @@ class NetLab:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def banned(dev: Device, address: str) -> bool:
+    """Whether the twin's ban set holds `address` right now."""
+    return dev.run(f"nft get element inet pbx ban4 '{{ {address} }}'").status == 0
 
 
 def secret_of(dev: Device, number: str) -> str:

@@ -28,10 +28,8 @@ from tests.device.netlab import (
     INTERNET_HOST,
     LAN,
     LAN_HOST,
-    PREFIX,
     TWIN,
     NetLab,
-    ip,
     lab_twin,
     secret_of,
 )
@@ -97,7 +95,7 @@ def test_fifty_wrong_registers_from_the_lan_ban_nothing(lab: tuple[NetLab, Devic
 
 def test_an_allow_listed_internet_address_is_never_banned(lab: tuple[NetLab, Device]) -> None:
     net, dev = lab
-    ip("-n", INTERNET, "addr", "add", f"{ALLOWED_HOST}/{PREFIX}", "dev", "eth0")
+    net.add_address(INTERNET, ALLOWED_HOST)
     dev.check(f"printf 'lan:\\n  allow: [{ALLOWED_HOST}]\\n' > /tmp/allow.yaml")
     dev.check("pbxagent firewall apply --policy /tmp/allow.yaml 2>&1 && pbxagent firewall confirm 2>&1", timeout=180)
     try:
