@@ -197,6 +197,13 @@ def apply_services(config: BuildConfig, root: Path) -> None:
 # / and /data are mounted by the initramfs (pbxfw/data/init.sh): systemd takes them as
 # they are instead of waiting for udev to announce their devices.
 FSTAB = "# / (read-only slot), /data: mounted by the initramfs. /etc, /var: volatile layers.\n"
+# The box's own name resolves without DNS: fail2ban (ignoreself) and others look it up,
+# and on a network without a reachable DNS server each lookup waited ~20 s.
+HOSTS = ("127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
+         "::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n")
+# mmdebstrap copies the build host's resolv.conf into the tree: without this the image
+# would carry the build farm's DNS server and differ between build hosts.
+RESOLV_CONF = "# No DNS server is configured in the image (the box runs no resolver daemon).\n"
 
 
 def write_board_files(config: BuildConfig, root: Path, fw_env: dict[str, str], release: Release,
@@ -205,6 +212,11 @@ def write_board_files(config: BuildConfig, root: Path, fw_env: dict[str, str], r
     etc = root / "etc"
     (root / "data").mkdir(exist_ok=True)
     (etc / "hostname").write_text(f"{config.hostname}\n")
+    (etc / "hosts").write_text(HOSTS.format(hostname=config.hostname))
+    resolv = etc / "resolv.conf"
+    resolv.unlink(missing_ok=True)
+    resolv.write_text(RESOLV_CONF)
+    resolv.chmod(0o644)
     (etc / "fstab").write_text(FSTAB)
     for name, text in fw_env.items():
         (etc / name).write_text(text)

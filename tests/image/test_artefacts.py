@@ -176,6 +176,11 @@ def test_no_build_host_path_or_local_repository_in_the_image(rootfs: Path) -> No
     assert leaks == []
 
 
+def test_no_build_host_dns_and_the_own_name_resolves_without_dns(rootfs: Path, build_config: BuildConfig) -> None:
+    assert "nameserver" not in (rootfs / "etc/resolv.conf").read_text()  # mmdebstrap copied the host's
+    assert f"127.0.1.1\t{build_config.hostname}\n" in (rootfs / "etc/hosts").read_text()
+
+
 def test_no_apt_in_the_sealed_image_but_dpkg_status_kept(rootfs: Path) -> None:
     """The default recipe excludes apt: updates are signed A/B bundles only."""
     assert not (rootfs / "usr/bin/apt-get").exists()
