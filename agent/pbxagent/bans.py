@@ -43,8 +43,12 @@ def store_path() -> Path:
     return paths.data() / "state" / "bans.json"
 
 
-def _set(address: str) -> str:
-    return f"ban{ipaddress.ip_address(address).version}"
+def element_command(verb: str, address: str, seconds: int | None = None) -> str:
+    """The nft command that adds (with a timeout) or deletes one ban; fail2ban's action
+    (overlay/etc/fail2ban/action.d/pbx-nft.py) runs the same commands in-process."""
+    ip = ipaddress.ip_address(address)
+    timeout = f" timeout {seconds}s" if seconds is not None else ""
+    return f"{verb} element {TABLE} ban{ip.version} {{ {ip}{timeout} }}"
 
 
 def current() -> list[Ban]:
@@ -72,7 +76,7 @@ def add(address: str, seconds: int, exempt_networks: list[str]) -> None:
     cover = exempt(str(ip), exempt_networks)
     if cover:
         raise BanError(f"{ip} is in {cover}, which is trusted or allow-listed and never banned")
-    nft.command("add", "element", *TABLE.split(), _set(str(ip)), f"{{ {ip} timeout {seconds}s }}")
+    nft.command(element_command("add", str(ip), seconds))
 
 
 def remove(address: str) -> None:
@@ -82,7 +86,7 @@ def remove(address: str) -> None:
         raise BanError(f"{address!r} is not an IP address") from None
     if str(ip) not in {b.address for b in current()}:
         raise BanError(f"{ip} is not banned")
-    nft.command("delete", "element", *TABLE.split(), _set(str(ip)), f"{{ {ip} }}")
+    nft.command(element_command("delete", str(ip)))
     save()
 
 
@@ -106,7 +110,7 @@ def restore(exempt_networks: list[str]) -> int:
         address = str(item.get("address", ""))
         try:
             if left > 0 and not exempt(address, exempt_networks):
-                nft.command("add", "element", *TABLE.split(), _set(address), f"{{ {address} timeout {left}s }}")
+                nft.command(element_command("add", address, left))
                 restored += 1
         except (ValueError, nft.NftError):
             continue

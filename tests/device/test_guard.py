@@ -83,10 +83,15 @@ def test_drop_all_is_rolled_back_unless_confirmed(device: Device) -> None:
 
 
 def test_a_ban_survives_a_reboot(device: Device) -> None:
+    """One ban from the CLI, one from fail2ban's action (stopping fail2ban at shutdown
+    must not lift it)."""
     device.check("pbxagent bans add 198.51.100.77 --seconds 3600 2>/dev/null")
+    device.check("fail2ban-client set pbx-sip banip 198.51.100.78", timeout=120)
+    wait_for(device, "pbxagent bans list 2>/dev/null | grep -q 198.51.100.78", 60)
     device.reboot()
     device.check("systemctl is-active --wait pbx-guard.service || true", timeout=180)
-    wait_for(device, "pbxagent bans list 2>/dev/null | grep -q 198.51.100.77", 60)
+    wait_for(device, "pbxagent bans list 2>/dev/null | grep -q 198.51.100.78", 60)
     left = json.loads(device.check("pbxagent bans list --json 2>/dev/null"))
-    assert [b["address"] for b in left] == ["198.51.100.77"] and left[0]["expires_in"] > 3000
-    device.check("pbxagent bans remove 198.51.100.77")
+    assert [b["address"] for b in left] == ["198.51.100.77", "198.51.100.78"]
+    assert all(b["expires_in"] > 3000 for b in left)
+    device.check("pbxagent bans remove 198.51.100.77 && pbxagent bans remove 198.51.100.78")

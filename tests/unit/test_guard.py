@@ -208,3 +208,10 @@ def test_a_flood_from_one_source_port_meets_the_flood_layers_and_udp_limits() ->
                          "auto-defense 80/2s", "input ct state established,related accept")}
     assert list(where.values()) == sorted(where.values()), where
     assert lines[where["auto-defense 80/2s"]].startswith("add rule inet pbx input ct state new tcp dport 5061")
+
+
+def test_a_ban_command_names_the_family_set_and_the_timeout() -> None:
+    from pbxagent import bans
+
+    assert bans.element_command("add", "203.0.113.9", 3600) == "add element inet pbx ban4 { 203.0.113.9 timeout 3600s }"
+    assert bans.element_command("delete", "2001:db8::66") == "delete element inet pbx ban6 { 2001:db8::66 }"
