@@ -1,6 +1,7 @@
 """`pbxagent guard`: applies the compiled firewall at start, restores saved bans, then
-follows interface address changes over netlink (no polling) and keeps the trusted set
-in step. Bans are saved to /data every minute and when the guard stops."""
+follows interface address changes over netlink (no polling) and keeps the trusted set,
+and fail2ban's list of what it must never ban, in step. Bans are saved to /data every
+minute and when the guard stops."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from . import bans, firewall, lan, nft
+from . import banengine, bans, firewall, lan, nft
 from .policy import Policy
 
 SAVE_EVERY_S = 60.0
@@ -44,6 +45,11 @@ def apply(policy: Policy) -> list[lan.IfAddr]:
 
 def exempt_networks(policy: Policy, addresses: list[lan.IfAddr]) -> list[str]:
     return segments(addresses) + list(policy.firewall.allow)
+
+
+def exempt_sync() -> str:
+    """Give fail2ban the trusted LAN and allow-list as the applied sets hold them."""
+    return banengine.sync(banengine.live_exempt())
 
 
 def _notify(message: str) -> None:
@@ -87,8 +93,10 @@ def _follow(policy: Policy, log: Callable[[str], None], events: Any, groups: int
         log(f"firewall applied; trusted LAN: {', '.join(trusted) or 'none'}")
         log(f"{bans.restore(exempt_networks(policy, addresses))} saved ban(s) restored")
         log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
+        log(exempt_sync())
         _notify("READY=1")
         last_save = time.monotonic()
+        told = banengine.running_pid()
         while True:
             ready, _, _ = select.select([events], [], [], SAVE_EVERY_S)
             if ready:
@@ -100,7 +108,13 @@ def _follow(policy: Policy, log: Callable[[str], None], events: Any, groups: int
                 if now_trusted != trusted:
                     nft.run(firewall.trusted_update(now_trusted))
                     log(f"trusted LAN now: {', '.join(now_trusted) or 'none'}")
-                    trusted = now_trusted
+                    log(exempt_sync())
+                    told, trusted = banengine.running_pid(), now_trusted
             if time.monotonic() - last_save >= SAVE_EVERY_S:
                 bans.save()
                 last_save = time.monotonic()
+                # A fail2ban that (re)started after the last change may have read the jail
+                # file just before that change was written: tell it again.
+                if banengine.running_pid() not in (told, None):
+                    log(exempt_sync())
+                    told = banengine.running_pid()

@@ -29,12 +29,16 @@ def test_trusted_lan_follows_address_changes(device: Device) -> None:
     device.check("ip addr add 192.168.77.5/24 dev eth0")
     try:
         wait_for(device, "nft list set inet pbx trusted4 | grep -q 192.168.77.0/24")
+        # ... and the ban engine exempts it too, in every jail, without a restart.
+        wait_for(device, "fail2ban-client get pbx-sip ignoreip | grep -q 192.168.77.0/24 && "
+                 "fail2ban-client get sshd ignoreip | grep -q 192.168.77.0/24", 60)
         device.check("ip addr add 198.51.100.5/24 dev eth0")
         device.check("sleep 2")
         assert "198.51.100" not in device.check("nft list set inet pbx trusted4")  # public: never trusted
     finally:
         device.check("ip addr del 192.168.77.5/24 dev eth0; ip addr del 198.51.100.5/24 dev eth0 || true")
     wait_for(device, "! nft list set inet pbx trusted4 | grep -q 192.168.77.0/24")
+    wait_for(device, "! fail2ban-client get pbx-sip ignoreip | grep -q 192.168.77.0/24", 60)
 
 
 def test_bans_list_remove_and_refuse_trusted(device: Device) -> None:

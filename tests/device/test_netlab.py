@@ -102,7 +102,7 @@ def test_an_allow_listed_internet_address_is_never_banned(lab: tuple[NetLab, Dev
         for _ in range(12):
             assert register(net, INTERNET, "805", "Wrong-Secret-77xx", ALLOWED_HOST) == "SIP/2.0 401 Unauthorized"
         # Evidence that the ban engine saw the failures and exempted the address, not a sleep.
-        dev.check(f"timeout {BAN_WAIT_S} sh -c \"until grep -q '\\[pbx-sip\\] Ignore {ALLOWED_HOST} by command' "
+        dev.check(f"timeout {BAN_WAIT_S} sh -c \"until grep -q '\\[pbx-sip\\] Ignore {ALLOWED_HOST} by ip' "
                   "/var/log/fail2ban.log; do sleep 0.5; done\"", timeout=BAN_WAIT_S + 30)
         assert ALLOWED_HOST not in dev.check("pbxagent bans list 2>/dev/null")
         assert register(net, INTERNET, "805", secret_of(dev, "805"), ALLOWED_HOST) == "SIP/2.0 200 OK"

@@ -210,6 +210,39 @@ def test_a_flood_from_one_source_port_meets_the_flood_layers_and_udp_limits() ->
     assert lines[where["auto-defense 80/2s"]].startswith("add rule inet pbx input ct state new tcp dport 5061")
 
 
+def test_fail2ban_is_told_what_the_live_sets_exempt(tmp_path: Path) -> None:
+    """Real nft: what fail2ban must never ban comes from the applied sets, whatever form
+    nft keeps an element in (address, prefix, or a range auto-merged from neighbours)."""
+    (tmp_path / "policy.yaml").write_text("lan:\n  allow: [203.0.113.51, 203.0.113.52, 198.51.100.0/24, "
+                                          "2001:db8::/64]\n")
+    done = in_namespace(f"""
+import os
+os.environ["PBXAGENT_ROOT"] = "{tmp_path}"
+from pathlib import Path
+from pbxagent import banengine, firewall, nft, policy
+fw = policy.compose(policy.DEFAULTS, Path("{tmp_path}/policy.yaml"))[0].firewall
+nft.apply(firewall.compile_ruleset(fw, ["10.0.2.0/24", "fd00::/64"]))
+print(banengine.live_exempt())
+print(banengine.sync(banengine.live_exempt()))
+""")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == str(sorted(["10.0.2.0/24", "fd00::/64", "203.0.113.51/32", "203.0.113.52/32",
+                                   "198.51.100.0/24", "2001:db8::/64"]))
+    assert lines[1] == "fail2ban not running: it reads the list when it starts"
+    written = (tmp_path / "etc/fail2ban/jail.d/zz-pbx-exempt.local").read_text()
+    assert "[DEFAULT]\nignoreip = 10.0.2.0/24 198.51.100.0/24 2001:db8::/64 203.0.113.51/32 " in written
+
+
+def test_the_ignore_list_changes_by_the_difference_only() -> None:
+    from pbxagent import banengine
+
+    add, remove = banengine.changes(["10.0.2.0/24", "192.168.77.0/24", "203.0.113.51"],
+                                    ["10.0.2.0/24", "203.0.113.51/32", "172.16.1.0/24"])
+    assert (add, remove) == (["172.16.1.0/24"], ["192.168.77.0/24"])
+    assert banengine.networks_of({"range": ["192.0.2.4", "192.0.2.11"]}) == ["192.0.2.4/30", "192.0.2.8/30"]
+
+
 def test_a_ban_command_names_the_family_set_and_the_timeout() -> None:
     from pbxagent import bans
 
