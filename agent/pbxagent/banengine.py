@@ -67,16 +67,18 @@ def running_pid() -> str | None:
         return None
 
 
-def sync(networks: list[str]) -> str:
-    """Write the jail file, then update a running fail2ban. Returns what was done."""
+def sync(networks: list[str]) -> tuple[str | None, str]:
+    """Write the jail file, then update a running fail2ban. Returns the pid of the
+    fail2ban that took the list (None if none did) and what was done."""
     atomic.write(exempt_path(), render(networks), mode=0o644)
-    if running_pid() is None:
-        return "fail2ban not running: it reads the list when it starts"
+    pid = running_pid()
+    if pid is None:
+        return None, "fail2ban not running: it reads the list when it starts"
     try:
         jails = _tell(networks)
     except (OSError, ImportError, ValueError) as err:
-        return f"fail2ban did not take the list ({err}); it reads the jail file when it starts"
-    return f"fail2ban ignores {', '.join(networks) or 'nothing'} in {jails} jail(s)"
+        return None, f"fail2ban did not take the list ({err}); it reads the jail file when it starts"
+    return pid, f"fail2ban ignores {', '.join(networks) or 'nothing'} in {jails} jail(s)"
 
 
 def _tell(networks: list[str]) -> int:

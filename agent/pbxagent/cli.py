@@ -283,7 +283,7 @@ def _firewall_apply(args: argparse.Namespace) -> int:
     started = time.monotonic()
     guard.apply(proposed)
     took = time.monotonic() - started
-    print(f"pbxagent: {guard.exempt_sync()}")
+    print(f"pbxagent: {guard.exempt_sync()[1]}")
     changes = rollback.risky(current.firewall, proposed.firewall) if args.policy else []
     if changes:
         rollback.hold(args.policy, args.rollback_after)
@@ -309,7 +309,7 @@ def _firewall_rollback(_: argparse.Namespace) -> int:
 
     rollback.discard()
     guard.apply(_policy())
-    print(f"pbxagent: {guard.exempt_sync()}")
+    print(f"pbxagent: {guard.exempt_sync()[1]}")
     print("pbxagent: firewall change not confirmed: the previous policy is applied again", flush=True)
     return OK
 

@@ -47,7 +47,7 @@ def exempt_networks(policy: Policy, addresses: list[lan.IfAddr]) -> list[str]:
     return segments(addresses) + list(policy.firewall.allow)
 
 
-def exempt_sync() -> str:
+def exempt_sync() -> tuple[str | None, str]:
     """Give fail2ban the trusted LAN and allow-list as the applied sets hold them."""
     return banengine.sync(banengine.live_exempt())
 
@@ -84,6 +84,12 @@ def run(policy: Policy, log: Callable[[str], None]) -> None:
     log("bans saved; guard stopped")
 
 
+def _tell_fail2ban(log: Callable[[str], None]) -> str | None:
+    told, message = exempt_sync()
+    log(message)
+    return told
+
+
 def _follow(policy: Policy, log: Callable[[str], None], events: Any, groups: int) -> None:
     with events:
         # Subscribe before the first read, so no change between the two is missed.
@@ -93,10 +99,9 @@ def _follow(policy: Policy, log: Callable[[str], None], events: Any, groups: int
         log(f"firewall applied; trusted LAN: {', '.join(trusted) or 'none'}")
         log(f"{bans.restore(exempt_networks(policy, addresses))} saved ban(s) restored")
         log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
-        log(exempt_sync())
+        told = _tell_fail2ban(log)
         _notify("READY=1")
         last_save = time.monotonic()
-        told = banengine.running_pid()
         while True:
             ready, _, _ = select.select([events], [], [], SAVE_EVERY_S)
             if ready:
@@ -108,13 +113,11 @@ def _follow(policy: Policy, log: Callable[[str], None], events: Any, groups: int
                 if now_trusted != trusted:
                     nft.run(firewall.trusted_update(now_trusted))
                     log(f"trusted LAN now: {', '.join(now_trusted) or 'none'}")
-                    log(exempt_sync())
-                    told, trusted = banengine.running_pid(), now_trusted
+                    told, trusted = _tell_fail2ban(log), now_trusted
             if time.monotonic() - last_save >= SAVE_EVERY_S:
                 bans.save()
                 last_save = time.monotonic()
                 # A fail2ban that (re)started after the last change may have read the jail
                 # file just before that change was written: tell it again.
                 if banengine.running_pid() not in (told, None):
-                    log(exempt_sync())
-                    told = banengine.running_pid()
+                    told = _tell_fail2ban(log)

@@ -223,7 +223,7 @@ from pbxagent import banengine, firewall, nft, policy
 fw = policy.compose(policy.DEFAULTS, Path("{tmp_path}/policy.yaml"))[0].firewall
 nft.apply(firewall.compile_ruleset(fw, ["10.0.2.0/24", "fd00::/64"]))
 print(banengine.live_exempt())
-print(banengine.sync(banengine.live_exempt()))
+print(banengine.sync(banengine.live_exempt())[1])
 """)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
