@@ -29,6 +29,8 @@ SLOTS = (("A", "rootfs_a"), ("B", "rootfs_b"))
 SQUASHFS_MAGIC = 0x73717368
 FIT_CONFIG = "conf-1"
 FIT_RAMDISK = "ramdisk-1"
+# VT100's size: what every serial terminal program shows when it is not asked.
+CONSOLE_ROWS, CONSOLE_COLUMNS = 24, 80
 
 
 def default_state(board: Board) -> dict[str, str]:
@@ -42,9 +44,19 @@ def kernel_args(board: Board, layout: Layout, slot: str, root_part: str) -> str:
     panic=10: a kernel that dies reboots, so the attempt counter moves on."""
     prefix = board.storage.linux_partition_prefix
     return (
-        f"console={board.console} quiet loglevel=3 panic=10 pbx.slot={slot} pbx.root={prefix}{root_part} "
-        f"pbx.data={prefix}{layout.get('data').number}"
+        f"console={board.console} {console_size_args(board)} quiet loglevel=3 panic=10 pbx.slot={slot} "
+        f"pbx.root={prefix}{root_part} pbx.data={prefix}{layout.get('data').number}"
     )
+
+
+def console_size_args(board: Board) -> str:
+    """A fixed size for the serial console. Without one, systemd 257 asks the terminal for
+    its size (ESC[6n) each time it resets the console (boot, every getty start) and reads
+    the answer from the line a person or the test harness types on: keystrokes of a
+    password went to that probe instead of login(1). A serial line has no size to find."""
+    tty = board.console.split(",")[0]
+    return " ".join(f"systemd.tty.{dim}.{name}={value}" for name in ("console", tty)
+                    for dim, value in (("rows", CONSOLE_ROWS), ("columns", CONSOLE_COLUMNS)))
 
 
 def render(board: Board, layout: Layout) -> str:
