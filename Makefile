@@ -73,9 +73,12 @@ sbom: image
 bundle: image
 	$(VENV)/bin/pbxfw bundle create --out $(OUT) --key $(SIGNING_KEY)
 
+# A twin to log in to: restored from the image's booted snapshot when the device tests
+# left one (FRESH=1 boots for real); the root password is printed, or ROOT_PASSWORD=...
+export ROOT_PASSWORD
 qemu: setup
 	@test -f $(OUT)/disk.img || $(MAKE) image BOARD=$(BOARD) RECIPE=$(RECIPE)
-	$(VENV)/bin/pbxfw qemu $(CONFIG) --disk $(OUT)/disk.img
+	$(VENV)/bin/pbxfw qemu $(CONFIG) --disk $(OUT)/disk.img $(if $(FRESH),--fresh)
 
 lint: venv
 	$(VENV)/bin/ruff check scripts agent tests

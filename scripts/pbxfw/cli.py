@@ -9,7 +9,6 @@ from pathlib import Path
 
 from . import build, config, qemu
 from .errors import PbxfwError
-from .stages import run
 
 
 def _image(args: argparse.Namespace) -> int:
@@ -84,16 +83,42 @@ def _bundle_verify(args: argparse.Namespace) -> int:
 
 
 def _qemu(args: argparse.Namespace) -> int:
+    import secrets
+    import tempfile
+
+    from . import devtwin
+
     cfg = config.load(args.config)
     disk = Path(args.disk)
     if not disk.is_file():
         raise PbxfwError(f"{disk}: no disk image (run `make image` first)")
-    # A copy-on-write layer keeps the built image pristine (tests and flashing use it);
-    # each `make qemu` starts from the image as built.
+    # A copy-on-write layer keeps the built image pristine (tests and flashing use it) and
+    # without any credential; each `make qemu` starts from the image as built.
     session = disk.with_name("qemu-session.qcow2")
-    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", disk.resolve(), session])
-    argv = qemu.command(cfg.board, session, disk_format="qcow2")
-    print(f"Starting the twin on {session} (writes stay there); leave QEMU with Ctrl-A X.", file=sys.stderr)
+    given = os.environ.get("ROOT_PASSWORD", "")
+    snapshot: devtwin.Snapshot | None = None
+    if args.fresh:
+        why = "FRESH=1"
+    elif given:
+        why = "ROOT_PASSWORD given"
+    else:
+        snapshot, why = devtwin.find_snapshot(cfg.board, disk)
+    loadvm: tuple[str, ...] = ()
+    if snapshot is not None:
+        devtwin.copy_snapshot(snapshot, session)
+        password, loadvm = snapshot.password, ("-loadvm", devtwin.SNAPSHOT)
+        how = "restored after its first boot at a root shell (press Enter)"
+    else:
+        password = given or secrets.token_urlsafe(12)
+        devtwin.layer(disk, session)
+        with tempfile.TemporaryDirectory(prefix="pbxfw-qemu-") as work:
+            devtwin.seed_root_credential(cfg.board, session, password, Path(work))
+        how = f"a real first boot ({why}); log in as root at `pbx login:`"
+    argv = qemu.command(cfg.board, session, disk_format="qcow2", extra=loadvm)
+    shown = "as given in ROOT_PASSWORD" if given and snapshot is None else password
+    print(f"pbxfw qemu: {cfg.board.name} twin on {session} (writes stay there), {how}.\n"
+          f"  root password of this twin: {shown}\n"
+          "  Leave QEMU with Ctrl-A X.", file=sys.stderr, flush=True)
     os.execvp(argv[0], argv)
 
 
@@ -185,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     run_qemu = sub.add_parser("qemu", help="boot a built disk image on the serial console")
     run_qemu.add_argument("config")
     run_qemu.add_argument("--disk", required=True)
+    run_qemu.add_argument("--fresh", action="store_true",
+                          help="boot for real even when a booted snapshot of this image exists")
     run_qemu.set_defaults(func=_qemu)
     bom = sub.add_parser("sbom", help="print an image's bill of materials")
     bom.add_argument("file", help="e.g. out/qemu-u50/sbom.cdx.json")

@@ -124,6 +124,10 @@ class SerialConsole:
                 self.expect(prompt, 30, f"passwd's {prompt.strip()!r}")
                 self.send(f"{new_password}\r")
             self.expect(r"[#$] ", 60, "a shell prompt after the password change")
+        self.setup_shell()
+
+    def setup_shell(self) -> None:
+        """A shell that is easy to drive: no echo, a fixed prompt, no pager or colours."""
         self.send(f"stty -echo; export PS1='{SHELL_PROMPT}' TERM=dumb PAGER=cat SYSTEMD_COLORS=0\r")
         self.expect(re.escape(SHELL_PROMPT), 30, "the fixed shell prompt")
 

@@ -19,10 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pbxfw import config, target
+from pbxfw import config
 from pbxfw.console import SerialConsole
 
 from tests.bench.boot import REPO, boot, direct_boot_files
+from tests.infra import boards
 
 GOAL_FIRST_S = 5.0
 GOAL_LATER_S = 1.0
@@ -51,7 +52,7 @@ def _measured_boot(cfg: config.BuildConfig, disk: Path, work: Path, password: st
         return {"login": times["login prompt"], **_agent_figures(console)}
     finally:
         console.close()
-        twin.stop()
+        twin.off()
 
 
 def main() -> int:
@@ -63,13 +64,13 @@ def main() -> int:
     out = REPO / "out" / cfg.board.name
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        disk, password = target.prepare_disk(cfg.board, out / "disk.img", work)
+        disk, password = boards.prepare_disk(cfg.board, out / "disk.img", work)
         first = _measured_boot(cfg, disk, work, password)
         later = _measured_boot(cfg, disk, work, password)
         base, console, twin = boot(cfg.board, disk, work, direct_boot_files(out),
                                    append="systemd.mask=pbx-provision.service")
         console.close()
-        twin.stop()
+        twin.off()
     baseline = base["login prompt"]
     print(f"\nbench-agent: {cfg.board.name} ({cfg.board.qemu.cpu}, TCG, no KVM), QEMU -kernel boots of one disk")
     for name, run, goal in (("first boot", first, GOAL_FIRST_S), ("later boot", later, GOAL_LATER_S)):

@@ -17,9 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from pbxfw import config, layout, target
+from pbxfw import config, layout
 from pbxfw.bootscript import kernel_args
 from pbxfw.console import SerialConsole
+
+from tests.infra import boards
+from tests.infra.power import QemuPower
 
 REPO = Path(__file__).resolve().parents[2]
 GOAL_LOGIN_S = 20.0
@@ -41,7 +44,7 @@ def direct_boot_files(out: Path) -> tuple[Path, Path]:
 
 def boot(
     board: config.Board, disk: Path, work: Path, direct: tuple[Path, Path] | None, append: str = ""
-) -> tuple[dict[str, float], SerialConsole, target.QemuTarget]:
+) -> tuple[dict[str, float], SerialConsole, QemuPower]:
     """Boot and time the milestones; `direct` = (kernel, initramfs) boots without U-Boot,
     with `append` added to the kernel command line."""
     extra: tuple[str, ...] = ()
@@ -51,8 +54,8 @@ def boot(
         cmdline = kernel_args(board, disk_layout, "A", str(disk_layout.get("rootfs_a").number))
         extra = ("-kernel", str(direct[0]), "-initrd", str(direct[1]), "-append", f"{cmdline} {append}".strip())
         marks = [("login prompt", r"login: ?$")]
-    twin = target.QemuTarget(board, disk, work / "qemu.log", extra=extra)
-    twin.start()
+    twin = QemuPower(board, disk, work, extra=extra)
+    twin.on()
     started = time.monotonic()
     console = SerialConsole(twin.console_url, log=(work / "console.log").open("a"))
     return milestones(console, marks, started), console, twin
@@ -67,11 +70,11 @@ def main() -> int:
     out = REPO / "out" / cfg.board.name
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        disk, password = target.prepare_disk(cfg.board, out / "disk.img", work)
+        disk, password = boards.prepare_disk(cfg.board, out / "disk.img", work)
         # First boot: the agent makes every per-device secret (see bench-agent).
         first, console, twin = boot(cfg.board, disk, work, None)
         console.close()
-        twin.stop()
+        twin.off()
         times, console, twin = boot(cfg.board, disk, work, None)
         try:
             console.login("root", password, wake=True)  # the prompt was consumed above
@@ -80,13 +83,13 @@ def main() -> int:
             blame = console.run("systemd-analyze blame --no-pager | head -3").output.rstrip()
         finally:
             console.close()
-            twin.stop()
+            twin.off()
 
         # Baseline on the same disk, also a later boot: the boot state does not matter
         # without U-Boot.
         base, console, twin = boot(cfg.board, disk, work, direct_boot_files(out))
         console.close()
-        twin.stop()
+        twin.off()
 
     slot_mib = (out / "rootfs.slot").stat().st_size / 2**20
     disk_path = out / "disk.img"

@@ -18,7 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pbxfw import config, factory, flash, target
+from pbxfw import config, factory, flash
+
+from tests.infra.power import QemuPower, Wiring
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ("u-boot", "transfer", "write", "verify", "boot check")
@@ -29,7 +31,7 @@ def trial(image: flash.Image, cfg: config.BuildConfig, work: Path, tftp: Path, n
     with disk.open("wb") as out:
         out.truncate(image.size)
     mac = f"52:54:00:be:00:{number:02x}"
-    with target.QemuTarget(cfg.board, disk, work / "qemu.log", mac=mac, tftp=tftp) as twin:
+    with QemuPower(cfg.board, disk, work, Wiring(mac=mac, tftp=tftp), disk_format="raw") as twin:
         job = flash.Job(twin.console_url, factory.Identity(mac, f"BENCH-{number}"))
         started = time.monotonic()
         with (work / "console.log").open("a") as log:

@@ -20,12 +20,14 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from pbxfw import config, target
+from pbxfw import config
 from pbxfw.console import SerialConsole
 
 from tests.bench.boot import REPO
-from tests.device.dut import Device
 from tests.device.netlab import INTERNET, LAN, TWIN, NetLab, banned, lab_twin, secret_of
+from tests.infra import boards
+from tests.infra.power import QemuPower
+from tests.infra.twin import Device
 
 GOAL_APPLY_S = 1.0
 GOAL_BAN_S = 1.0
@@ -82,7 +84,7 @@ def flood(net: NetLab, dev: Device, rate: int, source: str, phone_secret: str) -
 
 def on_the_test_network(board: config.Board, built: Path, work: Path) -> tuple[list[float], list[Flood]]:
     work.mkdir(exist_ok=True)
-    disk, password = target.prepare_disk(board, built, work)
+    disk, password = boards.prepare_disk(board, built, work)
     found = []
     with lab_twin(board, disk, password, work) as (net, dev):
         for trial in range(BAN_TRIALS):
@@ -112,8 +114,8 @@ def main() -> int:
     nft_times: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        disk, password = target.prepare_disk(cfg.board, out / "disk.img", work)
-        with target.QemuTarget(cfg.board, disk, work / "qemu.log") as twin:
+        disk, password = boards.prepare_disk(cfg.board, out / "disk.img", work)
+        with QemuPower(cfg.board, disk, work) as twin:
             console = SerialConsole(twin.console_url, log=(work / "console.log").open("a"))
             console.login("root", password)
             console.run("systemctl is-active --wait pbx-guard.service", timeout=300)

@@ -13,11 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from pbxfw import bundler, config, keys, target
+from pbxfw import bundler, config, keys
 
 from tests.bench.boot import REPO
 from tests.device.bundleserver import serving
-from tests.device.powercut import Twin, status, trial
+from tests.device.powercut import status, trial
+from tests.infra import boards
+from tests.infra.power import Wiring
 
 GOAL_RATIO = 0.8
 INSTALL_WITH_RSS = ("python3 -c 'import resource, subprocess; "
@@ -42,9 +44,8 @@ def main() -> int:
         manifest = bundler.manifest_for(slot, built["compatible"], "bench", built["security_version"], "bench")
         bundler.write(work / "bench.bundle", slot, manifest, [keys.FileSigner(args.keys / "dev.key")])
         overhead = (work / "bench.bundle").stat().st_size - slot.stat().st_size
-        disk, password = target.prepare_disk(cfg.board, out / "disk.img", work)
         with serving(work) as server:
-            twin = Twin(cfg.board, disk, password, work, (server.guestfwd,))
+            twin = boards.fresh_twin(cfg.board, out / "disk.img", work, wiring=Wiring(guestfwd=(server.guestfwd,)))
             dut = twin.power_on()
             other = status(dut)["other_slot"]
             device = json.loads(dut.check("cat /etc/pbxfw/board.json"))["slots"][other]
@@ -78,7 +79,7 @@ def main() -> int:
                 except AssertionError as exc:
                     outcome = f"FAILED: {exc}"
                 print(f"power cut {number + 1}/{args.power_cuts}: {outcome}", flush=True)
-            twin.shut_down()
+            twin.power_off()
 
     size = manifest.payload_size
     print()

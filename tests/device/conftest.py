@@ -1,5 +1,6 @@
-"""The device under test: the QEMU twin booted from the built disk image, or a real
-board on a serial port (--console). Tests only talk to it through its console."""
+"""The device under test: a QEMU twin of the built disk image, restored for each test
+from a booted snapshot (tests/infra), or a real board on a serial port (--console).
+Tests only talk to it through its console."""
 
 from __future__ import annotations
 
@@ -8,53 +9,48 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from pbxfw import target
 from pbxfw.config import BuildConfig
-from pbxfw.console import ConsoleError
 
-from tests.device.dut import Device
+from tests.infra import boards, timing
+from tests.infra.twin import Device
 
 CONSOLE_LOG_KEY = pytest.StashKey[Path]()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(timing.Table(), "pbxfw-time-per-module")
+
+
 @pytest.fixture(scope="session")
-def device(request: pytest.FixtureRequest, build_config: BuildConfig, tmp_path_factory: pytest.TempPathFactory) \
-        -> Iterator[Device]:
-    log_path = tmp_path_factory.mktemp("console") / "console.log"
-    request.config.stash[CONSOLE_LOG_KEY] = log_path
+def real_board(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device | None]:
+    """The board on --console, logged in once for the session; None for a twin."""
     url = request.config.getoption("--console")
-    if url:
-        password = os.environ.get("PBXFW_ROOT_PASSWORD")
-        if not password:
-            pytest.fail("--console given but PBXFW_ROOT_PASSWORD is not set")
-        dev = Device(url, password, log_path)
-        dev.login(wake=True)
-        yield dev
-        dev.close()
+    if not url:
+        yield None
         return
+    password = os.environ.get("PBXFW_ROOT_PASSWORD")
+    if not password:
+        pytest.fail("--console given but PBXFW_ROOT_PASSWORD is not set")
+    dev = Device(url, password, tmp_path_factory.mktemp("console") / "console.log")
+    dev.login(wake=True)
+    yield dev
+    dev.close()
 
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest, real_board: Device | None, build_config: BuildConfig,
+           tmp_path: Path) -> Iterator[Device]:
+    """A board after its first boot, logged in as root. Each test gets its own twin in the
+    same state (restored from the snapshot): nothing one test changes reaches another."""
+    if real_board is not None:
+        request.config.stash[CONSOLE_LOG_KEY] = real_board.log_path
+        yield real_board
+        return
     out: Path = request.getfixturevalue("out_dir")
-    work = tmp_path_factory.mktemp("dut")
-    disk, password = target.prepare_disk(build_config.board, out / "disk.img", work)
-    qemu_log = work / "qemu.log"
-    with target.QemuTarget(build_config.board, disk, qemu_log) as twin:
-        dev = Device(twin.console_url, password, log_path)
-        try:
-            dev.login()
-        except ConsoleError:
-            dev.close()
-            raise
-        yield dev
-        dev.close()
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests with their own twin first: the shared twin starts on first use and runs to
-    the end of the session, and two emulated boards on two cores slow both down. A test
-    of an own-twin module that also uses the shared twin waits for the shared group
-    (it started the shared twin early and ran it beside every other own twin)."""
-    items.sort(key=lambda item: item.get_closest_marker("own_twin") is None
-               or "device" in getattr(item, "fixturenames", ()))
+    twin = boards.booted_twin(build_config.board, out / "disk.img", tmp_path)
+    request.config.stash[CONSOLE_LOG_KEY] = twin.log_path
+    yield twin.dut
+    twin.power_off()
 
 
 @pytest.fixture

@@ -20,10 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from pbxfw import target
 from pbxfw.config import Board
 
-from tests.device.dut import Device
+from tests.infra.power import QemuPower, Wiring
+from tests.infra.twin import Device
 
 ROUTER, LAN, INTERNET = "pbx-rtr", "pbx-lan", "pbx-inet"
 TAP = "pbxtap0"
@@ -112,11 +112,11 @@ def lab_twin(board: Board, disk: Path, password: str, work: Path, mac: str = "52
     """The lab with a logged-in twin on it: a static LAN address (the lab has no DHCP
     server; an installer would set one the same way), the LAN trusted, fail2ban ready."""
     tap = f"tap,id=net0,ifname={TAP},script=no,downscript=no"
-    with NetLab() as net, target.QemuTarget(board, disk, work / "qemu.log", mac=mac, netdev=tap) as twin:
-        dev = Device(twin.console_url, password, work / "console.log")  # QEMU starts once attached
+    with NetLab() as net, QemuPower(board, disk, work, Wiring(mac=mac, netdev=tap)) as power:
+        dev = Device(power.console_url, password, work / "console.log")  # QEMU starts once attached
         try:
             net.attach_tap()
-            dev.login()
+            dev.boot()
             dev.check("nic=$(basename $(ls -d /sys/class/net/e* | head -1)) && mkdir -p /run/systemd/network && "
                       "printf '[Match]\\nName=%s\\n[Network]\\nAddress=%s\\nGateway=%s\\n' "
                       f"$nic {TWIN}/{PREFIX} {ROUTER_LAN} > /run/systemd/network/10-lab.network && networkctl reload")

@@ -7,52 +7,9 @@ from __future__ import annotations
 import json
 import random
 import time
-from pathlib import Path
 from typing import Any
 
-from pbxfw import target
-from pbxfw.config import Board
-
-from tests.device.dut import Device
-
-
-class Twin:
-    """One disk, powered on and off like a real board (QEMU killed, never shut down)."""
-
-    def __init__(self, board: Board, disk: Path, password: str, work: Path, guestfwd: tuple[str, ...]) -> None:
-        self.board, self.disk, self.password, self.work, self.guestfwd = board, disk, password, work, guestfwd
-        self.log_path = work / "console.log"
-        self._qemu: target.QemuTarget | None = None
-        self._dut: Device | None = None
-
-    @property
-    def dut(self) -> Device:
-        assert self._dut is not None, "the twin is off"
-        return self._dut
-
-    def power_on(self) -> Device:
-        self._qemu = target.QemuTarget(self.board, self.disk, self.work / "qemu.log", guestfwd=self.guestfwd)
-        self._qemu.start()
-        self._dut = Device(self._qemu.console_url, self.password, self.log_path)
-        self._dut.login()
-        return self._dut
-
-    def power_cut(self) -> None:
-        self._off(cut=True)
-
-    def shut_down(self) -> None:
-        self._off(cut=False)
-
-    def _off(self, cut: bool) -> None:
-        if self._dut is not None:
-            self._dut.close()
-            self._dut = None
-        if self._qemu is not None:
-            if cut:
-                self._qemu.power_cut()
-            else:
-                self._qemu.stop()
-            self._qemu = None
+from tests.infra.twin import Device, Twin
 
 
 def status(dut: Device) -> dict[str, Any]:

@@ -1,14 +1,14 @@
 """The default image boots from U-Boot through the A/B script and comes up sealed.
 
-One boot serves the whole module; the reboot test runs last because it changes the
-running slot.
+Each test starts from the same booted twin (slot A, first boot done); the fallback
+tests reboot it for real.
 """
 
 from __future__ import annotations
 
 from pbxfw.layout import ENV_COPIES, ENV_SIZE
 
-from tests.device.dut import Device
+from tests.infra.twin import Device
 
 
 def test_uboot_ab_script_booted_slot_a(device: Device) -> None:
@@ -16,6 +16,12 @@ def test_uboot_ab_script_booted_slot_a(device: Device) -> None:
     cmdline = device.check("cat /proc/cmdline")
     assert "pbx.slot=A" in cmdline
     assert device.check("cat /run/pbx/slot").strip() == "A"
+
+
+def test_the_serial_console_has_a_fixed_size_and_is_never_probed(device: Device) -> None:
+    # A size query (ESC[6n) reads its answer from the line a password is typed on.
+    assert "\x1b[6n" not in device.boot_log()
+    assert device.check("stty size").split() == ["24", "80"]
 
 
 def test_system_running_without_failed_units(device: Device) -> None:
@@ -73,9 +79,10 @@ def test_fallback_to_slot_b_when_a_has_no_attempts(device: Device) -> None:
 
 
 def test_torn_state_write_falls_back_to_the_previous_copy(device: Device) -> None:
-    # Running B with BOOT_A_LEFT=0 (previous test). Write A's attempts back, then
-    # corrupt the copy that write produced, as a power cut mid-write would: both
-    # libubootenv and U-Boot must use the older copy, so A stays skipped.
+    # A has no attempts left. Write A's attempts back, then corrupt the copy that write
+    # produced, as a power cut mid-write would: both libubootenv and U-Boot must use
+    # the older copy, so A stays skipped.
+    device.check("fw_setenv BOOT_A_LEFT 0")
     assert device.check("fw_printenv -n BOOT_A_LEFT").strip() == "0"
     device_path = device.check("awk '!/^#/ {print $1; exit}' /etc/fw_env.config").strip()
     digest = f"dd if={device_path} bs={ENV_SIZE} count=1 2>/dev/null | md5sum"

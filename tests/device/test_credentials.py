@@ -1,4 +1,4 @@
-"""Secure first boot on the shared twin (factory credential seeded on /data): the
+"""Secure first boot on a booted twin (factory credential seeded on /data): the
 audit passes, SSH is key-only when turned on and closed again when off, secrets are
 per extension and private, and a bad policy override changes nothing."""
 
@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from tests.device.dut import Device
+from tests.infra.twin import Device
 
 SSH_OPTIONS = "-o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20"
 

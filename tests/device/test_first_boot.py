@@ -1,21 +1,19 @@
-"""First boots on twins of their own: an upgraded old box whose root password is the
-last 8 characters of its MAC, with the power cut in the middle of provisioning; and
-two first boots of the same image, which must not share a secret."""
+"""First boots for real: an upgraded old box whose root password is the last 8
+characters of its MAC, with the power cut in the middle of provisioning; and two first
+boots of the same image, which must not share a secret."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
 from pbxagent.passwords import Account, Kind, generate
-from pbxfw import target
 from pbxfw.config import BuildConfig
 from pbxfw.console import SerialConsole
 
-from tests.device.dut import Device
-
-pytestmark = pytest.mark.own_twin
+from tests.infra import boards
+from tests.infra.power import Wiring
+from tests.infra.twin import Device
 
 OLD_BOX_MAC = "52:54:00:9a:bc:de"
 OLD_BOX_PASSWORD = "009ABCDE"  # the old firmware's rule: the MAC's last 8 characters
@@ -27,23 +25,23 @@ def secrets_of(dut: Device) -> set[str]:
     return {row["secret"] for row in rows}
 
 
-first_boot_secrets: dict[str, set[str]] = {}
-
-
 def test_old_box_mac_password_is_rotated_even_across_a_power_cut(
     build_config: BuildConfig, out_dir: Path, tmp_path: Path, twin_log: Path
 ) -> None:
-    board = build_config.board
-    disk, _ = target.prepare_disk(board, out_dir / "disk.img", tmp_path, password=OLD_BOX_PASSWORD)
-    with twin_log.open("a") as log, target.QemuTarget(board, disk, tmp_path / "qemu.log", mac=OLD_BOX_MAC) as twin:
-        console = SerialConsole(twin.console_url, log=log)
+    twin = boards.fresh_twin(build_config.board, out_dir / "disk.img", tmp_path, password=OLD_BOX_PASSWORD,
+                             wiring=Wiring(mac=OLD_BOX_MAC))
+    power = twin.power
+    power.on()
+    with twin_log.open("a") as log:
+        console = SerialConsole(power.console_url, log=log)
         one_time = console.expect(r"one-time root password: (\S+)", 300, "the rotated password").group(1)
         console.expect("root password was derived from a MAC address: rotated", 60, "the rotation step")
-        twin.power_cut()  # extension secrets are still being made
+        power.cut()  # extension secrets are still being made
         console.close()
 
-    with twin_log.open("a") as log, target.QemuTarget(board, disk, tmp_path / "qemu.log", mac=OLD_BOX_MAC) as twin:
-        dut = Device(twin.console_url, one_time, twin_log)
+    power.on()
+    dut = Device(power.console_url, one_time, twin_log)
+    try:
         dut.console.expect("pbxagent: first-boot provisioning complete", 300, "provisioning finished by boot 2")
         new_password = generate(Kind.ADMIN, Account(user="root"))
         dut.console.login("root", one_time, new_password=new_password)
@@ -53,12 +51,24 @@ def test_old_box_mac_password_is_rotated_even_across_a_power_cut(
         assert dut.check("pbxagent root status").strip() == "root: user-set"
         report = json.loads(dut.run("pbxagent audit --json 2>/dev/null", timeout=120).output)
         assert [c for c in report["checks"] if not c["passed"]] == []
-        first_boot_secrets["old box"] = secrets_of(dut)
+    finally:
         dut.close()
+        power.off()
 
 
-def test_two_first_boots_of_one_image_share_no_secret(device: Device) -> None:
-    assert "old box" in first_boot_secrets, "the old-box first boot did not get as far as its secrets"
-    ours = secrets_of(device)
-    assert len(ours) == 10 and len(first_boot_secrets["old box"]) == 10
-    assert ours.isdisjoint(first_boot_secrets["old box"])
+def test_two_first_boots_of_one_image_share_no_secret(build_config: BuildConfig, out_dir: Path,
+                                                      tmp_path: Path) -> None:
+    """The snapshot's first boot and a first boot now, of the same image."""
+    image = out_dir / "disk.img"
+    restored = boards.booted_twin(build_config.board, image, tmp_path / "restored")
+    try:
+        theirs = secrets_of(restored.dut)
+    finally:
+        restored.power_off()
+    fresh = boards.fresh_twin(build_config.board, image, tmp_path / "fresh")
+    try:
+        ours = secrets_of(fresh.power_on())
+    finally:
+        fresh.power_off()
+    assert len(ours) == 10 and len(theirs) == 10
+    assert ours.isdisjoint(theirs)

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from pbxfw import flash, target
+from pbxfw import flash
 from pbxfw.config import BuildConfig
 
-from tests.device.dut import Device
 from tests.device.test_credentials import audit, failures
+from tests.infra.power import QemuPower, Wiring
+from tests.infra.twin import Device
 
-pytestmark = pytest.mark.own_twin
 REPO = Path(__file__).resolve().parents[2]
 MAC = "52:54:00:fa:c7:01"
 
@@ -35,12 +35,12 @@ def station(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def blank_twin(cfg: BuildConfig, image: Path, work: Path, tftp: Path) -> target.QemuTarget:
+def blank_twin(cfg: BuildConfig, image: Path, work: Path, tftp: Path) -> QemuPower:
     disk = work / "blank.img"
     disk.unlink(missing_ok=True)
     with disk.open("wb") as out:
         out.truncate(image.stat().st_size)
-    return target.QemuTarget(cfg.board, disk, work / "qemu.log", mac=MAC, tftp=tftp)
+    return QemuPower(cfg.board, disk, work, Wiring(mac=MAC, tftp=tftp), disk_format="raw")
 
 
 def pbxfw_flash(station: Path, image: Path, port: str, serial: str, scale: str = "1") -> int:

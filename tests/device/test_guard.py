@@ -1,4 +1,4 @@
-"""The network guard on the shared twin: the compiled firewall replaces the base
+"""The network guard on a booted twin: the compiled firewall replaces the base
 ruleset, the trusted LAN follows address changes live, bans are listed, lifted, kept
 across a reboot, never put on a trusted address; a bad policy changes nothing."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from tests.device.dut import Device
+from tests.infra.twin import Device
 
 
 def wait_for(device: Device, condition: str, seconds: int = 30) -> None:

@@ -19,10 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pbxfw import target
 from pbxfw.config import BuildConfig
 
-from tests.device.dut import Device
 from tests.device.netlab import (
     INTERNET,
     INTERNET_HOST,
@@ -33,8 +31,9 @@ from tests.device.netlab import (
     lab_twin,
     secret_of,
 )
+from tests.infra import boards
+from tests.infra.twin import Device
 
-pytestmark = pytest.mark.own_twin
 HERE = Path(__file__).parent
 SCAN = "1-1024,3306,5038,5060,5061,5432,8080,8443"
 OPEN_TO_ANY = [5060, 5061]  # firewall.services from `any`, tcp (default policy)
@@ -47,7 +46,7 @@ ALLOWED_HOST = "203.0.113.51"  # a second address of the internet host, allow-li
 def lab(build_config: BuildConfig, out_dir: Path, tmp_path_factory: pytest.TempPathFactory) \
         -> Iterator[tuple[NetLab, Device]]:
     work = tmp_path_factory.mktemp("netlab")
-    disk, password = target.prepare_disk(build_config.board, out_dir / "disk.img", work)
+    disk, password = boards.prepare_disk(build_config.board, out_dir / "disk.img", work)
     with lab_twin(build_config.board, disk, password, work) as (net, dev):
         yield net, dev
 

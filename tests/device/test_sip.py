@@ -1,4 +1,4 @@
-"""The SIP service on the shared twin: digest auth with the agent's per-extension
+"""The SIP service on a booted twin: digest auth with the agent's per-extension
 secrets, one answer for unknown user and wrong password, scanners unanswered, every
 failure logged with the packet's source, TLS on 5061 with the device's certificate."""
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.device.dut import Device
+from tests.infra.twin import Device
 
 CLIENT = Path(__file__).with_name("sipclient.py")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def register(device: Device) -> Callable[..., str]:
     """Copy the client to the twin (in chunks: a console line holds 4096 bytes)."""
     encoded = base64.b64encode(CLIENT.read_bytes()).decode()

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 from pbxagent.bundle import Reason
-from pbxfw import bundler, keys, target
+from pbxfw import bundler, keys
 from pbxfw.config import BuildConfig
 from pbxfw.slot import assemble, fit_offset
 
 from tests.device.bundleserver import BundleServer, serving
 from tests.device.conftest import CONSOLE_LOG_KEY
-from tests.device.dut import Device
-from tests.device.powercut import Twin, status, trial
-
-pytestmark = pytest.mark.own_twin
+from tests.device.powercut import status, trial
+from tests.infra import boards
+from tests.infra.power import Wiring
+from tests.infra.twin import Device, Twin
 
 
 def make(dest: Path, payload: Path, signer: Path, *, compatible: str, security: int, version: str) -> Path:
@@ -104,15 +104,13 @@ def server(bundles: Path) -> Iterator[BundleServer]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def twin(build_config: BuildConfig, out_dir: Path, server: BundleServer,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
-    work = tmp_path_factory.mktemp("update-twin")
-    disk, password = target.prepare_disk(build_config.board, out_dir / "disk.img", work)
-    powered = Twin(build_config.board, disk, password, work, (server.guestfwd,))
-    powered.power_on()
-    yield powered
-    powered.shut_down()
+@pytest.fixture
+def twin(build_config: BuildConfig, out_dir: Path, server: BundleServer, tmp_path: Path) -> Iterator[Twin]:
+    """A twin after its first boot, running slot A, with the bundle server in reach."""
+    booted = boards.booted_twin(build_config.board, out_dir / "disk.img", tmp_path,
+                                Wiring(guestfwd=(server.guestfwd,)))
+    yield booted
+    booted.power_off()
 
 
 @pytest.fixture
@@ -232,7 +230,7 @@ def test_an_unhealthy_new_slot_falls_back_by_itself(twin_console: Device, server
     assert after["attempts_left"][running] == 3 and after["attempts_left"][other] == 0
 
 
-POWER_CUTS = 5  # `make bench-update` runs 30
+POWER_CUTS = 3  # `make bench-update` runs 30 (README, Tests)
 
 
 def test_power_cuts_during_install_and_first_boot_always_leave_a_good_slot(

@@ -20,8 +20,8 @@ from pbxagent.passwords import Account, Kind, check
 from pbxfw import factory, flash, labels
 from pbxfw.errors import PbxfwError
 from pbxfw.layout import ENV_SIZE
-from pbxfw.target import free_port
 
+from tests.infra.power import free_port
 from tests.unit.fake_uboot import FakeUBoot
 from tests.unit.test_config import REPO
 

@@ -1,0 +1,158 @@
+"""Disks for development and test twins: a copy-on-write layer over the built image with
+a root credential seeded on its data partition, and booted snapshots of such a layer.
+
+The built image never holds a credential. Like the production line, a twin gets only
+the hash of one (on /data, where the agent takes it at first boot); the plaintext stays
+with whoever made it. A snapshot is the layer of a twin that finished its first boot,
+with the twin's RAM saved in it by QEMU's `savevm`: restoring it (`-loadvm`) is back at
+a root shell in about a second. It is kept beside the image, keyed by the image's sha256
+and everything else that went into it, and is used only while the key still matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import layout, qemu
+from .archive import sha256_file
+from .config import Board
+from .errors import PbxfwError
+from .factory import crypt_hash
+from .stages import run
+
+ROOT_HASH = "pbx/credentials/root.hash"
+SNAPSHOT = "booted"
+# What a snapshot holds and how it was made; raise it when that changes.
+SNAPSHOT_FORMAT = 1
+
+
+def layer(image: Path, dest: Path) -> Path:
+    """A qcow2 layer over the built image: every write of the twin lands in it."""
+    dest.unlink(missing_ok=True)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", image.resolve(), dest], capture=True)
+    return dest
+
+
+def seed_root_credential(board: Board, disk: Path, password: str, work: Path, disk_format: str = "qcow2") -> None:
+    """Replace the data partition of `disk` with one that holds only the hash of
+    `password`, the way the production line leaves the factory credential."""
+    seed_data_partition(board, disk, {ROOT_HASH: (crypt_hash(password).encode() + b"\n", 0o600)}, work, disk_format)
+
+
+def seed_data_partition(board: Board, disk: Path, files: dict[str, tuple[bytes, int]], work: Path,
+                        disk_format: str = "qcow2") -> None:
+    """A fresh data partition holding `files` ({path: (content, mode)}), written into `disk`."""
+    tree = work / "data-seed"
+    if tree.exists():
+        shutil.rmtree(tree)
+    for rel, (content, mode) in files.items():
+        path = tree / rel
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_bytes(content)
+        path.chmod(mode)
+    part = layout.for_board(board).get("data")
+    image = work / "data-seed.ext4"
+    image.unlink(missing_ok=True)
+    run(["mkfs.ext4", "-q", "-F", "-L", "data", "-d", tree, image, f"{part.size_bytes // 1024}k"], capture=True)
+    shutil.rmtree(tree)
+    if disk_format == "raw":
+        run(["dd", f"if={image}", f"of={disk}", "bs=1M", f"seek={part.offset // (1 << 20)}", "conv=notrunc,sparse",
+             "status=none"], capture=True)
+    else:
+        run(["qemu-io", "-f", disk_format, "-c", f"write -q -s {image} {part.offset} {part.size_bytes}", disk],
+            capture=True)
+    image.unlink()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    layer: Path
+    password: str
+    key: str
+
+    @property
+    def console_log(self) -> Path:
+        """What the serial console showed from power-on to the saved shell."""
+        return self.layer.with_name("console.log")
+
+
+def snapshot_dir(image: Path) -> Path:
+    return image.parent / "snapshot"
+
+
+def snapshot_key(board: Board, image: Path) -> str:
+    """The image's sha256 and every input that shapes the saved machine."""
+    inputs = {
+        "format": SNAPSHOT_FORMAT,
+        "image_sha256": sha256_file(image),
+        "uboot_sha256": sha256_file(board.uboot.binary),
+        "machine": [board.qemu.binary, board.qemu.machine, board.qemu.cpu, board.qemu.memory_mib],
+        "mac": qemu.DEFAULT_MAC,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def find_snapshot(board: Board, image: Path) -> tuple[Snapshot | None, str]:
+    """The snapshot for this image, or None and why there is none usable."""
+    store = snapshot_dir(image)
+    meta_path = store / "snapshot.json"
+    if not meta_path.is_file():
+        return None, f"no snapshot in {store}"
+    if shutil.which("qemu-img") is None:
+        return None, "qemu-img is not installed (make setup)"
+    try:
+        meta = json.loads(meta_path.read_text())
+        key, password, layer_path = str(meta["key"]), str(meta["password"]), store / str(meta["layer"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return None, f"{meta_path}: unreadable ({exc})"
+    wanted = snapshot_key(board, image)
+    if key != wanted:
+        return None, f"{meta_path}: made from another image or machine (key {key[:12]}, this image {wanted[:12]})"
+    if not (store / "console.log").is_file():
+        return None, f"{store / 'console.log'}: missing (the boot's console log belongs to the snapshot)"
+    check = subprocess.run(["qemu-img", "check", "-q", str(layer_path)], capture_output=True, text=True)
+    if check.returncode != 0:
+        return None, f"{layer_path}: corrupted ({(check.stderr or check.stdout).strip() or check.returncode})"
+    listing = subprocess.run(["qemu-img", "snapshot", "-l", str(layer_path)], capture_output=True, text=True)
+    if SNAPSHOT not in listing.stdout.split():
+        return None, f"{layer_path}: holds no VM state named {SNAPSHOT!r}"
+    return Snapshot(layer_path, password, key), ""
+
+
+def record_snapshot(board: Board, image: Path, saved_layer: Path, password: str, console_log: Path) -> Snapshot:
+    """Keep `saved_layer` (which holds the VM state) and the console log of its boot as
+    this image's snapshot. The metadata goes last, so an interrupted store is never
+    taken for a good one."""
+    store = snapshot_dir(image)
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "snapshot.json").unlink(missing_ok=True)
+    dest = store / "booted.qcow2"
+    shutil.move(saved_layer, dest)
+    shutil.copyfile(console_log, store / "console.log")
+    key = snapshot_key(board, image)
+    meta = store / "snapshot.json.tmp"
+    # The password of a development twin: it never leaves this build directory.
+    meta.write_text(json.dumps({"key": key, "password": password, "layer": dest.name}) + "\n")
+    meta.chmod(0o600)
+    os.replace(meta, store / "snapshot.json")
+    return Snapshot(dest, password, key)
+
+
+def copy_snapshot(snapshot: Snapshot, dest: Path) -> Path:
+    """A private copy to restore from: QEMU finds the VM state only in the top layer,
+    and whatever the restored twin writes must not reach the snapshot."""
+    dest.unlink(missing_ok=True)
+    run(["cp", "--sparse=always", "--reflink=auto", snapshot.layer, dest], capture=True)
+    return dest
+
+
+def require_tools() -> None:
+    for tool in ("qemu-img", "qemu-io", "mkfs.ext4"):
+        if shutil.which(tool) is None:
+            raise PbxfwError(f"`{tool}` is not installed (run `make setup`)")
