@@ -18,7 +18,7 @@ SIGNING_KEY ?= $(KEYS)/dev.key
 HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata \
 	qemu-system-arm qemu-utils ipxe-qemu u-boot-qemu u-boot-tools device-tree-compiler \
 	squashfs-tools dosfstools mtools fdisk e2fsprogs libubootenv-tool kmod cpio \
-	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 openssl nftables socat \
+	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 nftables socat \
 	dpkg-dev diffoscope-minimal
 
 .PHONY: all setup host-packages binfmt venv keys lock image repro sbom bundle qemu test test-all lint unit image-test \

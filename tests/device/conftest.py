@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from pbxfw.config import BuildConfig
 
+from tests.device.updates import bundles, dev_key, server, twin, twin_console  # noqa: F401  (update fixtures)
 from tests.infra import boards, timing
-from tests.infra.twin import Device
-
-CONSOLE_LOG_KEY = pytest.StashKey[Path]()
+from tests.infra.twin import CONSOLE_LOG_KEY, Device
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,10 +46,11 @@ def device(request: pytest.FixtureRequest, real_board: Device | None, build_conf
         yield real_board
         return
     out: Path = request.getfixturevalue("out_dir")
-    twin = boards.booted_twin(build_config.board, out / "disk.img", tmp_path)
-    request.config.stash[CONSOLE_LOG_KEY] = twin.log_path
-    yield twin.dut
-    twin.power_off()
+    booted = boards.booted_twin(build_config.board, out / "disk.img", tmp_path)
+    request.config.stash[CONSOLE_LOG_KEY] = booted.log_path
+    yield booted.dut
+    booted.power_off()
+    (tmp_path / "disk.qcow2").unlink(missing_ok=True)  # a copy of the snapshot, ~0.5 GB
 
 
 @pytest.fixture

@@ -18,11 +18,15 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 from pbxfw.console import BOOT_TIMEOUT_S, LOGIN_PROMPT, ConsoleError, Result, SerialConsole
 from pbxfw.uboot import AUTOBOOT, PROMPT
 
 from tests.infra import timing
 from tests.infra.power import Power, QemuPower
+
+# The console log of the board a test drives: attached to the test's report when it fails.
+CONSOLE_LOG_KEY = pytest.StashKey[Path]()
 
 
 class Device:
