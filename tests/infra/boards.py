@@ -19,6 +19,7 @@ from pbxfw import devtwin
 from pbxfw.config import Board
 from pbxfw.console import ConsoleError
 
+from tests.infra import timing
 from tests.infra.power import QemuPower, Wiring
 from tests.infra.twin import Twin
 
@@ -26,7 +27,9 @@ _known: dict[tuple[Path, int, int], devtwin.Snapshot] = {}
 
 
 def say(message: str) -> None:
-    print(f"twin: {message}", file=sys.__stderr__, flush=True)
+    """Printed at once (seen with -s or in a failing test's output) and in the summary."""
+    print(f"twin: {message}", file=sys.stderr, flush=True)
+    timing.notice(message)
 
 
 def prepare_disk(board: Board, image: Path, work: Path, password: str | None = None) -> tuple[Path, str]:

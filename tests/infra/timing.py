@@ -10,6 +10,13 @@ from dataclasses import dataclass
 import pytest
 
 _counts = {"boots": 0, "restores": 0}
+# What the harness had to say about twins (a snapshot made, refused, a restore failed):
+# pytest captures the tests' output, so these go into the summary as well.
+_notices: list[str] = []
+
+
+def notice(message: str) -> None:
+    _notices.append(message)
 
 
 def count_boot() -> None:
@@ -48,6 +55,10 @@ class Table:
         self.modules[report.nodeid.split("::")[0]].seconds += report.duration
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if _notices:
+            terminalreporter.section("twins")
+            for line in _notices:
+                terminalreporter.write_line(f"twin: {line}")
         if not self.modules:
             return
         terminalreporter.section("time per module")
