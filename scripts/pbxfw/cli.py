@@ -115,7 +115,7 @@ def _qemu(args: argparse.Namespace) -> int:
             devtwin.seed_root_credential(cfg.board, session, password, Path(work))
         how = f"a real first boot ({why}); log in as root at `pbx login:`"
     argv = qemu.command(cfg.board, session, disk_format="qcow2", extra=loadvm)
-    shown = "as given in ROOT_PASSWORD" if given and snapshot is None else password
+    shown = "as given in ROOT_PASSWORD" if given else password
     print(f"pbxfw qemu: {cfg.board.name} twin on {session} (writes stay there), {how}.\n"
           f"  root password of this twin: {shown}\n"
           "  Leave QEMU with Ctrl-A X.", file=sys.stderr, flush=True)

@@ -17,12 +17,12 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from . import layout, qemu
 from .archive import sha256_file
 from .config import Board
-from .errors import PbxfwError
 from .factory import crypt_hash
 from .stages import run
 
@@ -39,34 +39,22 @@ def layer(image: Path, dest: Path) -> Path:
     return dest
 
 
-def seed_root_credential(board: Board, disk: Path, password: str, work: Path, disk_format: str = "qcow2") -> None:
-    """Replace the data partition of `disk` with one that holds only the hash of
+def seed_root_credential(board: Board, layer: Path, password: str, work: Path) -> None:
+    """Replace the data partition in `layer` with one that holds only the hash of
     `password`, the way the production line leaves the factory credential."""
-    seed_data_partition(board, disk, {ROOT_HASH: (crypt_hash(password).encode() + b"\n", 0o600)}, work, disk_format)
-
-
-def seed_data_partition(board: Board, disk: Path, files: dict[str, tuple[bytes, int]], work: Path,
-                        disk_format: str = "qcow2") -> None:
-    """A fresh data partition holding `files` ({path: (content, mode)}), written into `disk`."""
     tree = work / "data-seed"
     if tree.exists():
         shutil.rmtree(tree)
-    for rel, (content, mode) in files.items():
-        path = tree / rel
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_bytes(content)
-        path.chmod(mode)
+    hash_file = tree / ROOT_HASH
+    hash_file.parent.mkdir(parents=True, mode=0o700)
+    hash_file.write_text(crypt_hash(password) + "\n")
+    hash_file.chmod(0o600)
     part = layout.for_board(board).get("data")
     image = work / "data-seed.ext4"
     image.unlink(missing_ok=True)
     run(["mkfs.ext4", "-q", "-F", "-L", "data", "-d", tree, image, f"{part.size_bytes // 1024}k"], capture=True)
     shutil.rmtree(tree)
-    if disk_format == "raw":
-        run(["dd", f"if={image}", f"of={disk}", "bs=1M", f"seek={part.offset // (1 << 20)}", "conv=notrunc,sparse",
-             "status=none"], capture=True)
-    else:
-        run(["qemu-io", "-f", disk_format, "-c", f"write -q -s {image} {part.offset} {part.size_bytes}", disk],
-            capture=True)
+    run(["qemu-io", "-f", "qcow2", "-c", f"write -q -s {image} {part.offset} {part.size_bytes}", layer], capture=True)
     image.unlink()
 
 
@@ -86,11 +74,22 @@ def snapshot_dir(image: Path) -> Path:
     return image.parent / "snapshot"
 
 
+def _version(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@cache
+def _image_sha256(path: Path, mtime_ns: int, size: int) -> str:
+    """Once per version of the image (~0.8 GB): finding and recording a snapshot both need it."""
+    return sha256_file(path)
+
+
 def snapshot_key(board: Board, image: Path) -> str:
     """The image's sha256 and every input that shapes the saved machine."""
     inputs = {
         "format": SNAPSHOT_FORMAT,
-        "image_sha256": sha256_file(image),
+        "image_sha256": _image_sha256(image.resolve(), *_version(image)),
         "uboot_sha256": sha256_file(board.uboot.binary),
         "machine": [board.qemu.binary, board.qemu.machine, board.qemu.cpu, board.qemu.memory_mib],
         "mac": qemu.DEFAULT_MAC,
@@ -151,8 +150,3 @@ def copy_snapshot(snapshot: Snapshot, dest: Path) -> Path:
     run(["cp", "--sparse=always", "--reflink=auto", snapshot.layer, dest], capture=True)
     return dest
 
-
-def require_tools() -> None:
-    for tool in ("qemu-img", "qemu-io", "mkfs.ext4"):
-        if shutil.which(tool) is None:
-            raise PbxfwError(f"`{tool}` is not installed (run `make setup`)")

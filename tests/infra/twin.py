@@ -56,8 +56,7 @@ class Device:
             self.console.send("boot\r")
             self.login()
         else:
-            self.console.login("root", self.password, wake=True)
-            self.run("systemctl is-system-running --wait >/dev/null", BOOT_TIMEOUT_S)
+            self.login(wake=True)  # the prompt was read above: ask for it again
 
     def resume(self) -> None:
         """A console attached to a restored shell: set it up for the harness again (the
