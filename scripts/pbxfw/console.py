@@ -21,10 +21,15 @@ import serial
 
 LOGIN_PROMPT = re.compile(r"login: ?$", re.MULTILINE)
 SHELL_PROMPT = "PBXFW# "
-# A unit that starts on the console while we type can take input from the line: when
-# systemd resets the console it queries the terminal's size (ESC[6n) and reads the reply
-# from the same line the password is typed on. A wrong password is refused every time.
+# login(1) prompts for the user name again by itself after a refusal; a wrong password
+# is refused every time, so a retry only ever helps a login that lost its input.
 LOGIN_ATTEMPTS = 3
+# How long a typed byte may take to come back as echo from a guest under load. The kernel
+# echoes in its receive path, not in the reading process, so this is short even when the
+# program at the prompt is starved of CPU.
+ECHO_WAIT_S = 1.0
+# How long a prompt may keep echoing before the program turns echo off.
+ECHO_OFF_WAIT_S = 30
 # Power-on to login prompt is ~30 s on an idle host, but a shared host whose CPU is half
 # stolen (seen: 50 % steal) stretches an emulated boot past 2 minutes. A bound, not a wait.
 BOOT_TIMEOUT_S = 300
@@ -107,7 +112,7 @@ class SerialConsole:
         for attempt in range(1, LOGIN_ATTEMPTS + 1):
             self.send(f"{user}\r")
             self.expect("Password:", 30, "the password prompt")
-            self.send(f"{password}\r")
+            self.send_secret(password)
             match = self.expect(r"[#$] |(Current|current\)).*password: |(Login incorrect)", 60,
                                 "a shell prompt after login")
             if not match.group(2):
@@ -119,12 +124,35 @@ class SerialConsole:
         if match.group(1):
             if new_password is None:
                 raise ConsoleError(f"{user}'s password must be changed at login, and no new password was given")
-            self.send(f"{password}\r")
+            self.send_secret(password)
             for prompt in ("New password: ", "Retype new password: "):
                 self.expect(prompt, 30, f"passwd's {prompt.strip()!r}")
-                self.send(f"{new_password}\r")
+                self.send_secret(new_password)
             self.expect(r"[#$] ", 60, "a shell prompt after the password change")
         self.setup_shell()
+
+    def send_secret(self, secret: str) -> None:
+        """Type a secret at a prompt that has just been printed. PAM's conversation
+        (libpam_misc, used by login and passwd) prints the prompt first and then turns
+        echo off with tcsetattr(TCSAFLUSH), which discards every byte that arrived in
+        between: a password typed at once on a busy board loses its first characters
+        and is refused. So a random probe is typed first; while it comes back as echo,
+        the flush may still come, and the probe is erased (^U, the line-kill character)
+        and typed again; once it is not echoed, echo is off and the flush is over. Then
+        the probe is erased and the secret typed."""
+        deadline = time.monotonic() + scaled(ECHO_OFF_WAIT_S)
+        while time.monotonic() < deadline:
+            probe = secrets.token_hex(4)
+            self.send(probe)
+            try:
+                self._spawn.expect_exact(probe, timeout=scaled(ECHO_WAIT_S))
+            except pexpect.TIMEOUT:
+                self.send(f"\x15{secret}\r")
+                return
+            self.send("\x15")
+            time.sleep(0.2)
+        raise ConsoleError(f"the prompt on {self.url} still echoed input after {scaled(ECHO_OFF_WAIT_S):.0f} s: "
+                           "not a password prompt")
 
     def setup_shell(self) -> None:
         """A shell that is easy to drive: no echo, a fixed prompt, no pager or colours."""
