@@ -38,3 +38,14 @@ def out_dir(build_config: BuildConfig, request: pytest.FixtureRequest) -> Path:
     if not (out / "disk.img").is_file():
         pytest.fail(f"{out}/disk.img is missing: run `make image BOARD={build_config.board.name}` first")
     return out
+
+
+@pytest.fixture(scope="session")
+def other_board(build_config: BuildConfig, request: pytest.FixtureRequest) -> BuildConfig:
+    """Another board of the product line (the U20 for the U50 and the other way round):
+    what each must refuse of the other's bundles and images."""
+    others = sorted(path.parent.name for path in (REPO / "board").glob("*/board.yaml")
+                    if path.parent.name != build_config.board.name)
+    if not others:
+        pytest.fail("board/ has no second board to refuse")
+    return config.load(config.board_spec(REPO, others[0], request.config.getoption("--recipe")))

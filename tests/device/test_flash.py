@@ -94,13 +94,13 @@ def test_a_blank_twin_is_flashed_and_comes_up_with_its_factory_credential(
 
 
 def test_another_boards_image_is_refused_by_what_u_boot_says(
-    build_config: BuildConfig, out_dir: Path, station: Path, tmp_path: Path
+    build_config: BuildConfig, other_board: BuildConfig, out_dir: Path, station: Path, tmp_path: Path
 ) -> None:
-    other = tmp_path / "qemu-u20"
+    other = tmp_path / other_board.board.name
     other.mkdir()
     (other / "disk.img").symlink_to(out_dir / "disk.img")
     built = json.loads((out_dir / "build.json").read_text())
-    built["sources"] = [str(REPO / "board/qemu-u20/board.yaml"), *built["sources"][1:]]
+    built["sources"] = [str(REPO / f"board/{other_board.board.name}/board.yaml"), *built["sources"][1:]]
     (other / "build.json").write_text(json.dumps(built))
     before = len(labelled(station))
     with blank_twin(build_config, out_dir / "disk.img", tmp_path, station / "tftp") as twin:

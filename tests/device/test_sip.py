@@ -4,7 +4,6 @@ failure logged with the packet's source, TLS on 5061 with the device's certifica
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,12 +17,8 @@ CLIENT = Path(__file__).with_name("sipclient.py")
 
 @pytest.fixture
 def register(device: Device) -> Callable[..., str]:
-    """Copy the client to the twin (in chunks: a console line holds 4096 bytes)."""
-    encoded = base64.b64encode(CLIENT.read_bytes()).decode()
-    device.check("rm -f /tmp/sipclient.b64")
-    for start in range(0, len(encoded), 1000):
-        device.check(f"printf %s '{encoded[start:start + 1000]}' >> /tmp/sipclient.b64")
-    device.check("base64 -d /tmp/sipclient.b64 > /tmp/sipclient.py")
+    """The client copied to the twin, once kamailio listens."""
+    device.put(CLIENT, "/tmp/sipclient.py")
     device.check("( for i in $(seq 600); do ss -Hlun 'sport = :5060' | grep -q . && exit 0; sleep 0.2; done; "
                  "systemctl status kamailio --no-pager; exit 1 )", timeout=180)
 

@@ -36,7 +36,7 @@ def dev_key(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bundles(dev_key: Path, out_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bundles(dev_key: Path, out_dir: Path, other_board: BuildConfig, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every bundle the tests serve, signed on the host like `make bundle` does."""
     work = tmp_path_factory.mktemp("bundles")
     built = json.loads((out_dir / "build.json").read_text())
@@ -57,7 +57,7 @@ def bundles(dev_key: Path, out_dir: Path, tmp_path_factory: pytest.TempPathFacto
     (work / "truncated.bundle").write_bytes(bytes(data[: len(data) // 2]))
     keys.generate(work / "stranger", "stranger")
     make(work / "stranger.bundle", slot, work / "stranger" / "stranger.key", version="2.0.0", **good)
-    make(work / "other-board.bundle", slot, dev_key, version="2.0.0", compatible="pbxfw,qemu-u20",
+    make(work / "other-board.bundle", slot, dev_key, version="2.0.0", compatible=other_board.board.compatible,
          security=good["security"])
     make(work / "old.bundle", slot, dev_key, version="2.0.0", compatible=good["compatible"], security=0)
     big = work / "big.payload"

@@ -13,6 +13,7 @@ three operations would run the power-cut tests on a real board.
 
 from __future__ import annotations
 
+import base64
 import enum
 import re
 import time
@@ -71,6 +72,15 @@ class Device:
 
     def check(self, command: str, timeout: float = 60) -> str:
         return self.run(command, timeout).check()
+
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a small file over the console, base64 in chunks (a console line holds
+        4096 bytes)."""
+        encoded = base64.b64encode(local.read_bytes()).decode()
+        self.check(f"rm -f {remote}.b64")
+        for start in range(0, len(encoded), 1000):
+            self.check(f"printf %s '{encoded[start:start + 1000]}' >> {remote}.b64")
+        self.check(f"base64 -d {remote}.b64 > {remote} && rm {remote}.b64")
 
     def boot_log(self) -> str:
         self._log.flush()
