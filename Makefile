@@ -22,7 +22,7 @@ HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata 
 	dpkg-dev diffoscope-minimal
 
 .PHONY: all setup host-packages binfmt venv keys lock image repro sbom bundle qemu test test-all lint unit image-test \
-	device-test device-test-all bench-boot bench-agent bench-guard bench-update bench-build bench-flash clean
+	device-test device-test-all bench-boot bench-agent bench-memory bench-guard bench-update bench-build bench-flash clean
 
 all: image
 
@@ -96,22 +96,31 @@ device-test: image
 
 # `make test`: lint, unit tests, the default board's image, its QEMU device tests and its
 # reproducibility (two more builds, the second bootstrapped anew with no network: ~15 min
-# of qemu-user). The reproducibility builds run beside the device tests at idle CPU and
-# I/O priority (SCHED_IDLE, ionice idle), so they use only what the emulated boards leave
-# unused and cannot slow them; their log is printed when both are done.
-REPRO_LOG := out/repro-$(BOARD).log
+# of qemu-user), then the second board's image and a first boot of it to a passing audit
+# and a registering phone. The builds run beside the device tests at idle CPU and I/O
+# priority (SCHED_IDLE, ionice idle), so they use only what the emulated boards leave
+# unused and cannot slow them; their log is printed when all are done.
+SECOND_BOARD := $(if $(filter qemu-u20,$(BOARD)),qemu-u50,qemu-u20)
+BESIDE_LOG := out/beside-$(BOARD).log
+IDLE := chrt --idle 0 ionice -c 3
+# First boot (the snapshot), then the audit, SIP and the A/B script on the restored twin.
+SMOKE := -k "test_uboot_ab_script_booted_slot_a or test_audit_passes_after_first_boot or \
+	test_register_needs_the_extensions_own_secret"
 test: setup lint unit image-test keys
-	@mkdir -p out; echo "==> repro: beside the device tests at idle priority (log: $(REPRO_LOG))"; \
-	chrt --idle 0 ionice -c 3 $(REPRO) > $(REPRO_LOG) 2>&1 & repro=$$!; \
-	trap 'kill $$repro 2>/dev/null' INT TERM; \
+	@mkdir -p out; echo "==> repro, then the $(SECOND_BOARD) image: beside the device tests at idle priority (log: $(BESIDE_LOG))"; \
+	{ $(IDLE) $(REPRO) && $(IDLE) $(MAKE) --no-print-directory image BOARD=$(SECOND_BOARD); } > $(BESIDE_LOG) 2>&1 & beside=$$!; \
+	trap 'kill $$beside 2>/dev/null' INT TERM; \
 	$(DEVICE_TEST); device=$$?; \
-	echo "==> device tests exit $$device; waiting for repro"; wait $$repro; same=$$?; \
-	cat $(REPRO_LOG); echo "==> repro exit $$same"; \
-	test $$device -eq 0 -a $$same -eq 0
+	echo "==> device tests exit $$device; waiting for repro and the $(SECOND_BOARD) image"; wait $$beside; built=$$?; \
+	cat $(BESIDE_LOG); echo "==> repro and $(SECOND_BOARD) image exit $$built"; \
+	test $$built -eq 0 || exit 1; \
+	$(PYTEST) tests/image --board $(SECOND_BOARD) && \
+	$(PYTEST) tests/device --board $(SECOND_BOARD) --keys $(KEYS) $(SMOKE); smoke=$$?; \
+	test $$device -eq 0 -a $$smoke -eq 0
 
-# Also builds and boots the armhf twin (adds a full bootstrap and boot; not in CI).
+# The full device suite on the second board too (not in CI: ~N min more).
 test-all: test
-	$(MAKE) image-test device-test BOARD=qemu-u20
+	$(MAKE) device-test BOARD=$(SECOND_BOARD)
 
 bench-boot: image
 	$(PY) -m tests.bench.boot --board $(BOARD)
@@ -124,6 +133,12 @@ bench-guard: image
 
 bench-update: image
 	$(PY) -m tests.bench.update --board $(BOARD) --keys $(KEYS)
+
+# First boots of both boards' images with 256, 384 and 512 MiB of RAM.
+bench-memory: setup keys
+	$(MAKE) --no-print-directory image BOARD=qemu-u50
+	$(MAKE) --no-print-directory image BOARD=qemu-u20
+	$(PY) -m tests.bench.memory --boards qemu-u50 qemu-u20
 
 # Production line: blank twins flashed over their console, time per step.
 bench-flash: image
