@@ -35,9 +35,11 @@ def test_debug_extras_are_not_in_the_default_image() -> None:
     assert not extras & set(default.packages)
 
 
-def test_each_board_chooses_its_suite() -> None:
-    assert config.load(f"{BOARD}:{REPO}/recipes/pbx.yml").debian.suite == "trixie"
-    assert config.load(f"{REPO}/board/qemu-u20/board.yaml:{REPO}/recipes/pbx.yml").debian.suite == "bookworm"
+def test_both_boards_build_from_debian_13_and_a_board_chooses_its_suite(tmp_path: Path) -> None:
+    for board in ("qemu-u50", "qemu-u20"):
+        assert config.load(f"{REPO}/board/{board}/board.yaml:{REPO}/recipes/pbx.yml").debian.suite == "trixie"
+    older = write(tmp_path / "board.yaml", BOARD.read_text().replace("suite: trixie", "suite: bookworm"))
+    assert config.load(f"{older}:{REPO}/recipes/pbx.yml").debian.suite == "bookworm"
 
 
 def test_later_files_win(tmp_path: Path) -> None:
