@@ -106,7 +106,7 @@ def main() -> int:
                   f"MemAvailable {answer.available_mib:.0f} MiB {answer.note}", flush=True)
 
     print("\nbench-memory: first boot with the RAM given (TCG, no KVM)")
-    print(f"  {'board':10} {'RAM':>5} {'login':>6} {'audit':>6} {'SIP':>5} {'MemAvailable':>13} {'to login':>9}  note")
+    print(f"  {'board':10} {'RAM':>5} {'login':>6} {'audit':>6} {'SIP':>5} {'MemAvailable':>13} {'to shell':>9}  note")
     for name, a in rows:
         yes = {True: "yes", False: "no"}
         print(f"  {name:10} {a.memory_mib:5d} {yes[a.login]:>6} {yes[a.audit]:>6} {yes[a.register]:>5} "
