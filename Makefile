@@ -118,7 +118,7 @@ test: setup lint unit image-test keys
 	$(PYTEST) tests/device --board $(SECOND_BOARD) --keys $(KEYS) $(SMOKE); smoke=$$?; \
 	test $$device -eq 0 -a $$smoke -eq 0
 
-# The full device suite on the second board too (not in CI: ~N min more).
+# The full device suite on the second board too (not in CI: 45 min more for the U20).
 test-all: test
 	$(MAKE) device-test BOARD=$(SECOND_BOARD)
 
