@@ -103,9 +103,6 @@ device-test: image
 SECOND_BOARD := $(if $(filter qemu-u20,$(BOARD)),qemu-u50,qemu-u20)
 BESIDE_LOG := out/beside-$(BOARD).log
 IDLE := chrt --idle 0 ionice -c 3
-# First boot (the snapshot), then the audit, SIP and the A/B script on the restored twin.
-SMOKE := -k "test_uboot_ab_script_booted_slot_a or test_audit_passes_after_first_boot or \
-	test_register_needs_the_extensions_own_secret"
 test: setup lint unit image-test keys
 	@mkdir -p out; echo "==> repro, then the $(SECOND_BOARD) image: beside the device tests at idle priority (log: $(BESIDE_LOG))"; \
 	{ $(IDLE) $(REPRO) && $(IDLE) $(MAKE) --no-print-directory image BOARD=$(SECOND_BOARD); } > $(BESIDE_LOG) 2>&1 & beside=$$!; \
@@ -115,8 +112,8 @@ test: setup lint unit image-test keys
 	cat $(BESIDE_LOG); echo "==> repro and $(SECOND_BOARD) image exit $$built"; \
 	test $$built -eq 0 || exit 1; \
 	$(PYTEST) tests/image --board $(SECOND_BOARD) && \
-	$(PYTEST) tests/device --board $(SECOND_BOARD) --keys $(KEYS) $(SMOKE); smoke=$$?; \
-	test $$device -eq 0 -a $$smoke -eq 0
+	$(PYTEST) tests/device --board $(SECOND_BOARD) --keys $(KEYS) -m service_check; second=$$?; \
+	test $$device -eq 0 -a $$second -eq 0
 
 # The full device suite on the second board too (not in CI: 45 min more for the U20).
 test-all: test

@@ -6,11 +6,13 @@ tests reboot it for real.
 
 from __future__ import annotations
 
+import pytest
 from pbxfw.layout import ENV_COPIES, ENV_SIZE
 
 from tests.infra.twin import Device
 
 
+@pytest.mark.service_check
 def test_uboot_ab_script_booted_slot_a(device: Device) -> None:
     assert "pbxfw: booting slot A" in device.boot_log()
     cmdline = device.check("cat /proc/cmdline")

@@ -8,6 +8,8 @@ import json
 import re
 from typing import Any
 
+import pytest
+
 from tests.infra.twin import Device
 
 SSH_OPTIONS = "-o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20"
@@ -26,6 +28,7 @@ def failures(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in checks if not c["passed"]]
 
 
+@pytest.mark.service_check
 def test_audit_passes_after_first_boot(device: Device) -> None:
     report = audit(device)
     assert failures(report) == []

@@ -34,6 +34,7 @@ def secret_of(device: Device, number: str) -> str:
     return str(next(r["secret"] for r in rows if r["extension"] == number))
 
 
+@pytest.mark.service_check
 def test_register_needs_the_extensions_own_secret(device: Device, register: Callable[..., str]) -> None:
     assert register("800", secret_of(device, "800")) == "SIP/2.0 200 OK"
     assert register("801", secret_of(device, "800")) == "SIP/2.0 401 Unauthorized"  # another extension's
