@@ -20,13 +20,11 @@ from pathlib import Path
 from pbxfw import config
 from pbxfw.console import ConsoleError
 
-from tests.infra import boards
-from tests.infra.power import QemuPower
-from tests.infra.twin import Device, Twin
+from tests.infra import boards, sip
+from tests.infra.twin import Device
 
 REPO = Path(__file__).resolve().parents[2]
 SIZES_MIB = (256, 384, 512)
-CLIENT = REPO / "tests" / "device" / "sipclient.py"
 
 
 @dataclasses.dataclass
@@ -36,7 +34,7 @@ class Answer:
     audit: bool = False
     register: bool = False
     available_mib: float = 0.0
-    login_s: float = 0.0
+    shell_s: float = 0.0  # power-on to a logged-in shell, boot finished
     note: str = ""
 
     @property
@@ -50,24 +48,17 @@ def with_memory(board: config.Board, memory_mib: int) -> config.Board:
 
 def register_once(dut: Device) -> bool:
     """One extension registers with its own secret: the SIP service works."""
-    dut.put(CLIENT, "/tmp/sipclient.py")
-    dut.check("( for i in $(seq 600); do ss -Hlun 'sport = :5060' | grep -q . && exit 0; sleep 0.2; done; "
-              "exit 1 )", timeout=180)
-    rows = json.loads(dut.check("pbxagent extensions list --json --show-secrets 2>/dev/null"))
-    first = rows[0]
-    answer = dut.check(f"python3 /tmp/sipclient.py '{first['extension']}' '{first['secret']}' pbxfw-bench "
-                       "127.0.0.1 5060", timeout=60).strip()
-    return answer == "SIP/2.0 200 OK"
+    first = json.loads(dut.check("pbxagent extensions list --json --show-secrets 2>/dev/null"))[0]
+    return sip.client_on(dut)(first["extension"], first["secret"], "pbxfw-bench") == "SIP/2.0 200 OK"
 
 
 def ask(board: config.Board, image: Path, memory_mib: int, work: Path) -> Answer:
     answer = Answer(memory_mib)
-    disk, password = boards.prepare_disk(board, image, work)
-    twin = Twin(QemuPower(with_memory(board, memory_mib), disk, work), password, work / "console.log")
+    twin = boards.fresh_twin(with_memory(board, memory_mib), image, work)
     started = time.monotonic()
     try:
         dut = twin.power_on()
-        answer.login, answer.login_s = True, time.monotonic() - started
+        answer.login, answer.shell_s = True, time.monotonic() - started
         report = json.loads(dut.run("pbxagent audit --json 2>/dev/null", timeout=300).output)
         answer.audit = bool(report["passed"])
         answer.register = register_once(dut)
@@ -84,13 +75,25 @@ def ask(board: config.Board, image: Path, memory_mib: int, work: Path) -> Answer
     return answer
 
 
+def summary(name: str, answers: list[Answer]) -> str:
+    """The smallest RAM that works, against the largest tried (the board's own size)."""
+    baseline = max(answers, key=lambda a: a.memory_mib)
+    working = [a for a in answers if a.works]
+    if not working:
+        return f"  {name}: works with none of the sizes tried"
+    least = min(working, key=lambda a: a.memory_mib)
+    return (f"  {name}: minimum RAM {least.memory_mib} MiB; MemAvailable there {least.available_mib:.0f} MiB "
+            f"against {baseline.available_mib:.0f} MiB with {baseline.memory_mib} MiB "
+            f"(ratio of RAM {least.memory_mib / baseline.memory_mib:.2f})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--boards", nargs="+", default=["qemu-u50", "qemu-u20"])
     parser.add_argument("--recipe", default="recipes/pbx.yml")
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES_MIB))
     args = parser.parse_args()
-    rows: list[tuple[str, Answer]] = []
+    results: dict[str, list[Answer]] = {}
     for name in args.boards:
         cfg = config.load(config.board_spec(REPO, name, args.recipe))
         image = REPO / "out" / name / "disk.img"
@@ -101,28 +104,19 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 print(f"==> {name} with {size} MiB", flush=True)
                 answer = ask(cfg.board, image, size, Path(tmp))
-            rows.append((name, answer))
+            results.setdefault(name, []).append(answer)
             print(f"<== {name} {size} MiB: login {answer.login} audit {answer.audit} SIP {answer.register} "
                   f"MemAvailable {answer.available_mib:.0f} MiB {answer.note}", flush=True)
 
+    yes = {True: "yes", False: "no"}
     print("\nbench-memory: first boot with the RAM given (TCG, no KVM)")
     print(f"  {'board':10} {'RAM':>5} {'login':>6} {'audit':>6} {'SIP':>5} {'MemAvailable':>13} {'to shell':>9}  note")
-    for name, a in rows:
-        yes = {True: "yes", False: "no"}
-        print(f"  {name:10} {a.memory_mib:5d} {yes[a.login]:>6} {yes[a.audit]:>6} {yes[a.register]:>5} "
-              f"{a.available_mib:10.0f} MiB {a.login_s:8.1f} s  {a.note}")
-    for name in dict(rows):
-        working = [a.memory_mib for n, a in rows if n == name and a.works]
-        largest = max(a.memory_mib for n, a in rows if n == name)
-        baseline = next(a for n, a in rows if n == name and a.memory_mib == largest)
-        if working:
-            smallest = min(working)
-            at_min = next(a for n, a in rows if n == name and a.memory_mib == smallest)
-            print(f"  {name}: minimum RAM {smallest} MiB; MemAvailable there {at_min.available_mib:.0f} MiB "
-                  f"against {baseline.available_mib:.0f} MiB with {largest} MiB (ratio of RAM "
-                  f"{smallest / largest:.2f})")
-        else:
-            print(f"  {name}: works with none of the sizes tried")
+    for name, answers in results.items():
+        for a in answers:
+            print(f"  {name:10} {a.memory_mib:5d} {yes[a.login]:>6} {yes[a.audit]:>6} {yes[a.register]:>5} "
+                  f"{a.available_mib:10.0f} MiB {a.shell_s:8.1f} s  {a.note}")
+    for name, answers in results.items():
+        print(summary(name, answers))
     return 0
 
 

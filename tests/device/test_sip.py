@@ -6,27 +6,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.infra import sip
 from tests.infra.twin import Device
-
-CLIENT = Path(__file__).with_name("sipclient.py")
 
 
 @pytest.fixture
 def register(device: Device) -> Callable[..., str]:
-    """The client copied to the twin, once kamailio listens."""
-    device.put(CLIENT, "/tmp/sipclient.py")
-    device.check("( for i in $(seq 600); do ss -Hlun 'sport = :5060' | grep -q . && exit 0; sleep 0.2; done; "
-                 "systemctl status kamailio --no-pager; exit 1 )", timeout=180)
-
-    def run(user: str, secret: str, agent: str = "pbxfw-test", host: str = "127.0.0.1", source: str = "") -> str:
-        command = f"python3 /tmp/sipclient.py '{user}' '{secret}' '{agent}' {host} 5060 {source}"
-        return device.check(command, timeout=60).strip()
-
-    return run
+    return sip.client_on(device)
 
 
 def secret_of(device: Device, number: str) -> str:
@@ -83,7 +72,7 @@ def hosts(device: Device, register: Callable[..., str]) -> Iterator[None]:
 
 def test_ten_failures_from_the_internet_ban_it_the_lan_never(device: Device, hosts: None) -> None:
     def register(ns: str, box: str, secret: str) -> str:
-        return device.check(f"ip netns exec {ns} python3 /tmp/sipclient.py 803 '{secret}' pbxfw-test {box} 5060",
+        return device.check(f"ip netns exec {ns} python3 {sip.ON_TWIN} 803 '{secret}' pbxfw-test {box} 5060",
                             timeout=60).strip()
 
     attacker = "203.0.113.50"
