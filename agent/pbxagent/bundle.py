@@ -1,5 +1,6 @@
 """The update bundle format, defined once: the host writes and signs it, the device and
-the host verify it (README, "Update bundles", documents the same layout).
+the host verify it. This docstring is the layout's only description (docs/updates.md
+points here).
 
     offset     size  field
     0          8     magic b"PBXFWBDL"

@@ -37,7 +37,7 @@ from tests.infra.twin import Device
 HERE = Path(__file__).parent
 SCAN = "1-1024,3306,5038,5060,5061,5432,8080,8443"
 OPEN_TO_ANY = [5060, 5061]  # firewall.services from `any`, tcp (default policy)
-# fail2ban finds the first failures ~20 s late right after boot (README, Network guard).
+# fail2ban finds the first failures ~20 s late right after boot (docs/agent.md, network guard).
 BAN_WAIT_S = 60
 ALLOWED_HOST = "203.0.113.51"  # a second address of the internet host, allow-listed by the test
 
