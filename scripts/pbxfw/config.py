@@ -20,6 +20,10 @@ from .errors import ConfigError
 
 HEADER_VERSION = 1
 SERVICE_STATES = ("enabled", "disabled", "masked")
+# How `pbxfw flash` writes the image with the board's U-Boot: `gzwrite` inflates one
+# compressed image onto the device; `raw` (a U-Boot built without gzwrite) sends the
+# image's non-zero extents as they are and writes zero runs from a zeroed buffer.
+FLASH_WRITES = ("gzwrite", "raw")
 
 # Schema: a key maps to a type, a nested schema, or ANY_KEY for free-form mappings
 # whose values must have the given type (package and service tables).
@@ -54,6 +58,7 @@ SCHEMA: Schema = {
             "version_match": str,
             "transfer_address": str,
             "verify_address": str,
+            "flash_write": str,
         },
         "qemu": {"binary": str, "machine": str, "cpu": str, "memory_mib": int},
     },
@@ -96,6 +101,7 @@ class UBoot:
     version_match: str
     transfer_address: int
     verify_address: int
+    flash_write: str  # one of FLASH_WRITES
 
 
 @dataclass(frozen=True)
@@ -310,6 +316,11 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
     except re.error as exc:
         raise ConfigError(f"{where('board.uboot.version_match')}: board.uboot.version_match: {exc}") from None
 
+    flash_write = req("board.uboot.flash_write")
+    if flash_write not in FLASH_WRITES:
+        raise ConfigError(f"{where('board.uboot.flash_write')}: board.uboot.flash_write must be one of "
+                          f"{', '.join(FLASH_WRITES)} (gzwrite needs U-Boot's gzwrite command), got {flash_write!r}")
+
     board = Board(
         name=req("board.name"),
         compatible=req("board.compatible"),
@@ -337,6 +348,7 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
             version_match=version_match,
             transfer_address=address("board.uboot.transfer_address"),
             verify_address=address("board.uboot.verify_address"),
+            flash_write=flash_write,
         ),
         qemu=Qemu(
             binary=req("board.qemu.binary"),

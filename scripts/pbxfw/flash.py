@@ -6,10 +6,15 @@ twin's user network serves the same directory). The steps, each with its own fai
 1. console: open the pyserial URL                                  -> NO_CONSOLE
 2. U-Boot: wait for the banner, stop autoboot                      -> UBOOT_NOT_REACHED
 3. board: U-Boot's `version` must match the image's board          -> WRONG_BOARD
-4. transfer: DHCP, TFTP the gzipped image; size and crc32 checked  -> TRANSFER_FAILED
-5. write: `gzwrite` to the boot device, then the factory identity
-   block (serial, MAC, root credential hash) into the bootstate
+4. transfer: DHCP, TFTP the image; size and crc32 checked          -> TRANSFER_FAILED
+5. write: to the boot device, then the factory identity block
+   (serial, MAC, root credential hash) into the bootstate
    partition                                                       -> WRITE_FAILED
+
+Steps 4 and 5 go one of two ways (`board.uboot.flash_write`): `gzwrite` sends the
+gzipped image once and U-Boot inflates it onto the device; `raw`, for a U-Boot built
+without gzwrite, sends only the image's non-zero extents, each written as it arrives,
+and writes the zero runs from a zeroed buffer in RAM.
 6. verify: read the whole device back in chunks, crc32 of each
    against the host's (image with the identity block laid over)   -> CHECKSUM_MISMATCH
 7. boot: reset; the agent must import the factory credential,
@@ -41,6 +46,9 @@ from .layout import ENV_SIZE, FACTORY_OFFSET, SECTOR
 from .uboot import UBoot
 
 VERIFY_CHUNK = 64 << 20
+# The raw write's unit of "is this all zeros": small enough to skip the gaps inside a
+# file system, large enough to keep the number of TFTP transfers low.
+EXTENT_GRANULE = 1 << 20
 
 
 class Outcome(IntEnum):
@@ -86,17 +94,27 @@ class Staged:
     crc32: int
 
 
+@dataclass(frozen=True)
+class Extent:
+    """A stretch of the image for the raw write: sent and written, or all zeros."""
+
+    offset: int
+    length: int
+    zero: bool
+
+
 @dataclass
 class Timings:
     steps: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
+        """Time one step; a step entered again (a transfer per extent) adds up."""
         started = time.monotonic()
         try:
             yield
         finally:
-            self.steps[name] = time.monotonic() - started
+            self.steps[name] = self.steps.get(name, 0.0) + time.monotonic() - started
 
 
 def load_image(disk: Path) -> Image:
@@ -137,6 +155,23 @@ def regions(disk: Path, overlay: dict[int, bytes], chunk: int = VERIFY_CHUNK) ->
     return tuple(found)
 
 
+def extents(disk: Path, granule: int = EXTENT_GRANULE, largest: int = VERIFY_CHUNK) -> tuple[Extent, ...]:
+    """The image as alternating runs of data and zeros at `granule` resolution, each
+    run cut to at most `largest` bytes (what one transfer or one zero write covers)."""
+    runs: list[Extent] = []
+    with disk.open("rb") as src:
+        offset = 0
+        while data := src.read(granule):
+            zero = data.count(0) == len(data)
+            last = runs[-1] if runs else None
+            if last is not None and last.zero == zero and last.length + len(data) <= largest:
+                runs[-1] = Extent(last.offset, last.length + len(data), zero)
+            else:
+                runs.append(Extent(offset, len(data), zero))
+            offset += len(data)
+    return tuple(runs)
+
+
 def _crc32_file(path: Path) -> int:
     crc = 0
     with path.open("rb") as src:
@@ -156,6 +191,46 @@ def stage_image(image: Image, tftp_dir: Path) -> Staged:
                 out.write(chunk)
         partial.replace(dest)
     return Staged(name, dest.stat().st_size, _crc32_file(dest))
+
+
+@dataclass(frozen=True)
+class Staging:
+    """What the station sends of one image: the gzipped image (gzwrite), or the image
+    as extents, the data ones staged and the zero ones (None) not sent (raw)."""
+
+    gzip: Staged | None
+    pieces: tuple[tuple[Extent, Staged | None], ...] = ()
+
+    @property
+    def files(self) -> list[Staged]:
+        return [self.gzip] if self.gzip else [staged for _, staged in self.pieces if staged is not None]
+
+
+def stage(image: Image, tftp_dir: Path) -> Staging:
+    """The image in the TFTP directory as the board's write method needs it."""
+    if image.board.uboot.flash_write == "raw":
+        return Staging(None, stage_extents(image, tftp_dir))
+    return Staging(stage_image(image, tftp_dir))
+
+
+def stage_extents(image: Image, tftp_dir: Path) -> tuple[tuple[Extent, Staged | None], ...]:
+    """The image's data extents as files in the TFTP directory (made once per image);
+    zero extents are not sent (None)."""
+    staged: list[tuple[Extent, Staged | None]] = []
+    with image.disk.open("rb") as src:
+        for extent in extents(image.disk):
+            if extent.zero:
+                staged.append((extent, None))
+                continue
+            src.seek(extent.offset)
+            data = src.read(extent.length)
+            dest = tftp_dir / f"pbxfw-{image.sha256[:16]}-{extent.offset:010x}.raw"
+            if not dest.is_file() or dest.stat().st_size != len(data):
+                partial = dest.with_suffix(".part")
+                partial.write_bytes(data)
+                partial.replace(dest)
+            staged.append((extent, Staged(dest.name, len(data), zlib.crc32(data))))
+    return tuple(staged)
 
 
 def stage_block(block: bytes, serial: str, tftp_dir: Path) -> Staged:
@@ -229,19 +304,51 @@ def gzwrite_buffer(total: int, largest: int = 4 << 20) -> int:
     return size
 
 
-def _write(uboot: UBoot, hw: config.Board, staged: Staged, total: int, block: Staged, server: str | None) -> None:
+def _write_gzip(uboot: UBoot, hw: config.Board, staged: Staged, total: int) -> None:
     iface, dev = hw.storage.uboot_interface, hw.storage.uboot_device
     try:
         uboot.check(f"gzwrite {iface} {dev} {hw.uboot.transfer_address:#x} {staged.size:#x} "
                     f"{gzwrite_buffer(total):#x}", 900)
     except ConsoleError as exc:
         raise FlashFailed(Outcome.WRITE_FAILED, f"gzwrite to {iface} {dev} failed: {exc}") from None
-    transfer(uboot, block, hw.uboot.verify_address, server)
+
+
+def _write_blocks(uboot: UBoot, hw: config.Board, address: int, offset: int, length: int, what: str) -> None:
+    iface, dev = hw.storage.uboot_interface, hw.storage.uboot_device
     try:
-        uboot.check(f"{iface} write {hw.uboot.verify_address:#x} {factory_offset(hw) // SECTOR:#x} "
-                    f"{ENV_SIZE // SECTOR:#x}")
+        uboot.check(f"{iface} write {address:#x} {offset // SECTOR:#x} {-(-length // SECTOR):#x}", 300)
     except ConsoleError as exc:
-        raise FlashFailed(Outcome.WRITE_FAILED, f"writing the factory identity block failed: {exc}") from None
+        raise FlashFailed(Outcome.WRITE_FAILED, f"writing {what} to {iface} {dev} failed: {exc}") from None
+
+
+def _write_raw(uboot: UBoot, hw: config.Board, pieces: tuple[tuple[Extent, Staged | None], ...], server: str | None,
+               timings: Timings, progress: Callable[[str], None]) -> None:
+    """Each data extent sent and written as it arrives; zero runs from a zeroed buffer
+    at the read-back address (free until the verify step)."""
+    zeroed, done, total = False, 0, sum(staged is not None for _, staged in pieces)
+    for extent, staged in pieces:
+        if staged is None:
+            with timings.step("write"):
+                if not zeroed:
+                    try:
+                        uboot.check(f"mw.l {hw.uboot.verify_address:#x} 0 {VERIFY_CHUNK // 4:#x}", 120)
+                    except ConsoleError as exc:
+                        raise FlashFailed(Outcome.WRITE_FAILED, f"zeroing the write buffer failed: {exc}") from None
+                    zeroed = True
+                _write_blocks(uboot, hw, hw.uboot.verify_address, extent.offset, extent.length,
+                              f"{extent.length >> 20} MiB of zeros at {extent.offset:#x}")
+            continue
+        with timings.step("transfer"):
+            transfer(uboot, staged, hw.uboot.transfer_address, server)
+        with timings.step("write"):
+            _write_blocks(uboot, hw, hw.uboot.transfer_address, extent.offset, extent.length, staged.name)
+        done += 1
+        progress(f"extent {done}/{total} sent and written")
+
+
+def _write_identity(uboot: UBoot, hw: config.Board, block: Staged, server: str | None) -> None:
+    transfer(uboot, block, hw.uboot.verify_address, server)
+    _write_blocks(uboot, hw, hw.uboot.verify_address, factory_offset(hw), ENV_SIZE, "the factory identity block")
 
 
 def _reach_uboot(uboot: UBoot, hw: config.Board) -> None:
@@ -255,19 +362,19 @@ def _reach_uboot(uboot: UBoot, hw: config.Board) -> None:
                                                f"{hw.uboot.version_match!r}; this board's says {version.strip()!r}")
 
 
-def flash_board(image: Image, job: Job, root_hash: str, tftp_dir: Path, server: str | None,
+def flash_board(image: Image, staging: Staging, job: Job, root_hash: str, tftp_dir: Path, server: str | None,
                 console_log: IO[str] | None, progress: Callable[[str], None]) -> Timings:
     """Steps 1-7 of the module docstring for one board; raises FlashFailed."""
     timings = Timings()
     hw = image.board
+    largest = max(staged.size for staged in staging.files)
+    if largest > hw.uboot.verify_address - hw.uboot.transfer_address:
+        raise FlashFailed(Outcome.ERROR, f"a transfer of {largest} bytes does not fit between the board's "
+                                         "transfer and verify addresses")
     with timings.step("stage"):
-        staged = stage_image(image, tftp_dir)
         block = factory.identity_block(job.identity, root_hash, image.sha256)
         staged_block = stage_block(block, job.identity.serial, tftp_dir)
         expected = regions(image.disk, {factory_offset(hw): block})
-    if staged.size > hw.uboot.verify_address - hw.uboot.transfer_address:
-        raise FlashFailed(Outcome.ERROR, f"{staged.name}: {staged.size} bytes do not fit between the board's "
-                                         "transfer and verify addresses")
     try:
         console = SerialConsole(job.port, log=console_log, connect_timeout=5)
     except ConsoleError as exc:
@@ -283,10 +390,16 @@ def flash_board(image: Image, job: Job, root_hash: str, tftp_dir: Path, server: 
                 uboot.check("setenv autoload no; dhcp", 60)
             except ConsoleError as exc:
                 raise FlashFailed(Outcome.TRANSFER_FAILED, f"no DHCP lease for the transfer: {exc}") from None
-            transfer(uboot, staged, hw.uboot.transfer_address, server)
-        progress(f"transferred {staged.size / (1 << 20):.0f} MiB")
+            if staging.gzip:
+                transfer(uboot, staging.gzip, hw.uboot.transfer_address, server)
+        if staging.gzip:
+            progress(f"transferred {staging.gzip.size / (1 << 20):.0f} MiB")
+            with timings.step("write"):
+                _write_gzip(uboot, hw, staging.gzip, image.size)
+        else:
+            _write_raw(uboot, hw, staging.pieces, server, timings, progress)
         with timings.step("write"):
-            _write(uboot, hw, staged, image.size, staged_block, server)
+            _write_identity(uboot, hw, staged_block, server)
         progress("written")
         with timings.step("verify"):
             verify(uboot, hw, expected, progress)
@@ -334,10 +447,22 @@ def plan(image: Image, jobs: list[Job], keyed: bool, tftp_dir: Path | None, labe
     """What `flash` would do, touching nothing (--dry-run)."""
     hw = image.board
     iface, dev = hw.storage.uboot_interface, hw.storage.uboot_device
+    if hw.uboot.flash_write == "raw":
+        runs = extents(image.disk)
+        data = [run for run in runs if not run.zero]
+        sent = sum(run.length for run in data)
+        staging = (f"{len(data)} non-zero extents of the image ({sent >> 20} MiB of {image.size >> 20} MiB) as "
+                   f"pbxfw-{image.sha256[:16]}-<offset>.raw")
+        writing = [f"  dhcp; per data extent: tftpboot {hw.uboot.transfer_address:#x}, crc32 against the station's, "
+                   f"{iface} write; zero runs ({(image.size - sent) >> 20} MiB) from a zeroed buffer at "
+                   f"{hw.uboot.verify_address:#x}"]
+    else:
+        staging = f"pbxfw-{image.sha256[:16]}.img.gz (gzip)"
+        writing = [f"  dhcp; tftpboot {hw.uboot.transfer_address:#x}; crc32 against the station's",
+                   f"  gzwrite {iface} {dev}"]
     lines = [
         f"image {image.disk}: {hw.name} firmware {image.version}, {image.size} bytes, sha256 {image.sha256}",
-        f"stage: pbxfw-{image.sha256[:16]}.img.gz (gzip) and a factory identity block per board in "
-        f"{tftp_dir or '(no --tftp-dir)'}",
+        f"stage: {staging} and a factory identity block per board in {tftp_dir or '(no --tftp-dir)'}",
         f"credential: {'HMAC-SHA256(factory key, MAC)' if keyed else 'random (OS CSPRNG)'}; only its hash goes "
         "to the board",
     ]
@@ -345,8 +470,8 @@ def plan(image: Image, jobs: list[Job], keyed: bool, tftp_dir: Path | None, labe
         lines += [
             f"board {number}/{len(jobs)}: serial {job.identity.serial}, MAC {job.identity.mac}, console {job.port}",
             "  stop U-Boot's autoboot; `version` must match " + repr(hw.uboot.version_match),
-            f"  dhcp; tftpboot {hw.uboot.transfer_address:#x}; crc32 against the station's",
-            f"  gzwrite {iface} {dev}; factory block to {iface} {dev} sector {factory_offset(hw) // SECTOR:#x}",
+            *writing,
+            f"  factory block to {iface} {dev} sector {factory_offset(hw) // SECTOR:#x}",
             f"  read back {-(-image.size // VERIFY_CHUNK)} chunks of {VERIFY_CHUNK >> 20} MiB, crc32 each",
             "  reset; wait for the factory credential import, provisioning and the login prompt",
             f"  label: {label_out or '(no --label-out)'}",
@@ -386,7 +511,9 @@ def run_jobs(image: Image, jobs: list[Job], key: bytes | None, station: Station)
     from . import labels
 
     first_failure = Outcome.FLASHED
-    chunks = -(-image.size // VERIFY_CHUNK)
+    staging = stage(image, station.tftp_dir)
+    # The progress calls: U-Boot, the transfer(s), written, each verify chunk, booted.
+    steps = 3 + len(staging.files) + -(-image.size // VERIFY_CHUNK)
     for number, job in enumerate(jobs, 1):
         print(f"==> board {number}/{len(jobs)}: {job.identity.serial} ({job.identity.mac}) on {job.port}", flush=True)
         started = time.monotonic()
@@ -394,8 +521,8 @@ def run_jobs(image: Image, jobs: list[Job], key: bytes | None, station: Station)
         outcome, detail, timings = Outcome.FLASHED, "", Timings()
         log = station.console_log.open("a", encoding="utf-8") if station.console_log else None
         try:
-            timings = flash_board(image, job, factory.crypt_hash(credential), station.tftp_dir, station.server,
-                                  log, Bar(job.identity.serial, 4 + chunks))
+            timings = flash_board(image, staging, job, factory.crypt_hash(credential), station.tftp_dir,
+                                  station.server, log, Bar(job.identity.serial, steps))
         except FlashFailed as exc:
             outcome, detail = exc.outcome, str(exc)
         except ConsoleError as exc:
@@ -408,8 +535,8 @@ def run_jobs(image: Image, jobs: list[Job], key: bytes | None, station: Station)
         with station.station_log.open("a", encoding="utf-8") as out:
             out.write(station_line(when, job, image, outcome, seconds, detail) + "\n")
         if outcome is Outcome.FLASHED:
-            steps = ", ".join(f"{name} {value:.1f} s" for name, value in timings.steps.items())
-            print(f"<== {job.identity.serial}: flashed in {seconds:.1f} s ({steps})", flush=True)
+            split = ", ".join(f"{name} {value:.1f} s" for name, value in timings.steps.items())
+            print(f"<== {job.identity.serial}: flashed in {seconds:.1f} s ({split})", flush=True)
             if station.label_out:
                 label = labels.Label(job.identity.serial, job.identity.mac, image.board.name, image.version,
                                      credential, when)

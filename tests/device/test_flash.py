@@ -112,11 +112,12 @@ def test_another_boards_image_is_refused_by_what_u_boot_says(
 def test_a_corrupted_transfer_is_caught_before_anything_is_written(
     build_config: BuildConfig, out_dir: Path, station: Path, tmp_path: Path
 ) -> None:
-    """The twin's TFTP server serves a copy of the image with one byte changed."""
+    """The twin's TFTP server serves the first file the station sends (the gzipped image,
+    or the raw image's first extent) with one byte changed."""
     image = flash.load_image(out_dir / "disk.img")
     served = tmp_path / "served"
     served.mkdir()
-    staged = flash.stage_image(image, station / "tftp")
+    staged = flash.stage(image, station / "tftp").files[0]
     data = bytearray((station / "tftp" / staged.name).read_bytes())
     data[len(data) // 2] ^= 0x01
     (served / staged.name).write_bytes(bytes(data))

@@ -92,6 +92,10 @@ class FakeUBoot:
                 return 1, "qemu: virtio: zero sized buffers are not allowed\r\n"
             self.disk[:len(image)] = image
             return 0, f"\t{len(image)} bytes, crc 0x{zlib.crc32(image):08x}\r\n"
+        if name == "mw.l":
+            address, value, count = (int(a, 16) for a in args)
+            self.memory[address] = value.to_bytes(4, "little") * count
+            return 0, ""
         if name == "virtio":
             address, lba, count = (int(a, 16) for a in args[1:4])
             start, end = lba * SECTOR, (lba + count) * SECTOR

@@ -104,17 +104,21 @@ def test_a_batch_file_with_a_bad_line_is_named(tmp_path: Path) -> None:
         flash.parse_batch(batch)
 
 
-@pytest.fixture
-def image(tmp_path: Path) -> flash.Image:
-    """A small disk image with the default board's layout start and a build manifest."""
+def small_image(tmp_path: Path, board: str) -> flash.Image:
+    """A small disk image with the board's layout start and a build manifest."""
     out = tmp_path / "out"
     out.mkdir()
     disk = out / "disk.img"
     disk.write_bytes(b"GPT" + bytes((24 << 20) - 6) + b"END")
     (out / "build.json").write_text(json.dumps({
-        "sources": [str(REPO / "board/qemu-u50/board.yaml"), str(REPO / "recipes/base.yml"),
+        "sources": [str(REPO / f"board/{board}/board.yaml"), str(REPO / "recipes/base.yml"),
                     str(REPO / "recipes/pbx.yml")], "version": "0.1.0"}))
     return flash.load_image(disk)
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> flash.Image:
+    return small_image(tmp_path, "qemu-u50")  # gzwrite
 
 
 @pytest.fixture
@@ -153,6 +157,32 @@ def test_a_good_run_writes_image_and_identity_labels_and_logs_no_secret(image: f
     assert not list(station.tftp_dir.glob("*.factory")), "the identity block stays on the station"
     assert gzip.decompress((station.tftp_dir / f"pbxfw-{image.sha256[:16]}.img.gz").read_bytes()) == \
         image.disk.read_bytes()
+
+
+def test_extents_cover_the_image_and_split_data_from_zeros(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"x" + bytes(4095) + bytes(3 * 4096) + b"y" * 4096 * 5 + bytes(100))
+    found = flash.extents(disk, granule=4096, largest=3 * 4096)
+    assert [(e.offset, e.length, e.zero) for e in found] == [
+        (0, 4096, False), (4096, 3 * 4096, True), (4 * 4096, 3 * 4096, False), (7 * 4096, 2 * 4096, False),
+        (9 * 4096, 100, True)]
+
+
+def test_a_u_boot_without_gzwrite_gets_the_data_extents_and_zeros_from_ram(tmp_path: Path,
+                                                                         station: flash.Station) -> None:
+    image = small_image(tmp_path, "qemu-u20")
+    board = FakeUBoot(station.tftp_dir, image.size, version="arm-linux-gnueabihf-gcc (Debian) 12.2.0")
+    board.disk[:] = b"\xff" * image.size  # what a used eMMC holds: every zero must be written
+    try:
+        job = flash.Job(board.url, factory.Identity(MAC, "U20-000001"))
+        assert flash.run_jobs(image, [job], KEY, station) is flash.Outcome.FLASHED
+    finally:
+        board.close()
+    offset = flash.factory_offset(image.board)
+    written, wanted = bytes(board.disk), image.disk.read_bytes()
+    assert written[:offset] == wanted[:offset] and written[offset + ENV_SIZE:] == wanted[offset + ENV_SIZE:]
+    sent = sorted(path.stat().st_size for path in station.tftp_dir.glob("*.raw"))
+    assert sent == [1 << 20, 1 << 20] and not list(station.tftp_dir.glob("*.gz"))
 
 
 @pytest.mark.parametrize(("fault", "version", "outcome"), [
