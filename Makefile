@@ -62,7 +62,7 @@ lock: setup
 	$(VENV)/bin/pbxfw lock $(CONFIG) --lock $(LOCK)
 
 # Two clean builds (the second bootstraps anew with no network) must be identical.
-REPRO := $(PY) -m pbxfw.repro $(CONFIG) --lock $(LOCK) --trusted-keys $(KEYS) --signing-key $(SIGNING_KEY) \
+REPRO := $(PY) -m pbxfw.image.repro $(CONFIG) --lock $(LOCK) --trusted-keys $(KEYS) --signing-key $(SIGNING_KEY) \
 	--out out/repro/$(BOARD)
 repro: setup keys
 	$(REPRO)

@@ -11,7 +11,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import atomic, extensions, paths, policy, rootcred, sshd
+from pbxagent import atomic, paths
+from pbxagent.credentials import extensions, root, ssh
+from pbxagent.policy import site
 
 # Every directory on /data the agent writes, all root-only.
 DATA_DIRS = ("credentials", "secrets", "state", "ssh", "tls")
@@ -40,16 +42,16 @@ def provision() -> Iterator[str]:
     """Run every step, yielding what each did (for the console and the journal)."""
     base = ensure_data_layout()
     yield f"data at {base}"
-    loaded = policy.load()
+    loaded = site.load()
     if loaded.error:
         yield f"policy override not applied, {loaded.origin} policy stays in force: {loaded.error}"
-    policy.remember(loaded)
+    site.remember(loaded)
     pol = loaded.policy
-    yield rootcred.repair(pol.rules)
+    yield root.repair(pol.rules)
     created = extensions.ensure(pol.extensions, pol.rules, pol.secret_length)
     if created:
         yield f"secrets and PINs made for {len(created)} extension(s) {created[0]}-{created[-1]}"
-    yield sshd.repair()
+    yield ssh.repair()
     if not completed():
         atomic.write(marker(), json.dumps({"complete": True}) + "\n", 0o600)
         yield "first-boot provisioning complete"

@@ -12,7 +12,9 @@ import grp
 import hashlib
 from pathlib import Path
 
-from . import atomic, extensions, paths, policy
+from pbxagent import atomic, paths
+from pbxagent.credentials import extensions
+from pbxagent.policy import site
 
 REALM = "pbx"
 SERVICE_GROUP = "kamailio"
@@ -106,7 +108,7 @@ def render() -> list[str]:
 
             os.chown(directory, *owner)
     store = extensions.load()
-    permit = policy.load().policy.permit
+    permit = site.load().policy.permit
     atomic.write(base / "db" / "version", f"table_name(string) table_version(int)\nsubscriber:{SUBSCRIBER_VERSION}\n",
                  0o640, owner)
     atomic.write(base / "db" / "subscriber", subscriber_table(store, permit), 0o640, owner)

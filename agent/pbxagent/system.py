@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from . import paths
+from pbxagent import paths
 
 
 def systemctl(*args: str) -> str:

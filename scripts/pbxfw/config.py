@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from pbxfw.errors import ConfigError
 
 HEADER_VERSION = 1
 SERVICE_STATES = ("enabled", "disabled", "masked")

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from . import layout, qemu
-from .archive import sha256_file
-from .config import Board
-from .factory import crypt_hash
-from .stages import run
+from pbxfw import qemu
+from pbxfw.config import Board
+from pbxfw.image import layout
+from pbxfw.packages.archive import sha256_file
+from pbxfw.production.factory import crypt_hash
+from pbxfw.stages import run
 
 ROOT_HASH = "pbx/credentials/root.hash"
 SNAPSHOT = "booted"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Board
+from pbxfw.config import Board
 
 # QEMU's own locally administered prefix; tests pick their own to vary it.
 DEFAULT_MAC = "52:54:00:12:34:56"

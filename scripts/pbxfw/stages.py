@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import PbxfwError, StageError
+from pbxfw.errors import PbxfwError, StageError
 
 
 def log(message: str) -> None:

@@ -17,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pbxfw import config, layout
-from pbxfw.bootscript import kernel_args
+from pbxfw import config
 from pbxfw.console import SerialConsole
+from pbxfw.image import layout
+from pbxfw.image.bootscript import kernel_args
 
 from tests.infra import boards
 from tests.infra.power import QemuPower

@@ -24,7 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pbxfw import archive, config, lock, rootfs
+from pbxfw import config
+from pbxfw.image import rootfs
+from pbxfw.packages import archive, lock
 
 REPO = Path(__file__).resolve().parents[2]
 GOAL_RATIO = 1.2
@@ -69,7 +71,7 @@ def main() -> int:
         clone_spec = config.board_spec(clone, args.board, args.recipe)
 
         def build(name: str, what: str) -> float:
-            return timed([sys.executable, "-m", "pbxfw.cli", "image", clone_spec, "--out", str(work / name),
+            return timed([sys.executable, "-m", "pbxfw.cli.main", "image", clone_spec, "--out", str(work / name),
                           "--lock", str(clone / lock_rel), "--trusted-keys", str(args.keys)], env, clone, what)
 
         baseline = plain_mmdebstrap(cfg, locked, work / "plain.tar")
@@ -80,7 +82,7 @@ def main() -> int:
             agent.write("# bench-build: an agent change\n")
         incremental = build("incremental", "incremental build after an agent change")
         bundle = work / "incremental" / "bench.bundle"
-        subprocess.run([sys.executable, "-m", "pbxfw.cli", "bundle", "create", "--out", str(work / "incremental"),
+        subprocess.run([sys.executable, "-m", "pbxfw.cli.main", "bundle", "create", "--out", str(work / "incremental"),
                         "--key", str(args.signing_key), "--output", str(bundle)], env=env, cwd=clone, check=True,
                        stdout=subprocess.DEVNULL)
         slot_mib = (work / "incremental" / "rootfs.slot").stat().st_size / MIB

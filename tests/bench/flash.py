@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pbxfw import config, factory, flash
+from pbxfw import config
+from pbxfw.production import factory, flash
 
 from tests.infra.power import QemuPower, Wiring
 

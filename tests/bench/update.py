@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pbxfw import bundler, config, keys
+from pbxfw import config
+from pbxfw.signing import bundler, keys
 
 from tests.bench.boot import REPO
 from tests.device.bundleserver import serving

@@ -7,7 +7,7 @@ tests reboot it for real.
 from __future__ import annotations
 
 import pytest
-from pbxfw.layout import ENV_COPIES, ENV_SIZE
+from pbxfw.image.layout import ENV_COPIES, ENV_SIZE
 
 from tests.infra.twin import Device
 

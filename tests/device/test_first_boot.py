@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pbxagent.passwords import Account, Kind, generate
+from pbxagent.credentials.passwords import Account, Kind, generate
 from pbxfw.config import BuildConfig
 from pbxfw.console import SerialConsole
 

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from pbxfw import flash
 from pbxfw.config import BuildConfig
+from pbxfw.production import flash
 
 from tests.device.test_credentials import audit, failures
 from tests.infra.power import QemuPower, Wiring
@@ -44,7 +44,7 @@ def blank_twin(cfg: BuildConfig, image: Path, work: Path, tftp: Path) -> QemuPow
 
 
 def pbxfw_flash(station: Path, image: Path, port: str, serial: str, scale: str = "1") -> int:
-    argv = [sys.executable, "-m", "pbxfw.cli", "flash", "--image", str(image), "--port", port, "--mac", MAC,
+    argv = [sys.executable, "-m", "pbxfw.cli.main", "flash", "--image", str(image), "--port", port, "--mac", MAC,
             "--serial", serial, "--factory-key", str(station / "factory.key"), "--tftp-dir", str(station / "tftp"),
             "--label-out", str(station / "labels.csv"), "--station-log", str(station / "station.log"),
             "--console-log", str(station / "console.log")]

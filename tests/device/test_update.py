@@ -9,8 +9,8 @@ import json
 import random
 from pathlib import Path
 
-from pbxagent.bundle import Reason
-from pbxfw import keys
+from pbxagent.update.bundle import Reason
+from pbxfw.signing import keys
 
 from tests.device.bundleserver import BundleServer
 from tests.device.powercut import status, trial

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pbxfw import bundler, keys
 from pbxfw.config import BuildConfig
-from pbxfw.slot import assemble, fit_offset
+from pbxfw.image.slot import assemble, fit_offset
+from pbxfw.signing import bundler, keys
 
 from tests.device.bundleserver import BundleServer, serving
 from tests.infra import boards

@@ -8,10 +8,11 @@ import re
 import subprocess
 from pathlib import Path
 
-from pbxfw import layout, lock
-from pbxfw.build import REPO
 from pbxfw.config import BuildConfig
-from pbxfw.slot import fit_offset
+from pbxfw.image import layout
+from pbxfw.image.build import REPO
+from pbxfw.image.slot import fit_offset
+from pbxfw.packages import lock
 
 MIB = 1 << 20
 SLOT_BUDGET_MIB = 160  # REQUIREMENTS/issue: rootfs slot <= 160 MiB
@@ -112,7 +113,7 @@ def test_docs_and_man_pages_are_excluded(rootfs: Path) -> None:
 
 
 def test_agent_and_board_info_installed(rootfs: Path, build_config: BuildConfig) -> None:
-    assert (rootfs / "usr/lib/python3/dist-packages/pbxagent/cli.py").is_file()
+    assert (rootfs / "usr/lib/python3/dist-packages/pbxagent/cli/main.py").is_file()
     assert os.access(rootfs / "usr/sbin/pbxagent", os.X_OK)
     info = json.loads((rootfs / "etc/pbxfw/board.json").read_text())
     assert info["compatible"] == build_config.board.compatible
@@ -123,10 +124,13 @@ def test_agent_runs_from_bytecode_with_its_pinned_wheel(rootfs: Path) -> None:
     at build time, the pinned zxcvbn wheel included; its default policy ships with it."""
     dist = rootfs / "usr/lib/python3/dist-packages"
     for package in ("pbxagent", "zxcvbn"):
-        sources = sorted(p.stem for p in (dist / package).glob("*.py"))
-        compiled = sorted(p.name.split(".")[0] for p in (dist / package / "__pycache__").glob("*.pyc"))
-        assert sources and sources == compiled, package
-    assert (dist / "pbxagent/default-policy.yaml").is_file()
+        folders = {p.parent for p in (dist / package).rglob("*.py")}
+        assert folders, package
+        for folder in folders:
+            sources = sorted(p.stem for p in folder.glob("*.py"))
+            compiled = sorted(p.name.split(".")[0] for p in (folder / "__pycache__").glob("*.pyc"))
+            assert sources == compiled, folder
+    assert (dist / "pbxagent/policy/default-policy.yaml").is_file()
     assert list(dist.glob("zxcvbn-4.5.0.dist-info"))
 
 

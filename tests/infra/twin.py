@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from pbxfw.console import BOOT_TIMEOUT_S, LOGIN_PROMPT, ConsoleError, Result, SerialConsole
-from pbxfw.uboot import AUTOBOOT, PROMPT
+from pbxfw.production.uboot import AUTOBOOT, PROMPT
 
 from tests.infra import timing
 from tests.infra.power import Power, QemuPower

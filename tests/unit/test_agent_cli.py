@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from pbxagent import cli
+from pbxagent.cli import main as cli
 
 
 def run(argv: list[str], stdin: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) \

@@ -9,8 +9,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from pbxagent import atomic, extensions, policy, provision, rootcred, xcrypt
-from pbxagent.passwords import Rules
+from pbxagent import atomic, provision
+from pbxagent.credentials import extensions, root, xcrypt
+from pbxagent.credentials.passwords import Rules
+from pbxagent.policy import site
 
 from tests.unit.agent_tree import make_tree
 
@@ -100,7 +102,7 @@ def test_first_boot_creates_later_boots_repair(tree: Path) -> None:
 
 def test_a_cut_between_steps_is_finished_by_the_next_boot(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tree / "data" / "pbx" / "credentials").mkdir(parents=True)
-    rootcred.hash_path().write_text(xcrypt.hash_password("00abcdef", "$6$") + "\n")
+    root.hash_path().write_text(xcrypt.hash_password("00abcdef", "$6$") + "\n")
 
     def cut(*_: object) -> list[str]:
         raise OSError("power cut")
@@ -108,11 +110,11 @@ def test_a_cut_between_steps_is_finished_by_the_next_boot(tree: Path, monkeypatc
     monkeypatch.setattr(extensions, "ensure", cut)
     with pytest.raises(OSError):
         list(provision.provision())
-    committed = rootcred.hash_path().read_text()
+    committed = root.hash_path().read_text()
     monkeypatch.undo()
     monkeypatch.setenv("PBXAGENT_ROOT", str(tree))
     list(provision.provision())
-    assert rootcred.hash_path().read_text() == committed  # the rotated password stands
+    assert root.hash_path().read_text() == committed  # the rotated password stands
     assert len(extensions.load()) == 10
     assert provision.completed()
 
@@ -122,4 +124,4 @@ def test_provisioning_remembers_the_policy_and_reports_a_bad_override(tree: Path
     (tree / "data" / "pbx" / "policy.yaml").write_text("ssh:\n  port: -1\n")
     steps = list(provision.provision())
     assert any("ssh.port" in step and "stays in force" in step for step in steps)
-    assert json.loads(policy.last_good_path().read_text())["settings"]["ssh.port"] == 22
+    assert json.loads(site.last_good_path().read_text())["settings"]["ssh.port"] == 22

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pbxagent import bootstate, bundle, health, update
-from pbxagent.bundle import Reason, Rejected
-from pbxfw import bundler, keys
+from pbxagent.update import bootstate, bundle, health, installer
+from pbxagent.update.bundle import Reason, Rejected
+from pbxfw.signing import bundler, keys
 
 from tests.device.bundleserver import serving
 
@@ -230,16 +230,16 @@ def device_tree(tmp_path: Path, keydir: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_install_writes_the_other_slot_and_switches_to_it(tmp_path: Path, keydir: Path, device_tree: Path) -> None:
     path = make_bundle(tmp_path, keydir)
-    message = update.install(str(path))
+    message = installer.install(str(path))
     assert "slot B holds 2.0.0" in message
-    assert Path(update.slot_device("B")).read_bytes()[:len(PAYLOAD)] == PAYLOAD
-    assert Path(update.slot_device("A")).read_bytes() == b"\xee" * (len(PAYLOAD) + 8192)
+    assert Path(installer.slot_device("B")).read_bytes()[:len(PAYLOAD)] == PAYLOAD
+    assert Path(installer.slot_device("A")).read_bytes() == b"\xee" * (len(PAYLOAD) + 8192)
     assert bootstate.read().to_env() == {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3"}
-    assert update.load_state()["pending"]["slot"] == "B"
+    assert installer.load_state()["pending"]["slot"] == "B"
 
     # The new slot boots, is healthy: committed, floor raised to the bundle's.
     (device_tree / "run" / "pbx" / "slot").write_text("B\n")
-    state = update.load_state()
+    state = installer.load_state()
     assert list(health.settle_pending(state, "B")) == []
     assert any("security floor raised to 3" in line for line in health.commit(state, "B"))
     assert state["floor"] == 3 and state["pending"] is None and state["last_result"]["result"] == "installed"
@@ -251,29 +251,29 @@ def test_a_bad_chunk_is_never_written_and_a_refusal_changes_nothing(tmp_path: Pa
     header, _ = bundle.verify_file(path, trust(keydir))
     flip(path, header.payload_offset + 5 * CHUNK)
     with pytest.raises(Rejected) as caught:
-        update.install(str(path))
+        installer.install(str(path))
     assert caught.value.reason is Reason.CHUNK_MISMATCH
-    slot_b = Path(update.slot_device("B")).read_bytes()
+    slot_b = Path(installer.slot_device("B")).read_bytes()
     assert slot_b[:5 * CHUNK] == PAYLOAD[:5 * CHUNK] and slot_b[5 * CHUNK:6 * CHUNK] == b"\xee" * CHUNK
     assert bootstate.read().to_env() == {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"}
 
     before = (tmp_path / "bootstate").read_bytes()
     other_board = make_bundle(tmp_path, keydir, compatible="pbxfw,qemu-u20", name="o.bundle")
     with pytest.raises(Rejected):
-        update.install(str(other_board))
+        installer.install(str(other_board))
     assert (tmp_path / "bootstate").read_bytes() == before
 
 
 def test_an_interrupted_download_resumes_at_the_last_durable_chunk(tmp_path: Path, keydir: Path, device_tree: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(update, "SYNC_EVERY", 4)
-    monkeypatch.setattr(update, "BATCH_BYTES", 4 * CHUNK)
+    monkeypatch.setattr(installer, "SYNC_EVERY", 4)
+    monkeypatch.setattr(installer, "BATCH_BYTES", 4 * CHUNK)
     path = make_bundle(tmp_path, keydir)
     with serving(path.parent) as server:
         url = server.host_url(path.name)
         server.cut_after[path.name] = 9 * CHUNK + 100  # the connection drops inside chunk 9
         with pytest.raises(Rejected) as caught:
-            update.install(url)
+            installer.install(url)
         assert caught.value.reason is Reason.TRUNCATED
         progress = json.loads((device_tree / "data" / "pbx" / "update" / "progress.json").read_text())
         assert progress["next_chunk"] == 8
@@ -285,6 +285,6 @@ def test_an_interrupted_download_resumes_at_the_last_durable_chunk(tmp_path: Pat
             return real_pwrite(fd, data, offset)
 
         monkeypatch.setattr(os, "pwrite", pwrite)
-        update.install(url)  # a Range request from the first chunk not yet durable
+        installer.install(url)  # a Range request from the first chunk not yet durable
     assert min(writes) == 8 * CHUNK
-    assert Path(update.slot_device("B")).read_bytes()[:len(PAYLOAD)] == PAYLOAD
+    assert Path(installer.slot_device("B")).read_bytes()[:len(PAYLOAD)] == PAYLOAD

@@ -8,9 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pbxagent import xcrypt
-from pbxfw import config, devtwin, layout
+from pbxagent.credentials import xcrypt
+from pbxfw import config, devtwin
 from pbxfw.config import Board
+from pbxfw.image import layout
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import segno
-from pbxagent.passwords import Account, Kind, check
-from pbxfw import factory, flash, labels
+from pbxagent.credentials.passwords import Account, Kind, check
 from pbxfw.errors import PbxfwError
-from pbxfw.layout import ENV_SIZE
+from pbxfw.image.layout import ENV_SIZE
+from pbxfw.production import factory, flash, labels
 
 from tests.infra.power import free_port
 from tests.unit.fake_uboot import FakeUBoot
@@ -223,7 +223,7 @@ def test_a_batch_goes_on_after_a_failure_and_reports_the_first(image: flash.Imag
 
 def test_dry_run_shows_the_plan_and_touches_nothing(image: flash.Image, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from pbxfw import cli
+    from pbxfw.cli import main as cli
 
     argv = ["flash", "--image", str(image.disk), "--port", "socket://127.0.0.1:1", "--mac", MAC, "--serial", "U50-1",
             "--tftp-dir", str(tmp_path / "none"), "--station-log", str(tmp_path / "station.log")]

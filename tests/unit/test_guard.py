@@ -11,15 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from pbxagent import firewall, lan, netpolicy, policy
-from pbxagent.lan import IfAddr
+from pbxagent.network import firewall, lan
+from pbxagent.network.lan import IfAddr
+from pbxagent.policy import network, site
 
 GOLDEN = Path(__file__).parent / "golden" / "firewall-default.nft"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def default_policy() -> policy.Policy:
-    return policy.compose(policy.DEFAULTS, None)[0]
+def default_policy() -> site.Policy:
+    return site.compose(site.DEFAULTS, None)[0]
 
 
 @pytest.mark.parametrize(
@@ -69,7 +70,7 @@ def test_default_ruleset_matches_the_golden_file() -> None:
 def test_every_option_compiles_to_its_rules() -> None:
     fw = default_policy().firewall._replace(
         ping=False, drop_all=True, refuse_ami=False, allow=("198.51.100.7/32",), block=("203.0.113.0/24",),
-        rules=netpolicy.rules(Path("p"), "firewall.rules", [
+        rules=network.rules(Path("p"), "firewall.rules", [
             {"action": "drop", "proto": "udp", "ports": "5060", "source": "192.0.2.0/24"},
             {"action": "accept", "mac": "52:54:00:AA:BB:CC"},
         ]),
@@ -113,8 +114,8 @@ def test_a_block_list_entry_covering_the_box_is_refused() -> None:
 def test_bad_network_policy_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     override = tmp_path / "policy.yaml"
     override.write_text(text)
-    with pytest.raises(policy.PolicyError, match=message) as error:
-        policy.compose(policy.DEFAULTS, override)
+    with pytest.raises(site.PolicyError, match=message) as error:
+        site.compose(site.DEFAULTS, override)
     assert str(error.value).startswith(str(override))
 
 
@@ -131,8 +132,9 @@ def in_namespace(script: str) -> subprocess.CompletedProcess[str]:
 def test_ruleset_applies_twice_keeping_bans_and_the_base_table_goes() -> None:
     done = in_namespace("""
 import subprocess
-from pbxagent import bans, firewall, nft, policy
-fw = policy.compose(policy.DEFAULTS, None)[0].firewall
+from pbxagent.network import bans, firewall, nft
+from pbxagent.policy import site
+fw = site.compose(site.DEFAULTS, None)[0].firewall
 subprocess.run(["nft", "-f", "overlay/etc/nftables.conf"], check=True)
 nft.apply(firewall.compile_ruleset(fw, ["10.0.2.0/24"]))
 bans.add("203.0.113.9", 600, ["10.0.2.0/24"])
@@ -155,8 +157,9 @@ def test_bans_refuse_trusted_addresses_and_survive_a_save_and_restore(tmp_path: 
     done = in_namespace(f"""
 import os
 os.environ["PBXAGENT_ROOT"] = "{tmp_path}"
-from pbxagent import bans, firewall, nft, policy
-fw = policy.compose(policy.DEFAULTS, None)[0].firewall
+from pbxagent.network import bans, firewall, nft
+from pbxagent.policy import site
+fw = site.compose(site.DEFAULTS, None)[0].firewall
 nft.apply(firewall.compile_ruleset(fw, ["10.0.2.0/24"]))
 try:
     bans.add("10.0.2.99", 600, ["10.0.2.0/24"])
@@ -176,26 +179,26 @@ print(bans.restore([]), [b.address for b in bans.current()])
 
 
 def test_changes_that_admit_the_administrator_are_risky() -> None:
-    from pbxagent import rollback
+    from pbxagent.network import probation
 
     current = default_policy().firewall
-    assert rollback.risky(current, current._replace(ping=False, refuse_ami=False, flood_pps=(600, 3000))) == []
-    assert rollback.risky(current, current._replace(drop_all=True)) == ["drop_all"]
-    assert rollback.risky(current, current._replace(services=current.services[:2], allow=("192.0.2.1/32",))) == [
+    assert probation.risky(current, current._replace(ping=False, refuse_ami=False, flood_pps=(600, 3000))) == []
+    assert probation.risky(current, current._replace(drop_all=True)) == ["drop_all"]
+    assert probation.risky(current, current._replace(services=current.services[:2], allow=("192.0.2.1/32",))) == [
         "services", "allow"]
-    assert rollback.risky(current, current._replace(block=("203.0.113.0/24",))) == ["block"]
+    assert probation.risky(current, current._replace(block=("203.0.113.0/24",))) == ["block"]
 
 
 def test_jail_thresholds_follow_the_policy(tmp_path: Path) -> None:
-    defaults = netpolicy.render_jails(default_policy().jails)
+    defaults = network.render_jails(default_policy().jails)
     assert "[pbx-sip]\nmaxretry = 10\nfindtime = 600\nbantime = 3600\n" in defaults
     assert "[sshd]\nmaxretry = 5\nfindtime = 600\nbantime = 600\n" in defaults
     assert "[pbx-ssh-long]\nmaxretry = 8\nfindtime = 3600\nbantime = 1200\n" in defaults
     override = tmp_path / "policy.yaml"
     override.write_text("bans:\n  sip: {failures: 6, window: 300, ban: 7200}\n")
-    site = netpolicy.render_jails(policy.compose(policy.DEFAULTS, override)[0].jails)
-    assert "[pbx-sip]\nmaxretry = 6\nfindtime = 300\nbantime = 7200\n" in site
-    assert "[pbx-sip-flood]\nmaxretry = 50\n" in site
+    tightened = network.render_jails(site.compose(site.DEFAULTS, override)[0].jails)
+    assert "[pbx-sip]\nmaxretry = 6\nfindtime = 300\nbantime = 7200\n" in tightened
+    assert "[pbx-sip-flood]\nmaxretry = 50\n" in tightened
 
 
 def test_a_flood_from_one_source_port_meets_the_flood_layers_and_udp_limits() -> None:
@@ -219,11 +222,12 @@ def test_fail2ban_is_told_what_the_live_sets_exempt(tmp_path: Path) -> None:
 import os
 os.environ["PBXAGENT_ROOT"] = "{tmp_path}"
 from pathlib import Path
-from pbxagent import banengine, firewall, nft, policy
-fw = policy.compose(policy.DEFAULTS, Path("{tmp_path}/policy.yaml"))[0].firewall
+from pbxagent.network import ban_exemptions, firewall, nft
+from pbxagent.policy import site
+fw = site.compose(site.DEFAULTS, Path("{tmp_path}/policy.yaml"))[0].firewall
 nft.apply(firewall.compile_ruleset(fw, ["10.0.2.0/24", "fd00::/64"]))
-print(banengine.live_exempt())
-print(banengine.sync(banengine.live_exempt())[1])
+print(ban_exemptions.live_exempt())
+print(ban_exemptions.sync(ban_exemptions.live_exempt())[1])
 """)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -235,16 +239,16 @@ print(banengine.sync(banengine.live_exempt())[1])
 
 
 def test_the_ignore_list_changes_by_the_difference_only() -> None:
-    from pbxagent import banengine
+    from pbxagent.network import ban_exemptions
 
-    add, remove = banengine.changes(["10.0.2.0/24", "192.168.77.0/24", "203.0.113.51"],
+    add, remove = ban_exemptions.changes(["10.0.2.0/24", "192.168.77.0/24", "203.0.113.51"],
                                     ["10.0.2.0/24", "203.0.113.51/32", "172.16.1.0/24"])
     assert (add, remove) == (["172.16.1.0/24"], ["192.168.77.0/24"])
-    assert banengine.networks_of({"range": ["192.0.2.4", "192.0.2.11"]}) == ["192.0.2.4/30", "192.0.2.8/30"]
+    assert ban_exemptions.networks_of({"range": ["192.0.2.4", "192.0.2.11"]}) == ["192.0.2.4/30", "192.0.2.8/30"]
 
 
 def test_a_ban_command_names_the_family_set_and_the_timeout() -> None:
-    from pbxagent import bans
+    from pbxagent.network import bans
 
     assert bans.element_command("add", "203.0.113.9", 3600) == "add element inet pbx ban4 { 203.0.113.9 timeout 3600s }"
     assert bans.element_command("delete", "2001:db8::66") == "delete element inet pbx ban6 { 2001:db8::66 }"

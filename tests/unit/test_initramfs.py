@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pbxfw import initramfs
+from pbxfw.image import initramfs
 
 MODULES = [("virtio_blk.ko", b"\x7fELF-virtio"), ("squashfs.ko", b"\x7fELF-squashfs")]
 

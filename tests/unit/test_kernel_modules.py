@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pbxfw import kernel
 from pbxfw.errors import StageError
+from pbxfw.image import kernel
 
 DEP = """\
 kernel/fs/ext4/ext4.ko.xz: kernel/fs/jbd2/jbd2.ko.xz kernel/fs/mbcache.ko.xz kernel/lib/crc16.ko.xz

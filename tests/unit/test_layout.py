@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pbxfw import layout
+from pbxfw.image import layout
 
 SIZES = (("boot", 16), ("bootstate", 1), ("rootfs_a", 256), ("rootfs_b", 256), ("data", 256))
 

@@ -6,8 +6,9 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from pbxfw import archive, config, lock
+from pbxfw import config
 from pbxfw.errors import PbxfwError, StageError
+from pbxfw.packages import archive, lock
 
 from tests.unit.test_config import REPO
 

@@ -9,7 +9,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pbxagent.passwords import Account, Kind, Rules, check, generate, longest_repeat, longest_sequence
+from pbxagent.credentials.passwords import Account, Kind, Rules, check, generate, longest_repeat, longest_sequence
 
 GOOD = "Kx-7Rm.2Qz=9Wp"
 NOBODY = Account()
@@ -126,7 +126,7 @@ def test_generated_secrets_carry_at_least_90_bits() -> None:
     """Rejection sampling is uniform over the accepted strings, so the entropy is
     log2(alphabet^16 * acceptance rate); the rate is measured on the generator's own
     cheap rules (the estimator rejects essentially nothing random)."""
-    from pbxagent import passwords
+    from pbxagent.credentials import passwords
 
     rng = random.Random(7)
     strict = Rules(max_sequence=2, max_repeat=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pbxfw import sbom
+from pbxfw.image import sbom
 
 STATUS = """Package: libfoo1
 Status: install ok installed

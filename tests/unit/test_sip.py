@@ -7,8 +7,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from pbxagent import extensions, sip
-from pbxagent.passwords import Rules
+from pbxagent import sip
+from pbxagent.credentials import extensions
+from pbxagent.credentials.passwords import Rules
 
 
 @pytest.fixture

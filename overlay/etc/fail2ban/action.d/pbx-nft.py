@@ -5,7 +5,7 @@
 
 import nftables
 from fail2ban.server.action import ActionBase
-from pbxagent.bans import element_command
+from pbxagent.network.bans import element_command
 
 
 class PbxNft(ActionBase):

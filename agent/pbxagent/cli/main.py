@@ -1,0 +1,514 @@
+"""`pbxagent`: the device agent's command line.
+
+Exit status: 0 success (accepted, all checks pass), 1 a rejection or a failed check,
+2 an error (bad argument, unreadable file), named in the message.
+
+Each command imports only the modules it uses: `provision` runs on every boot, where
+each imported module costs tens of milliseconds under emulation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pbxagent.credentials.passwords import Account, Kind
+from pbxagent.policy import site
+
+if TYPE_CHECKING:
+    import argparse
+
+OK, REJECTED, ERROR = 0, 1, 2
+
+
+def _policy() -> site.Policy:
+    loaded = site.load()
+    if loaded.error:
+        print(f"pbxagent: warning: {loaded.error}; the {loaded.origin} policy is in force", file=sys.stderr)
+    return loaded.policy
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=1, sort_keys=True))
+
+
+def _provision(_: object) -> int:
+    from pbxagent import provision
+
+    for step in provision.provision():
+        print(f"pbxagent: {step}", flush=True)
+    # A fixed marker the console tests and the production line wait for.
+    print("pbxagent: provisioned", flush=True)
+    return OK
+
+
+def _boot_check(args: argparse.Namespace) -> int:
+    from pbxagent import system
+    from pbxagent.update import health
+
+    verdict = health.check_boot(args.wait)
+    for line in verdict.lines:
+        print(f"pbxagent: {line}", flush=True)
+    if verdict.reboot:
+        system.systemctl("reboot", "--no-block")
+    return OK if verdict.healthy else REJECTED
+
+
+def _refused(exc: Exception) -> int:
+    from pbxagent.update import bundle
+
+    assert isinstance(exc, bundle.Rejected)
+    print(f"pbxagent: update refused ({exc.reason.name.lower().replace('_', ' ')}): {exc}", file=sys.stderr)
+    return int(exc.reason)
+
+
+def _update_install(args: argparse.Namespace) -> int:
+    from pbxagent.update import bundle, installer
+
+    try:
+        print(f"pbxagent: {installer.install(args.bundle)}")
+    except bundle.Rejected as exc:
+        return _refused(exc)
+    return OK
+
+
+def _update_verify(args: argparse.Namespace) -> int:
+    from pbxagent.update import bundle, installer
+
+    try:
+        header = installer.verify(args.bundle)
+    except bundle.Rejected as exc:
+        return _refused(exc)
+    m = header.manifest
+    print(f"pbxagent: {args.bundle}: good: {m.compatible} {m.version} (security version {m.security_version}), "
+          f"{m.payload_size} bytes")
+    return OK
+
+
+def _update_status(args: argparse.Namespace) -> int:
+    from pbxagent.update import installer
+
+    current = installer.status()
+    if args.json:
+        _print_json(current)
+        return OK
+    running, other = current["running_slot"], current["other_slot"]
+    for slot in (running, other):
+        release = current["slots"].get(slot)
+        text = f"{release['version']} (security version {release['security_version']})" if release else "unknown"
+        print(f"slot {slot}{' (running)' if slot == running else ''}: {text}, "
+              f"{current['attempts_left'][slot]} boot attempt(s) left")
+    print(f"boot order: {' '.join(current['boot_order'])}; security floor: {current['security_floor']}")
+    if current["pending"]:
+        print(f"on probation: slot {current['pending']['slot']} ({current['pending']['version']})")
+    last = current["last_result"]
+    print(f"last update: {last['result']}: {last['message']}" if last else "last update: none")
+    return OK
+
+
+def _root_status(args: argparse.Namespace) -> int:
+    from pbxagent.credentials import root
+
+    current = root.status()
+    must_change = root.initial_path().exists() and current is root.Status.ROTATED
+    if args.json:
+        _print_json({"status": current.value, "must_change": must_change})
+    else:
+        print(f"root: {current.value}" + (" (must change at first login)" if must_change else ""))
+    return OK
+
+
+def _root_rotate(_: argparse.Namespace) -> int:
+    from pbxagent.credentials import root
+
+    print(f"pbxagent: {root.rotate_now(_policy().rules)}")
+    return OK
+
+
+def _root_sync(_: argparse.Namespace) -> int:
+    from pbxagent.credentials import root
+
+    print(f"pbxagent: {root.sync()}")
+    return OK
+
+
+def _ssh_enable(args: argparse.Namespace) -> int:
+    from pbxagent.credentials import ssh
+
+    state = ssh.enable(args.authorized_key, args.port or _policy().ssh_port)
+    print(f"pbxagent: ssh enabled on port {state.port}, key login only")
+    return OK
+
+
+def _ssh_disable(_: argparse.Namespace) -> int:
+    from pbxagent.credentials import ssh
+
+    ssh.disable()
+    print("pbxagent: ssh disabled and masked")
+    return OK
+
+
+def _ssh_status(args: argparse.Namespace) -> int:
+    from pbxagent.credentials import ssh
+
+    current = ssh.status()
+    if args.json:
+        _print_json(current)
+    else:
+        state = "on" if current["enabled"] else "off"
+        print(f"ssh: {state}; port {current['port']}; unit {current['unit']}; "
+              f"active {current['active']}; listening {current['listening']}")
+    return OK
+
+
+def _extensions_list(args: argparse.Namespace) -> int:
+    from pbxagent.credentials import extensions
+
+    if args.show_secrets and os.geteuid() != 0:
+        print("pbxagent: error: --show-secrets needs root", file=sys.stderr)
+        return ERROR
+    rows = []
+    for ext in extensions.load().values():
+        row: dict[str, object] = {"extension": ext.number, "secret": "set", "pin": "set"}
+        if args.show_secrets:
+            row.update(secret=ext.secret, pin=ext.pin)
+        rows.append(row)
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(f"{row['extension']}\tsecret {row['secret']}\tpin {row['pin']}")
+    return OK
+
+
+def _extensions_add(args: argparse.Namespace) -> int:
+    from pbxagent.credentials import extensions
+
+    pol = _policy()
+    added = extensions.add(args.number, args.count, pol.rules, pol.secret_length)
+    print(f"pbxagent: added {len(added)} extension(s): {added[0]}-{added[-1]}")
+    return OK
+
+
+def _extensions_rotate(args: argparse.Namespace) -> int:
+    from pbxagent.credentials import extensions
+
+    if bool(args.all) == bool(args.numbers):
+        print("pbxagent: error: give extension numbers or --all", file=sys.stderr)
+        return ERROR
+    pol = _policy()
+    done = extensions.rotate(None if args.all else args.numbers, pol.rules, pol.secret_length)
+    print(f"pbxagent: new secret and PIN for {len(done)} extension(s)")
+    return OK
+
+
+def _account(args: argparse.Namespace, pol: site.Policy) -> Account:
+    return Account(extension=args.extension or "", user=args.user or "", company=pol.company)
+
+
+def _password_check(args: argparse.Namespace) -> int:
+    from pbxagent.credentials import passwords
+
+    pol = _policy()
+    candidate = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    found = passwords.check(candidate, Kind(args.kind), _account(args, pol), pol.rules)
+    if args.json:
+        _print_json({"accepted": not found, "reasons": [v._asdict() for v in found]})
+    else:
+        for violation in found:
+            print(f"{violation.rule}: {violation.message}")
+        if not found:
+            print("accepted")
+    return REJECTED if found else OK
+
+
+def _password_generate(args: argparse.Namespace) -> int:
+    from pbxagent.credentials import passwords
+
+    pol = _policy()
+    length = pol.secret_length if args.kind == Kind.SECRET.value else None
+    print(passwords.generate(Kind(args.kind), _account(args, pol), pol.rules, length))
+    return OK
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    site.compose(site.DEFAULTS, args.file or site.override_path())
+    print(f"pbxagent: {args.file or site.override_path()}: valid")
+    return OK
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from pbxagent import audit
+
+    pol = _policy()
+    if args.fix:
+        for step in audit.fix(pol):
+            print(f"pbxagent: fixed: {step}", file=sys.stderr)
+    checks = audit.run(pol)
+    passed = all(c.passed for c in checks)
+    if args.json:
+        _print_json({"passed": passed, "checks": [c._asdict() for c in checks]})
+    else:
+        for c in checks:
+            print(f"{'PASS' if c.passed else 'FAIL'}  {c.id:24} {c.evidence}")
+    return OK if passed else REJECTED
+
+
+def _policy_from(file: Path | None) -> site.Policy:
+    """The policy in force, or the defaults with FILE laid over them (raises on error)."""
+    return site.compose(site.DEFAULTS, file)[0] if file else _policy()
+
+
+def _firewall_render(args: argparse.Namespace) -> int:
+    from pbxagent.network import firewall, guard, lan
+
+    pol = _policy_from(args.policy)
+    addresses = [lan.IfAddr("arg", a) for a in args.address] if args.address else lan.read_addresses()
+    print(firewall.compile_ruleset(pol.firewall, guard.segments(addresses), guard.own_addresses(addresses)), end="")
+    return OK
+
+
+def _firewall_apply(args: argparse.Namespace) -> int:
+    import time
+
+    from pbxagent.network import guard, probation
+
+    if not 5 <= args.rollback_after <= 600:
+        print(f"pbxagent: error: --rollback-after {args.rollback_after}: must be 5..600", file=sys.stderr)
+        return ERROR
+    current = _policy()
+    proposed = _policy_from(args.policy)
+    started = time.monotonic()
+    guard.apply(proposed)
+    took = time.monotonic() - started
+    print(f"pbxagent: {guard.exempt_sync()[1]}")
+    changes = probation.risky(current.firewall, proposed.firewall) if args.policy else []
+    if changes:
+        probation.hold(args.policy, args.rollback_after)
+        print(f"pbxagent: firewall applied in {took:.2f} s; it changes {', '.join(changes)}, which admit the "
+              f"administrator: run `pbxagent firewall confirm` within {args.rollback_after} s or it is rolled back")
+        return OK
+    if args.policy:
+        probation.install(args.policy)
+    print(f"pbxagent: firewall applied in {took:.2f} s")
+    return OK
+
+
+def _firewall_confirm(_: argparse.Namespace) -> int:
+    from pbxagent.network import probation
+
+    probation.confirm()
+    print("pbxagent: firewall change confirmed; it is now the site policy")
+    return OK
+
+
+def _firewall_rollback(_: argparse.Namespace) -> int:
+    from pbxagent.network import guard, probation
+
+    probation.discard()
+    guard.apply(_policy())
+    print(f"pbxagent: {guard.exempt_sync()[1]}")
+    print("pbxagent: firewall change not confirmed: the previous policy is applied again", flush=True)
+    return OK
+
+
+def _lan_classify(args: argparse.Namespace) -> int:
+    from pbxagent.network import lan
+
+    decisions = lan.classify([lan.IfAddr("arg", a) for a in args.address], _policy().firewall.allow)
+    for decision in decisions:
+        if decision.trusted:
+            print(decision.network)
+    return OK
+
+
+def _lan_status(args: argparse.Namespace) -> int:
+    from pbxagent.network import lan
+
+    decisions = lan.classify(lan.read_addresses(), _policy().firewall.allow)
+    if args.json:
+        _print_json([d._asdict() for d in decisions])
+    else:
+        for d in decisions:
+            print(f"{'trusted  ' if d.trusted else 'untrusted'} {d.network:24} {d.reason}")
+    return OK
+
+
+def _bans_list(args: argparse.Namespace) -> int:
+    from pbxagent.network import bans
+
+    current = bans.current()
+    if args.json:
+        _print_json([b._asdict() for b in current])
+    else:
+        for ban in current:
+            print(f"{ban.address}\t{ban.expires_in} s left")
+    return OK
+
+
+def _bans_add(args: argparse.Namespace) -> int:
+    from pbxagent.network import bans, guard, lan
+
+    bans.add(args.address, args.seconds, guard.exempt_networks(_policy(), lan.read_addresses()))
+    bans.save()
+    print(f"pbxagent: {args.address} banned for {args.seconds} s")
+    return OK
+
+
+def _bans_remove(args: argparse.Namespace) -> int:
+    from pbxagent.network import bans
+
+    bans.remove(args.address)
+    print(f"pbxagent: {args.address} unbanned")
+    return OK
+
+
+def _bans_jails(args: argparse.Namespace) -> int:
+    from pbxagent.network import bans
+    from pbxagent.policy import network
+
+    jails = _policy().jails
+    if args.write:
+        print(f"pbxagent: fail2ban thresholds from the policy written to {bans.write_jails(jails)}")
+    else:
+        print(network.render_jails(jails), end="")
+    return OK
+
+
+def _sip_render(_: argparse.Namespace) -> int:
+    from pbxagent import sip
+
+    for step in sip.render():
+        print(f"pbxagent: {step}")
+    return OK
+
+
+def _guard(_: argparse.Namespace) -> int:
+    from pbxagent.network import guard
+
+    guard.run(_policy(), lambda line: print(f"pbxagent: {line}", flush=True))
+    return OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="pbxagent", description="pbxfw device agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(group: argparse._SubParsersAction[argparse.ArgumentParser], name: str, func: object,
+                text: str, json_flag: bool = False) -> argparse.ArgumentParser:
+        cmd = group.add_parser(name, help=text, description=text)
+        cmd.set_defaults(func=func)
+        if json_flag:
+            cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        return cmd
+
+    def group(name: str, text: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        return sub.add_parser(name, help=text).add_subparsers(dest=f"{name}_command", required=True)
+
+    command(sub, "provision", _provision, "create per-device state on first boot, repair it later")
+    boot_check = command(group("boot", "A/B boot state"), "check", _boot_check,
+                         "health check: commit the running slot, or reboot a slot on probation that fails")
+    boot_check.add_argument("--wait", type=float, default=90, help="seconds the checks may take to pass")
+
+    upd = group("update", "signed A/B firmware updates")
+    install = command(upd, "install", _update_install, "verify a bundle and write it to the inactive slot")
+    verify = command(upd, "verify", _update_verify, "check a bundle file's signature and every chunk")
+    for cmd in (install, verify):
+        cmd.add_argument("bundle", metavar="FILE|URL" if cmd is install else "FILE")
+    command(upd, "status", _update_status, "slots, versions, security floor, last result", json_flag=True)
+
+    root = group("root", "root's credential")
+    command(root, "status", _root_status, "default, derived, rotated, factory, user-set or locked", json_flag=True)
+    command(root, "rotate", _root_rotate, "replace root's password; the new one goes to the local console")
+    command(root, "sync", _root_sync, "keep a password set with passwd(1) on /data")
+
+    ssh = group("ssh", "the SSH service (off by default)")
+    enable = command(ssh, "enable", _ssh_enable, "turn SSH on, key login only")
+    enable.add_argument("--authorized-key", type=Path, required=True, metavar="FILE", help="OpenSSH public key")
+    enable.add_argument("--port", type=int, help="listening port (default: the policy's ssh.port)")
+    command(ssh, "disable", _ssh_disable, "stop, disable and mask SSH")
+    command(ssh, "status", _ssh_status, "whether SSH is on, its port and unit state", json_flag=True)
+
+    ext = group("extensions", "extensions and their secrets")
+    listing = command(ext, "list", _extensions_list, "list extensions (no secrets unless asked, as root)",
+                      json_flag=True)
+    listing.add_argument("--show-secrets", action="store_true", help="include secrets and PINs (root only)")
+    add = command(ext, "add", _extensions_add, "add extensions, each with its own random secret and PIN")
+    add.add_argument("number", help="the first extension number")
+    add.add_argument("--count", type=int, default=1, help="how many consecutive extensions")
+    rotate = command(ext, "rotate", _extensions_rotate, "new secret and PIN for extensions")
+    rotate.add_argument("numbers", nargs="*", help="extension numbers")
+    rotate.add_argument("--all", action="store_true", help="every extension")
+
+    pw = group("password", "the password, secret and PIN policy")
+    check = command(pw, "check", _password_check, "check a candidate read from stdin", json_flag=True)
+    gen = command(pw, "generate", _password_generate, "print a random candidate that passes the policy")
+    for cmd in (check, gen):
+        cmd.add_argument("--kind", choices=[k.value for k in Kind], required=True)
+        cmd.add_argument("--extension", help="the extension it belongs to")
+        cmd.add_argument("--user", help="the user name it belongs to")
+
+    pol = group("policy", "the agent's policy")
+    pcheck = command(pol, "check", _policy_check, "validate a policy override before installing it")
+    pcheck.add_argument("file", nargs="?", type=Path, help=f"default: {site.override_path()}")
+
+    fw = group("firewall", "the nftables firewall compiled from the policy")
+    render = command(fw, "render", _firewall_render, "print the ruleset without touching the system")
+    apply = command(fw, "apply", _firewall_apply, "check the ruleset (nft -c) and apply it in one transaction")
+    for cmd in (render, apply):
+        cmd.add_argument("--policy", type=Path, metavar="FILE", help="a policy override to use instead of the site's")
+    apply.add_argument("--rollback-after", type=int, default=60, metavar="SECONDS",
+                       help="how long a change to who may reach the box waits for confirmation (default 60)")
+    command(fw, "confirm", _firewall_confirm, "keep a firewall change that is waiting for confirmation")
+    command(fw, "rollback", _firewall_rollback, "drop a waiting change and apply the site policy again")
+    render.add_argument("--address", action="append", metavar="ADDR/PREFIX",
+                        help="interface addresses to compile for (default: the system's)")
+
+    lan_group = group("lan", "the trusted LAN")
+    classify = command(lan_group, "classify", _lan_classify, "print the trusted networks for these addresses")
+    classify.add_argument("address", nargs="+", metavar="ADDR/PREFIX")
+    command(lan_group, "status", _lan_status, "trusted and untrusted networks of this box, and why", json_flag=True)
+
+    ban = group("bans", "the ban list shared by SIP, SSH and web logins")
+    command(ban, "list", _bans_list, "banned addresses and the time left", json_flag=True)
+    ban_add = command(ban, "add", _bans_add, "ban an address (never a trusted or allow-listed one)")
+    ban_add.add_argument("address")
+    ban_add.add_argument("--seconds", type=int, default=3600)
+    ban_remove = command(ban, "remove", _bans_remove, "lift a ban")
+    ban_remove.add_argument("address")
+    jails = command(ban, "jails", _bans_jails, "fail2ban thresholds from the policy's bans section")
+    jails.add_argument("--write", action="store_true", help="write them to /etc/fail2ban/jail.d for fail2ban")
+
+    sip_group = group("sip", "the SIP service adapter")
+    command(sip_group, "render", _sip_render, "write the service's credentials and TLS files to /run/pbx/sip")
+
+    command(sub, "guard", _guard, "apply the firewall and follow address changes (the pbx-guard service)")
+
+    aud = command(sub, "audit", _audit, "check every credential rule, with evidence", json_flag=True)
+    aud.add_argument("--fix", action="store_true", help="regenerate weak secrets and PINs first")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Every boot runs `provision`; building the parser (argparse) alone would cost it a
+    # third of a second under emulation.
+    args: object = None
+    func = _provision if argv == ["provision"] else None
+    if func is None:
+        args = _parser().parse_args(argv)
+        func = args.func
+    try:
+        return int(func(args))
+    except (OSError, ValueError) as exc:
+        print(f"pbxagent: error: {exc}", file=sys.stderr)
+        return ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

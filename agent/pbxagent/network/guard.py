@@ -1,0 +1,123 @@
+"""`pbxagent guard`: applies the compiled firewall at start, restores saved bans, then
+follows interface address changes over netlink (no polling) and keeps the trusted set,
+and fail2ban's list of what it must never ban, in step. Bans are saved to /data every
+minute and when the guard stops."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from pbxagent.network import ban_exemptions, bans, firewall, lan, nft
+from pbxagent.policy.site import Policy
+
+SAVE_EVERY_S = 60.0
+# Address events come in bursts (DHCP sets address, route, lifetime): settle first.
+SETTLE_S = 0.2
+
+
+def own_addresses(addresses: list[lan.IfAddr]) -> list[str]:
+    return [str(ipaddress.ip_interface(a.address).ip) for a in addresses]
+
+
+def segments(addresses: list[lan.IfAddr]) -> list[str]:
+    """The trusted interface segments (the allow-list has sets of its own)."""
+    return lan.trusted(addresses)
+
+
+def render(policy: Policy, addresses: list[lan.IfAddr]) -> str:
+    return firewall.compile_ruleset(policy.firewall, segments(addresses), own_addresses(addresses))
+
+
+def apply(policy: Policy) -> list[lan.IfAddr]:
+    addresses = lan.read_addresses()
+    nft.apply(render(policy, addresses))
+    return addresses
+
+
+def exempt_networks(policy: Policy, addresses: list[lan.IfAddr]) -> list[str]:
+    return segments(addresses) + list(policy.firewall.allow)
+
+
+def exempt_sync() -> tuple[str | None, str]:
+    """Give fail2ban the trusted LAN and allow-list as the applied sets hold them."""
+    return ban_exemptions.sync(ban_exemptions.live_exempt())
+
+
+def _notify(message: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    if target.startswith("@"):
+        target = "\0" + target[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(target)
+        sock.send(message.encode())
+
+
+class _Stop(Exception):
+    """Raised by the signal handler: a blocking select() returns at once."""
+
+
+def _stop(_signum: int, _frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def run(policy: Policy, log: Callable[[str], None]) -> None:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with contextlib.suppress(_Stop):
+        _follow(policy, log, IPRoute(), RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+    bans.save()
+    log("bans saved; guard stopped")
+
+
+def _tell_fail2ban(log: Callable[[str], None]) -> str | None:
+    told, message = exempt_sync()
+    log(message)
+    return told
+
+
+def _follow(policy: Policy, log: Callable[[str], None], events: Any, groups: int) -> None:
+    with events:
+        # Subscribe before the first read, so no change between the two is missed.
+        events.bind(groups=groups)
+        addresses = apply(policy)
+        trusted = segments(addresses)
+        log(f"firewall applied; trusted LAN: {', '.join(trusted) or 'none'}")
+        log(f"{bans.restore(exempt_networks(policy, addresses))} saved ban(s) restored")
+        log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
+        told = _tell_fail2ban(log)
+        _notify("READY=1")
+        last_save = time.monotonic()
+        while True:
+            ready, _, _ = select.select([events], [], [], SAVE_EVERY_S)
+            if ready:
+                time.sleep(SETTLE_S)
+                while select.select([events], [], [], 0)[0]:
+                    events.get()
+                addresses = lan.read_addresses()
+                now_trusted = segments(addresses)
+                if now_trusted != trusted:
+                    nft.run(firewall.trusted_update(now_trusted))
+                    log(f"trusted LAN now: {', '.join(now_trusted) or 'none'}")
+                    told, trusted = _tell_fail2ban(log), now_trusted
+            if time.monotonic() - last_save >= SAVE_EVERY_S:
+                bans.save()
+                last_save = time.monotonic()
+                # A fail2ban that (re)started after the last change may have read the jail
+                # file just before that change was written: tell it again.
+                if ban_exemptions.running_pid() not in (told, None):
+                    told = _tell_fail2ban(log)

@@ -1,0 +1,112 @@
+"""The A/B boot state shared with U-Boot (BOOT_ORDER, BOOT_A_LEFT, BOOT_B_LEFT).
+
+U-Boot's script boots the first slot in BOOT_ORDER that has attempts left and takes one
+away; Linux gives them back when the boot proved good. The transitions are pure
+functions over `BootState`; `read` and `write` go through libubootenv (fw_printenv,
+fw_setenv -s), which writes the older of the two copies, so a torn write leaves the
+previous state in the other copy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, replace
+
+from pbxagent import paths
+
+SLOTS = ("A", "B")
+
+
+@dataclass(frozen=True)
+class BootState:
+    order: tuple[str, ...]
+    left: tuple[tuple[str, int], ...]  # (slot, attempts left), in SLOTS order
+
+    def attempts(self, slot: str) -> int:
+        return dict(self.left)[slot]
+
+    def with_attempts(self, slot: str, count: int) -> BootState:
+        return replace(self, left=tuple((s, count if s == slot else n) for s, n in self.left))
+
+    def to_env(self) -> dict[str, str]:
+        env = {"BOOT_ORDER": " ".join(self.order)}
+        env.update({f"BOOT_{slot}_LEFT": str(n) for slot, n in self.left})
+        return env
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> BootState:
+        order = tuple(s for s in env.get("BOOT_ORDER", "A B").split() if s in SLOTS) or SLOTS
+        left = []
+        for slot in SLOTS:
+            try:
+                left.append((slot, max(0, int(env.get(f"BOOT_{slot}_LEFT", "0")))))
+            except ValueError:
+                left.append((slot, 0))
+        return cls(order, tuple(left))
+
+
+def other(slot: str) -> str:
+    return SLOTS[1 - SLOTS.index(slot)]
+
+
+def before_write(state: BootState, target: str) -> BootState:
+    """The target slot is never booted while it is being written."""
+    return state.with_attempts(target, 0)
+
+
+def try_slot(state: BootState, target: str, attempts: int) -> BootState:
+    """Boot `target` next, `attempts` times at most; then the other slot again."""
+    return replace(state.with_attempts(target, attempts), order=(target, other(target)))
+
+
+def good(state: BootState, running: str, attempts: int) -> BootState:
+    """The running slot proved good: full attempts, and first in line."""
+    return replace(state.with_attempts(running, attempts), order=(running, other(running)))
+
+
+def booted_slot() -> str:
+    """The slot the initramfs mounted (A or B), as U-Boot told it on the command line."""
+    return (paths.run() / "slot").read_text().strip()
+
+
+def board_info() -> dict[str, object]:
+    info: dict[str, object] = json.loads(paths.board_info().read_text())
+    return info
+
+
+def boot_attempts() -> int:
+    return int(str(board_info()["boot_attempts"]))
+
+
+def _config() -> list[str]:
+    return ["-c", str(paths.root() / "etc" / "fw_env.config")]
+
+
+def read() -> BootState:
+    done = subprocess.run(["fw_printenv", *_config()], capture_output=True, text=True, check=True)
+    env = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return BootState.from_env(env)
+
+
+def factory_identity() -> dict[str, str]:
+    """The production line's identity block (serial, MAC, root hash; pbxfw.production.factory);
+    empty on a board that never went through it or whose block fails its CRC."""
+    config = paths.root() / "etc" / "fw_env.factory.config"
+    if not config.is_file():
+        return {}
+    done = subprocess.run(["fw_printenv", "-c", str(config)], capture_output=True, text=True, check=False)
+    if done.returncode != 0 or "Bad CRC" in done.stderr:
+        return {}
+    pairs = (line.split("=", 1) for line in done.stdout.splitlines() if line.startswith("PBX_") and "=" in line)
+    return dict(pairs)
+
+
+def write(state: BootState) -> None:
+    """All variables in one fw_setenv call: one write of one copy."""
+    script = paths.run() / "bootstate.script"
+    script.write_text("".join(f"{name}={value}\n" for name, value in state.to_env().items()))
+    try:
+        subprocess.run(["fw_setenv", *_config(), "-s", str(script)], check=True, capture_output=True)
+    finally:
+        script.unlink(missing_ok=True)

@@ -1,0 +1,133 @@
+"""The boot health check that commits a slot (`pbxagent boot check`, pbx-boot-ok.service).
+
+A boot is good when the agent provisioned, the compiled firewall is loaded, the SIP
+service runs and /data is mounted writable. A good boot gets its attempts back, and a
+slot on probation after an update becomes the committed one (security floor raised).
+A bad boot of a slot on probation reboots, so U-Boot's attempt counter runs out and the
+old slot comes back; the old slot then reports the failed update, once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from pbxagent import paths, provision
+from pbxagent.update import bootstate, installer
+
+
+class Finding(NamedTuple):
+    name: str
+    passed: bool
+    detail: str
+
+
+class Outcome(NamedTuple):
+    passed: bool
+    detail: str
+    settled: bool = True  # False: may still pass (a unit that is still starting)
+
+
+def _provisioned() -> Outcome:
+    return Outcome(provision.completed(), "provisioning marker on /data")
+
+
+def _firewall() -> Outcome:
+    done = subprocess.run(["nft", "list", "table", "inet", "pbx"], capture_output=True)
+    return Outcome(done.returncode == 0, "nftables table inet pbx loaded")
+
+
+def _sip() -> Outcome:
+    # The check runs after multi-user.target, so kamailio's start job is over: only a
+    # unit still starting is worth waiting for.
+    state = subprocess.run(["systemctl", "is-active", "kamailio.service"], capture_output=True, text=True)
+    current = state.stdout.strip()
+    return Outcome(current == "active", f"kamailio.service {current or 'unknown'}",
+                   settled=current not in ("activating", "reloading"))
+
+
+def _data() -> Outcome:
+    data = paths.root() / "data"
+    writable = os.path.ismount(data) and not os.statvfs(data).f_flag & os.ST_RDONLY
+    return Outcome(writable, "/data mounted read-write")
+
+
+CHECKS: dict[str, Callable[[], Outcome]] = {
+    "provisioned": _provisioned,
+    "firewall": _firewall,
+    "sip": _sip,
+    "data": _data,
+}
+
+
+def run_checks(wait: float, interval: float = 1.0) -> list[Finding]:
+    """Each check; one that may still pass is retried for up to `wait` seconds in all."""
+    deadline = time.monotonic() + wait
+    findings: list[Finding] = []
+    for name, check in CHECKS.items():
+        while True:
+            outcome = check()
+            if outcome.passed or outcome.settled or time.monotonic() >= deadline:
+                break
+            time.sleep(interval)
+        findings.append(Finding(name, outcome.passed, outcome.detail))
+    return findings
+
+
+def settle_pending(state: dict[str, Any], running: str) -> Iterator[str]:
+    """An update waiting for a slot that is not the one running failed: report it (once:
+    the pending record goes) and put the running slot first again."""
+    pending = state["pending"]
+    if pending and pending["slot"] != running:
+        state["pending"] = None
+        state["last_result"] = {"result": "failed", "version": pending["version"], "slot": pending["slot"],
+                                "time": int(time.time()),
+                                "message": f"slot {pending['slot']} ({pending['version']}) did not boot healthy; "
+                                           f"back on slot {running}"}
+        yield f"update FAILED: {state['last_result']['message']}"
+
+
+def commit(state: dict[str, Any], running: str) -> Iterator[str]:
+    """The running slot is healthy: commit a pending update to it, raise the floor."""
+    pending = state["pending"]
+    release = installer.running_release()
+    if pending and pending["slot"] == running:
+        state["pending"] = None
+        state["last_result"] = {"result": "installed", "version": pending["version"], "slot": running,
+                                "time": int(time.time()),
+                                "message": f"slot {running} runs {pending['version']} and is healthy"}
+        release = {**release, "security_version": max(release["security_version"], pending["security_version"])}
+        yield f"update committed: {state['last_result']['message']}"
+    if release["security_version"] > state["floor"]:
+        state["floor"] = release["security_version"]
+        yield f"security floor raised to {state['floor']}"
+
+
+class Verdict(NamedTuple):
+    healthy: bool
+    reboot: bool  # an unhealthy slot on probation: reboot so U-Boot's attempts run out
+    lines: list[str]  # what to report
+
+
+def check_boot(wait: float = 90) -> Verdict:
+    """The health check and what follows from it."""
+    running = bootstate.booted_slot()
+    state = installer.load_state()
+    lines = list(settle_pending(state, running))
+    findings = run_checks(wait)
+    healthy = all(f.passed for f in findings)
+    reboot = not healthy and bool(state["pending"])
+    lines += [f"health {'ok  ' if f.passed else 'FAIL'} {f.name}: {f.detail}" for f in findings]
+    boot = bootstate.read()
+    if healthy:
+        lines += list(commit(state, running))
+        bootstate.write(bootstate.good(boot, running, bootstate.boot_attempts()))
+        lines.append(f"slot {running} marked good")
+    elif reboot:
+        lines.append(f"slot {running} is on probation and unhealthy: rebooting "
+                     f"({boot.attempts(running)} attempt(s) left before slot {bootstate.other(running)})")
+    installer.save_state(state)
+    return Verdict(healthy, reboot, lines)

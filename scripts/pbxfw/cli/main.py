@@ -1,0 +1,247 @@
+"""`pbxfw`: the host tool's command line (the Makefile's targets call it)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pbxfw import config, qemu
+from pbxfw.errors import PbxfwError
+from pbxfw.image import build
+
+
+def _image(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    build.build(cfg, Path(args.out), args.lock, args.trusted_keys, fresh_bootstrap=args.fresh_bootstrap)
+    return 0
+
+
+def _lock(args: argparse.Namespace) -> int:
+    from pbxfw.packages import lock, resolver
+    from pbxfw.stages import stage
+
+    cfg = config.load(args.config)
+    dest = Path(args.lock)
+    with stage(f"lock: resolve {cfg.board.name}'s package set ({cfg.board.arch}) to exact .debs"):
+        new = resolver.resolve(cfg, build.cache_dir())
+    old = lock.parse(dest.read_text(), dest) if dest.is_file() else None
+    recipes = " + ".join(str(s.relative_to(build.REPO)) if s.is_relative_to(build.REPO) else s.name
+                         for s in cfg.sources[1:])
+    dest.write_text(lock.render(new, f"board {cfg.board.name}, {recipes}"))
+    changes = lock.changes(old, new)
+    print(f"pbxfw: {dest}: {len(new.packages)} packages, {len(changes)} changed", *changes, sep="\n  ")
+    return 0
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    from pbxfw.signing import keys
+
+    private, public = keys.generate(args.dir, args.name)
+    print(f"pbxfw: signing key {private} (keep it off the repository), public key {public}")
+    return 0
+
+
+def _bundle_create(args: argparse.Namespace) -> int:
+    import json
+    import subprocess
+
+    from pbxfw.signing import bundler, keys
+
+    out = Path(args.out)
+    built = json.loads((out / "build.json").read_text())
+    payload = out / "rootfs.slot"
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    build_id = commit.stdout.strip() or "unknown"
+    manifest = bundler.manifest_for(
+        payload,
+        compatible=args.compatible or built["compatible"],
+        version=args.version or built["version"],
+        security_version=built["security_version"] if args.security_version is None else args.security_version,
+        build_id=build_id,
+    )
+    dest = Path(args.output) if args.output else out / f"pbxfw-{built['board']}-{manifest.version}.bundle"
+    bundler.write(dest, payload, manifest, [keys.FileSigner(k) for k in args.key])
+    print(f"pbxfw: {dest}: {manifest.compatible} {manifest.version} (security version "
+          f"{manifest.security_version}), {manifest.payload_size} bytes in {len(manifest.chunks)} chunks, "
+          f"{dest.stat().st_size - manifest.payload_size} bytes of header")
+    return 0
+
+
+def _bundle_verify(args: argparse.Namespace) -> int:
+    from pbxagent.update import bundle
+
+    try:
+        header, signer = bundle.verify_file(Path(args.file), bundle.load_trust([args.keys]))
+    except bundle.Rejected as exc:
+        print(f"pbxfw: {args.file}: refused ({exc.reason.name.lower().replace('_', ' ')}): {exc}", file=sys.stderr)
+        return int(exc.reason)
+    m = header.manifest
+    print(f"pbxfw: {args.file}: good: {m.compatible} {m.version} (security version {m.security_version}), "
+          f"signed by {signer.hex()[:16]}")
+    return 0
+
+
+def _qemu(args: argparse.Namespace) -> int:
+    import secrets
+    import tempfile
+
+    from pbxfw import devtwin
+
+    cfg = config.load(args.config)
+    disk = Path(args.disk)
+    if not disk.is_file():
+        raise PbxfwError(f"{disk}: no disk image (run `make image` first)")
+    # A copy-on-write layer keeps the built image pristine (tests and flashing use it) and
+    # without any credential; each `make qemu` starts from the image as built.
+    session = disk.with_name("qemu-session.qcow2")
+    given = os.environ.get("ROOT_PASSWORD", "")
+    snapshot: devtwin.Snapshot | None = None
+    if args.fresh:
+        why = "FRESH=1"
+    elif given:
+        why = "ROOT_PASSWORD given"
+    else:
+        snapshot, why = devtwin.find_snapshot(cfg.board, disk)
+    loadvm: tuple[str, ...] = ()
+    if snapshot is not None:
+        devtwin.copy_snapshot(snapshot, session)
+        password, loadvm = snapshot.password, ("-loadvm", devtwin.SNAPSHOT)
+        how = "restored after its first boot at a root shell (press Enter)"
+    else:
+        password = given or secrets.token_urlsafe(12)
+        devtwin.layer(disk, session)
+        with tempfile.TemporaryDirectory(prefix="pbxfw-qemu-") as work:
+            devtwin.seed_root_credential(cfg.board, session, password, Path(work))
+        how = f"a real first boot ({why}); log in as root at `pbx login:`"
+    argv = qemu.command(cfg.board, session, disk_format="qcow2", extra=loadvm)
+    shown = "as given in ROOT_PASSWORD" if given else password
+    print(f"pbxfw qemu: {cfg.board.name} twin on {session} (writes stay there), {how}.\n"
+          f"  root password of this twin: {shown}\n"
+          "  Leave QEMU with Ctrl-A X.", file=sys.stderr, flush=True)
+    os.execvp(argv[0], argv)
+
+
+def _sbom(args: argparse.Namespace) -> int:
+    import json
+
+    bom = json.loads(Path(args.file).read_text())
+    if args.json:
+        print(json.dumps(bom, indent=1, sort_keys=True))
+        return 0
+    meta = bom["metadata"]["component"]
+    print(f"{meta['name']} {meta['version']}: {len(bom['components'])} components ({args.file})")
+    for component in bom["components"]:
+        licences = ", ".join(lic["license"]["name"] for lic in component.get("licenses", [])) or "-"
+        print(f"  {component['name']:<40} {component['version']:<32} {licences}")
+    return 0
+
+
+def _flash(args: argparse.Namespace) -> int:
+    from pbxfw.production import factory, flash
+
+    if args.batch:
+        if args.port or args.mac or args.serial:
+            raise PbxfwError("--batch takes the boards from its file; leave out --port, --mac and --serial")
+        jobs = flash.parse_batch(Path(args.batch))
+    else:
+        missing = [name for name in ("port", "mac", "serial") if not getattr(args, name)]
+        if missing:
+            raise PbxfwError(f"missing {', '.join('--' + m for m in missing)} (or give --batch FILE)")
+        jobs = [flash.Job(args.port, factory.Identity(factory.parse_mac(args.mac), factory.parse_serial(args.serial)))]
+    key = factory.load_key(Path(args.factory_key)) if args.factory_key else None
+    image = flash.load_image(Path(args.image))
+    tftp_dir = Path(args.tftp_dir) if args.tftp_dir else None
+    label_out = Path(args.label_out) if args.label_out else None
+    if args.dry_run:
+        print(flash.plan(image, jobs, key is not None, tftp_dir, label_out))
+        return 0
+    if tftp_dir is None or not tftp_dir.is_dir():
+        raise PbxfwError(f"--tftp-dir {args.tftp_dir}: not a directory (the station's TFTP server serves it)")
+    station = flash.Station(tftp_dir, args.tftp_server, Path(args.station_log), label_out,
+                            Path(args.console_log) if args.console_log else None)
+    return int(flash.run_jobs(image, jobs, key, station))
+
+
+def _show(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    print(f"board {cfg.board.name} ({cfg.board.arch}), Debian {cfg.debian.suite}")
+    print(f"files: {', '.join(str(s) for s in cfg.sources)}")
+    print(f"packages: {' '.join(cfg.packages)}")
+    for unit, state in cfg.services:
+        print(f"service {unit}: {state}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pbxfw", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    image = sub.add_parser("image", help="build out/<board>/disk.img from board.yaml:recipe.yml")
+    image.add_argument("config", help="kas-style file list, e.g. board/qemu-u50/board.yaml:recipes/pbx.yml")
+    image.add_argument("--out", required=True, help="output directory, e.g. out/qemu-u50")
+    image.add_argument("--lock", type=Path, required=True, help="package lock, e.g. board/qemu-u50/pbx.lock")
+    image.add_argument("--fresh-bootstrap", action="store_true",
+                       help="bootstrap the root file system anew instead of taking it from the cache")
+    image.add_argument("--trusted-keys", type=Path, metavar="DIR",
+                       help="directory whose *.pub (and revoked) the image trusts for updates")
+    image.set_defaults(func=_image)
+    locking = sub.add_parser("lock", help="resolve the package set to exact .debs and write the lock file")
+    locking.add_argument("config", help="kas-style file list, as for `image`")
+    locking.add_argument("--lock", required=True, help="lock file to write, e.g. board/qemu-u50/pbx.lock")
+    locking.set_defaults(func=_lock)
+    keys_gen = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
+    gen = keys_gen.add_parser("generate", help="make a development ed25519 key pair NAME.key, NAME.pub in DIR")
+    gen.add_argument("dir", type=Path)
+    gen.add_argument("--name", default="dev")
+    gen.set_defaults(func=_keys_generate)
+    bundles = sub.add_parser("bundle", help="update bundles").add_subparsers(dest="bundle_command", required=True)
+    create = bundles.add_parser("create", help="sign out/<board>/rootfs.slot into a bundle")
+    create.add_argument("--out", required=True, help="the build's output directory, e.g. out/qemu-u50")
+    create.add_argument("--key", type=Path, action="append", required=True, help="signing key (repeat to co-sign)")
+    create.add_argument("--output", help="bundle file (default: OUT/pbxfw-BOARD-VERSION.bundle)")
+    create.add_argument("--version", help="display version (default: the build's)")
+    create.add_argument("--security-version", type=int, help="security version (default: the build's)")
+    create.add_argument("--compatible", help="board compatible string (default: the build's)")
+    create.set_defaults(func=_bundle_create)
+    check = bundles.add_parser("verify", help="check a bundle's signature and every chunk")
+    check.add_argument("file")
+    check.add_argument("--keys", type=Path, required=True, help="directory of trusted *.pub (and revoked)")
+    check.set_defaults(func=_bundle_verify)
+    run_qemu = sub.add_parser("qemu", help="boot a built disk image on the serial console")
+    run_qemu.add_argument("config")
+    run_qemu.add_argument("--disk", required=True)
+    run_qemu.add_argument("--fresh", action="store_true",
+                          help="boot for real even when a booted snapshot of this image exists")
+    run_qemu.set_defaults(func=_qemu)
+    bom = sub.add_parser("sbom", help="print an image's bill of materials")
+    bom.add_argument("file", help="e.g. out/qemu-u50/sbom.cdx.json")
+    bom.add_argument("--json", action="store_true", help="the CycloneDX document itself")
+    bom.set_defaults(func=_sbom)
+    fl = sub.add_parser("flash", help="flash and provision boards over their serial console (production line)")
+    fl.add_argument("--image", required=True, help="e.g. out/qemu-u50/disk.img (its build.json names the board)")
+    fl.add_argument("--port", help="pyserial URL of the board's console: /dev/ttyUSB0, socket://HOST:PORT")
+    fl.add_argument("--mac", help="the board's MAC address")
+    fl.add_argument("--serial", help="the board's serial number")
+    fl.add_argument("--batch", help="file of boards, one `PORT MAC SERIAL` per line, flashed one after another")
+    fl.add_argument("--factory-key", help="derive credentials as HMAC(key, MAC); default: random")
+    fl.add_argument("--tftp-dir", help="directory the station's TFTP server serves")
+    fl.add_argument("--tftp-server", help="the TFTP server's address (default: the DHCP server's)")
+    fl.add_argument("--label-out", help="CSV of labels to append to; an SVG label per board goes beside it")
+    fl.add_argument("--station-log", default="station.log", help="one line per board, no secrets")
+    fl.add_argument("--console-log", help="append the console transcript here")
+    fl.add_argument("--dry-run", action="store_true", help="print the plan, touch nothing")
+    fl.set_defaults(func=_flash)
+    show = sub.add_parser("show", help="print the resolved configuration")
+    show.add_argument("config")
+    show.set_defaults(func=_show)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PbxfwError as exc:
+        print(f"pbxfw: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
