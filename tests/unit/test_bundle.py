@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pbxagent import board
 from pbxagent.update import bootstate, bundle, health, installer
 from pbxagent.update.bundle import Reason, Rejected
 from pbxfw.signing import bundler, keys
@@ -190,11 +191,11 @@ def test_fuzzed_manifests_are_only_ever_rejected_cleanly(fields: dict[str, objec
 
 def test_boot_state_transitions() -> None:
     start = bootstate.BootState.from_env({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3"})
-    writing = bootstate.before_write(start, "B")
+    writing = bootstate.mark_bad(start, "B")
     assert writing.to_env() == {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"}
-    trial = bootstate.try_slot(writing, "B", 3)
+    trial = bootstate.mark_active(writing, "B", 3)
     assert trial.to_env() == {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3"}
-    fell_back = bootstate.good(trial.with_attempts("B", 0), "A", 3)
+    fell_back = bootstate.mark_good(trial.with_attempts("B", 0), "A", 3)
     assert fell_back.to_env() == {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"}
     garbage = bootstate.BootState.from_env({"BOOT_ORDER": "C", "BOOT_A_LEFT": "x"})
     assert garbage.order == ("A", "B") and garbage.attempts("A") == 0
@@ -213,8 +214,8 @@ def device_tree(tmp_path: Path, keydir: Path, monkeypatch: pytest.MonkeyPatch) -
     slots = {s: str(tmp_path / f"slot{s}") for s in "AB"}
     for path in slots.values():
         Path(path).write_bytes(b"\xee" * (len(PAYLOAD) + 8192))
-    (root / "etc" / "pbxfw" / "board.json").write_text(json.dumps({
-        "compatible": COMPATIBLE, "version": "1.0.0", "security_version": 2, "boot_attempts": 3, "slots": slots}))
+    (root / "etc" / "pbxfw" / "board.json").write_text(board.BoardInfo(
+        "qemu-u50", COMPATIBLE, "arm64", "1.0.0", security_version=2, boot_attempts=3, slots=slots).to_json())
     env_text = tmp_path / "env.txt"
     env_text.write_text("BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\n")
     subprocess.run(["mkenvimage", "-r", "-s", "0x4000", "-o", tmp_path / "env.bin", env_text], check=True)
@@ -232,8 +233,8 @@ def test_install_writes_the_other_slot_and_switches_to_it(tmp_path: Path, keydir
     path = make_bundle(tmp_path, keydir)
     message = installer.install(str(path))
     assert "slot B holds 2.0.0" in message
-    assert Path(installer.slot_device("B")).read_bytes()[:len(PAYLOAD)] == PAYLOAD
-    assert Path(installer.slot_device("A")).read_bytes() == b"\xee" * (len(PAYLOAD) + 8192)
+    assert Path(board.load().slots["B"]).read_bytes()[:len(PAYLOAD)] == PAYLOAD
+    assert Path(board.load().slots["A"]).read_bytes() == b"\xee" * (len(PAYLOAD) + 8192)
     assert bootstate.read().to_env() == {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3"}
     assert installer.load_state()["pending"]["slot"] == "B"
 
@@ -253,7 +254,7 @@ def test_a_bad_chunk_is_never_written_and_a_refusal_changes_nothing(tmp_path: Pa
     with pytest.raises(Rejected) as caught:
         installer.install(str(path))
     assert caught.value.reason is Reason.CHUNK_MISMATCH
-    slot_b = Path(installer.slot_device("B")).read_bytes()
+    slot_b = Path(board.load().slots["B"]).read_bytes()
     assert slot_b[:5 * CHUNK] == PAYLOAD[:5 * CHUNK] and slot_b[5 * CHUNK:6 * CHUNK] == b"\xee" * CHUNK
     assert bootstate.read().to_env() == {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"}
 
@@ -287,4 +288,4 @@ def test_an_interrupted_download_resumes_at_the_last_durable_chunk(tmp_path: Pat
         monkeypatch.setattr(os, "pwrite", pwrite)
         installer.install(url)  # a Range request from the first chunk not yet durable
     assert min(writes) == 8 * CHUNK
-    assert Path(installer.slot_device("B")).read_bytes()[:len(PAYLOAD)] == PAYLOAD
+    assert Path(board.load().slots["B"]).read_bytes()[:len(PAYLOAD)] == PAYLOAD

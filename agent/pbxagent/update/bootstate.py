@@ -1,21 +1,32 @@
-"""The A/B boot state shared with U-Boot (BOOT_ORDER, BOOT_A_LEFT, BOOT_B_LEFT).
+"""The A/B boot state shared with U-Boot, defined once: the host renders U-Boot's script
+and the image's initial state from these names, the agent reads and changes the state.
 
 U-Boot's script boots the first slot in BOOT_ORDER that has attempts left and takes one
-away; Linux gives them back when the boot proved good. The transitions are pure
-functions over `BootState`; `read` and `write` go through libubootenv (fw_printenv,
-fw_setenv -s), which writes the older of the two copies, so a torn write leaves the
-previous state in the other copy.
+away; Linux gives them back when the boot proved good. The operations are named as RAUC
+names them (mark good, mark bad, mark active) and are pure functions over `BootState`;
+`read` and `write` go through libubootenv (fw_printenv, fw_setenv -s), which writes the
+older of the two copies, so a torn write leaves the previous state in the other copy.
+Where this differs from RAUC: docs/updates.md.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 from dataclasses import dataclass, replace
 
 from pbxagent import paths
 
 SLOTS = ("A", "B")
+# The partition each slot lives in (pbxfw's layout names them).
+SLOT_PARTITIONS = {"A": "rootfs_a", "B": "rootfs_b"}
+ORDER_VAR = "BOOT_ORDER"
+
+
+def attempts_var(slot: str) -> str:
+    return f"BOOT_{slot}_LEFT"
+
+
+STATE_VARS = (ORDER_VAR, *(attempts_var(slot) for slot in SLOTS))
 
 
 @dataclass(frozen=True)
@@ -30,53 +41,51 @@ class BootState:
         return replace(self, left=tuple((s, count if s == slot else n) for s, n in self.left))
 
     def to_env(self) -> dict[str, str]:
-        env = {"BOOT_ORDER": " ".join(self.order)}
-        env.update({f"BOOT_{slot}_LEFT": str(n) for slot, n in self.left})
+        env = {ORDER_VAR: " ".join(self.order)}
+        env.update({attempts_var(slot): str(n) for slot, n in self.left})
         return env
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> BootState:
-        order = tuple(s for s in env.get("BOOT_ORDER", "A B").split() if s in SLOTS) or SLOTS
+        order = tuple(s for s in env.get(ORDER_VAR, " ".join(SLOTS)).split() if s in SLOTS) or SLOTS
         left = []
         for slot in SLOTS:
             try:
-                left.append((slot, max(0, int(env.get(f"BOOT_{slot}_LEFT", "0")))))
+                left.append((slot, max(0, int(env.get(attempts_var(slot), "0")))))
             except ValueError:
                 left.append((slot, 0))
         return cls(order, tuple(left))
+
+
+def initial(attempts: int) -> BootState:
+    """A new image's state: slot A first, every slot with its full attempts."""
+    return BootState(SLOTS, tuple((slot, attempts) for slot in SLOTS))
 
 
 def other(slot: str) -> str:
     return SLOTS[1 - SLOTS.index(slot)]
 
 
-def before_write(state: BootState, target: str) -> BootState:
-    """The target slot is never booted while it is being written."""
-    return state.with_attempts(target, 0)
+def mark_bad(state: BootState, slot: str) -> BootState:
+    """No attempts left: U-Boot never boots `slot` (while it is being written)."""
+    return state.with_attempts(slot, 0)
 
 
-def try_slot(state: BootState, target: str, attempts: int) -> BootState:
-    """Boot `target` next, `attempts` times at most; then the other slot again."""
-    return replace(state.with_attempts(target, attempts), order=(target, other(target)))
+def mark_active(state: BootState, slot: str, attempts: int) -> BootState:
+    """Boot `slot` next, `attempts` times at most; then the other slot again."""
+    return replace(state.with_attempts(slot, attempts), order=(slot, other(slot)))
 
 
-def good(state: BootState, running: str, attempts: int) -> BootState:
-    """The running slot proved good: full attempts, and first in line."""
-    return replace(state.with_attempts(running, attempts), order=(running, other(running)))
+def mark_good(state: BootState, slot: str, attempts: int) -> BootState:
+    """The running `slot` proved good: full attempts, and first in line. Unlike RAUC's
+    mark-good this also puts it first: after a fallback the failed slot is still first
+    in BOOT_ORDER (with no attempts), and the good one must lead again."""
+    return mark_active(state, slot, attempts)
 
 
 def booted_slot() -> str:
     """The slot the initramfs mounted (A or B), as U-Boot told it on the command line."""
     return (paths.run() / "slot").read_text().strip()
-
-
-def board_info() -> dict[str, object]:
-    info: dict[str, object] = json.loads(paths.board_info().read_text())
-    return info
-
-
-def boot_attempts() -> int:
-    return int(str(board_info()["boot_attempts"]))
 
 
 def _config() -> list[str]:

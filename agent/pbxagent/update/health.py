@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from pbxagent import paths, provision
+from pbxagent import board, paths, provision
 from pbxagent.update import bootstate, installer
 
 
@@ -124,7 +124,7 @@ def check_boot(wait: float = 90) -> Verdict:
     boot = bootstate.read()
     if healthy:
         lines += list(commit(state, running))
-        bootstate.write(bootstate.good(boot, running, bootstate.boot_attempts()))
+        bootstate.write(bootstate.mark_good(boot, running, board.load().boot_attempts))
         lines.append(f"slot {running} marked good")
     elif reboot:
         lines.append(f"slot {running} is on probation and unhealthy: rebooting "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pbxagent import atomic, paths
+from pbxagent import atomic, board, paths
 from pbxagent.update import bootstate, bundle
 from pbxagent.update.source import Source, byte_size, open_source, read_exactly
 
@@ -66,14 +66,8 @@ def load_state() -> dict[str, Any]:
 
 
 def running_release() -> dict[str, Any]:
-    info = bootstate.board_info()
-    return {"version": info["version"], "security_version": int(str(info.get("security_version", 0)))}
-
-
-def slot_device(slot: str) -> str:
-    slots = bootstate.board_info()["slots"]
-    assert isinstance(slots, dict)
-    return str(slots[slot])
+    info = board.load()
+    return {"version": info.version, "security_version": info.security_version}
 
 
 @dataclass(frozen=True)
@@ -92,10 +86,9 @@ def plan(source: Source) -> Plan:
     key = bundle.check_signatures(header, trust())
     running = bootstate.booted_slot()
     target = bootstate.other(running)
-    device = slot_device(target)
-    info = bootstate.board_info()
-    bundle.check_target(header.manifest, str(info["compatible"]), int(load_state()["floor"]),
-                        byte_size(device))
+    info = board.load()
+    device = info.slots[target]
+    bundle.check_target(header.manifest, info.compatible, int(load_state()["floor"]), byte_size(device))
     size = source.size()
     if size is not None and size < header.total_size:
         raise bundle.Rejected(bundle.Reason.TRUNCATED,
@@ -195,7 +188,7 @@ def install(location: str) -> str:
     if plan_.start_chunk:
         print(f"update: resuming at chunk {plan_.start_chunk} of {len(manifest.chunks)}", file=sys.stderr)
     state = bootstate.read()
-    bootstate.write(bootstate.before_write(state, plan_.target))
+    bootstate.write(bootstate.mark_bad(state, plan_.target))
     progress = Progress(manifest.payload_size, manifest.chunk_range(plan_.start_chunk)[0])
     started = time.monotonic()
     _write_chunks(plan_, source, progress)
@@ -208,7 +201,7 @@ def install(location: str) -> str:
                         "manifest_sha256": plan_.header.manifest_sha256, **release}
     saved["slots"][plan_.target] = release
     save_state(saved)
-    bootstate.write(bootstate.try_slot(bootstate.read(), plan_.target, bootstate.boot_attempts()))
+    bootstate.write(bootstate.mark_active(bootstate.read(), plan_.target, board.load().boot_attempts))
     atomic.remove(update_dir() / "progress.json")
     return (f"slot {plan_.target} holds {manifest.version} (security version {manifest.security_version}), "
             f"written in {written:.1f} s ({rate}) and read back; "

@@ -20,22 +20,16 @@ outside `setexpr`, and literal addresses keep the script readable in the console
 
 from __future__ import annotations
 
+from pbxagent.update.bootstate import ORDER_VAR, SLOT_PARTITIONS, SLOTS, STATE_VARS, attempts_var, initial
+
 from pbxfw.config import Board
 from pbxfw.image.layout import ENV_SIZE, SECTOR, Layout
-
-STATE_VARS = ("BOOT_ORDER", "BOOT_A_LEFT", "BOOT_B_LEFT")
-SLOTS = (("A", "rootfs_a"), ("B", "rootfs_b"))
 
 SQUASHFS_MAGIC = 0x73717368
 FIT_CONFIG = "conf-1"
 FIT_RAMDISK = "ramdisk-1"
 # VT100's size: what every serial terminal program shows when it is not asked.
 CONSOLE_ROWS, CONSOLE_COLUMNS = 24, 80
-
-
-def default_state(board: Board) -> dict[str, str]:
-    attempts = str(board.uboot.boot_attempts)
-    return {"BOOT_ORDER": "A B", "BOOT_A_LEFT": attempts, "BOOT_B_LEFT": attempts}
 
 
 def kernel_args(board: Board, layout: Layout, slot: str, root_part: str) -> str:
@@ -70,7 +64,7 @@ def render(board: Board, layout: Layout) -> str:
     first_lba = layout.get("bootstate").start
     lbas = (first_lba, first_lba + blocks)
     state_vars = " ".join(STATE_VARS)
-    defaults = default_state(board)
+    defaults = initial(board.uboot.boot_attempts).to_env()
     attempts = board.uboot.boot_attempts
 
     lines = [
@@ -118,19 +112,20 @@ def render(board: Board, layout: Layout) -> str:
     lines.append("setenv pbx_slot none")
     for _ in range(2):
         # Two passes: if nothing was bootable, attempts are restored and we pick again.
-        lines += ["for s in $BOOT_ORDER; do", "  if test $pbx_slot = none; then"]
-        for slot, part_name in SLOTS:
+        lines += [f"for s in ${ORDER_VAR}; do", "  if test $pbx_slot = none; then"]
+        for slot in SLOTS:
+            left = attempts_var(slot)
             lines += [
-                f"    if test $s = {slot} && test $BOOT_{slot}_LEFT -gt 0; then",
-                f"      setexpr BOOT_{slot}_LEFT $BOOT_{slot}_LEFT - 1",
-                f"      setenv pbx_slot {slot}; setenv pbx_part {layout.get(part_name).number}",
+                f"    if test $s = {slot} && test ${left} -gt 0; then",
+                f"      setexpr {left} ${left} - 1",
+                f"      setenv pbx_slot {slot}; setenv pbx_part {layout.get(SLOT_PARTITIONS[slot]).number}",
                 "    fi",
             ]
         lines += ["  fi", "done"]
         lines += [
             "if test $pbx_slot = none; then",
             "  echo 'pbxfw: no slot has attempts left, restoring them'",
-            f"  setenv BOOT_A_LEFT {attempts}; setenv BOOT_B_LEFT {attempts}",
+            "  " + "; ".join(f"setenv {attempts_var(slot)} {attempts}" for slot in SLOTS),
             "fi",
         ]
 
@@ -152,11 +147,12 @@ def render(board: Board, layout: Layout) -> str:
 
     fit = board.uboot.fit_address
     lines += [
-        "echo \"pbxfw: booting slot $pbx_slot (attempts left A=$BOOT_A_LEFT B=$BOOT_B_LEFT)\"",
+        "echo \"pbxfw: booting slot $pbx_slot (attempts left "
+        + " ".join(f"{slot}=${attempts_var(slot)}" for slot in SLOTS) + ')\"',
         f"setenv bootargs \"{kernel_args(board, layout, '$pbx_slot', '$pbx_part')}\"",
     ]
-    for slot, part_name in SLOTS:
-        lba = layout.get(part_name).start
+    for slot in SLOTS:
+        lba = layout.get(SLOT_PARTITIONS[slot]).start
         lines += [f"if test $pbx_slot = {slot}; then setenv pbx_lba {lba:#x}; fi"]
     lines += [
         # The slot is a squashfs followed by the FIT; the squashfs superblock says

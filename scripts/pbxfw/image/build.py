@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pbxagent.update.bootstate import SLOT_PARTITIONS
+
 from pbxfw.config import BuildConfig
 from pbxfw.errors import StageError
 from pbxfw.image import bootscript, disk, initramfs, kernel, layout, release, rootfs, sbom, slot
@@ -99,7 +101,7 @@ def build(config: BuildConfig, out: Path, lock_path: Path, trusted_keys: Path | 
             root,
             disk.fw_env_configs(config, disk_layout),
             rel,
-            {slot: f"{prefix}{disk_layout.get(part).number}" for slot, part in bootscript.SLOTS},
+            {slot: f"{prefix}{disk_layout.get(part).number}" for slot, part in SLOT_PARTITIONS.items()},
         )
         trusted = rootfs.install_trusted_keys(trusted_keys, root)
         log(f"    {trusted} trusted update key(s)" + ("" if trusted else ": this image will refuse every update"))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pbxagent.update import bootstate
+
 from pbxfw.config import BuildConfig
 from pbxfw.errors import StageError
-from pbxfw.image.bootscript import default_state
 from pbxfw.image.layout import ENV_COPIES, ENV_SIZE, FACTORY_OFFSET, Layout, derived_uuid, sfdisk_script
 from pbxfw.stages import run
 
@@ -26,7 +27,8 @@ def fw_env_configs(config: BuildConfig, layout: Layout) -> dict[str, str]:
 def boot_state_image(config: BuildConfig, work: Path) -> bytes:
     """Both copies of the initial boot state, made by U-Boot's own mkenvimage."""
     text = work / "bootstate.txt"
-    text.write_text("".join(f"{k}={v}\n" for k, v in default_state(config.board).items()))
+    state = bootstate.initial(config.board.uboot.boot_attempts).to_env()
+    text.write_text("".join(f"{k}={v}\n" for k, v in state.items()))
     image = work / "bootstate.env"
     run(["mkenvimage", "-r", "-s", hex(ENV_SIZE), "-o", image, text])
     copy = image.read_bytes()

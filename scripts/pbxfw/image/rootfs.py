@@ -16,6 +16,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from pbxagent.board import BoardInfo
+
 from pbxfw.config import BuildConfig
 from pbxfw.image.release import Release
 from pbxfw.packages.archive import sha256_file
@@ -220,17 +222,11 @@ def write_board_files(config: BuildConfig, root: Path, fw_env: dict[str, str], r
     (etc / "fstab").write_text(FSTAB)
     for name, text in fw_env.items():
         (etc / name).write_text(text)
-    info = {
-        "board": board.name,
-        "compatible": board.compatible,
-        "arch": board.arch,
-        "version": release.version,
-        "security_version": release.security_version,
-        "boot_attempts": board.uboot.boot_attempts,
-        "slots": slots,
-    }
+    info = BoardInfo(board=board.name, compatible=board.compatible, arch=board.arch, version=release.version,
+                     security_version=release.security_version, boot_attempts=board.uboot.boot_attempts,
+                     slots=slots)
     (etc / "pbxfw").mkdir(exist_ok=True)
-    (etc / "pbxfw" / "board.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    (etc / "pbxfw" / "board.json").write_text(info.to_json())
 
 
 def install_trusted_keys(keys: Path | None, root: Path) -> int:
