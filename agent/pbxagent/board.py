@@ -9,10 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pbxagent import paths
-
-
-class BoardInfoError(ValueError):
-    pass
+from pbxagent.errors import ContentError
 
 
 @dataclass(frozen=True)
@@ -33,14 +30,14 @@ class BoardInfo:
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise BoardInfoError(f"{source}: not JSON ({exc})") from None
+            raise ContentError(f"{source}: not JSON ({exc})") from None
         if not isinstance(data, dict):
-            raise BoardInfoError(f"{source}: not a JSON object")
+            raise ContentError(f"{source}: not a JSON object")
         types = {"board": str, "compatible": str, "arch": str, "version": str, "security_version": int,
                  "boot_attempts": int, "slots": dict}
         for key, kind in types.items():
             if not isinstance(data.get(key), kind):
-                raise BoardInfoError(f"{source}: {key} must be a {kind.__name__}, got {data.get(key)!r}")
+                raise ContentError(f"{source}: {key} must be a {kind.__name__}, got {data.get(key)!r}")
         return cls(**{key: data[key] for key in types})
 
 

@@ -3,3 +3,7 @@
 
 class PolicyError(ValueError):
     pass
+
+
+class ContentError(ValueError):
+    """A file the agent reads (board info, update state) holds what it cannot use."""

@@ -236,14 +236,17 @@ def test_install_writes_the_other_slot_and_switches_to_it(tmp_path: Path, keydir
     assert Path(board.load().slots["B"]).read_bytes()[:len(PAYLOAD)] == PAYLOAD
     assert Path(board.load().slots["A"]).read_bytes() == b"\xee" * (len(PAYLOAD) + 8192)
     assert bootstate.read().to_env() == {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3"}
-    assert installer.load_state()["pending"]["slot"] == "B"
+    pending = installer.load_state().pending
+    assert pending is not None and pending.slot == "B"
 
     # The new slot boots, is healthy: committed, floor raised to the bundle's.
     (device_tree / "run" / "pbx" / "slot").write_text("B\n")
-    state = installer.load_state()
-    assert list(health.settle_pending(state, "B")) == []
-    assert any("security floor raised to 3" in line for line in health.commit(state, "B"))
-    assert state["floor"] == 3 and state["pending"] is None and state["last_result"]["result"] == "installed"
+    state, lines = health.settle_pending(installer.load_state(), "B")
+    assert lines == []
+    state, lines = health.commit(state, "B")
+    assert any("security floor raised to 3" in line for line in lines)
+    assert state.floor == 3 and state.pending is None
+    assert state.last_result is not None and state.last_result.result == "installed"
 
 
 def test_a_bad_chunk_is_never_written_and_a_refusal_changes_nothing(tmp_path: Path, keydir: Path,

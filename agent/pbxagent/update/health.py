@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from dataclasses import replace
+from typing import NamedTuple
 
 from pbxagent import board, paths, provision
 from pbxagent.update import bootstate, installer
+from pbxagent.update.state import Result, UpdateState
 
 
 class Finding(NamedTuple):
@@ -77,33 +79,32 @@ def run_checks(wait: float, interval: float = 1.0) -> list[Finding]:
     return findings
 
 
-def settle_pending(state: dict[str, Any], running: str) -> Iterator[str]:
+def settle_pending(current: UpdateState, running: str) -> tuple[UpdateState, list[str]]:
     """An update waiting for a slot that is not the one running failed: report it (once:
     the pending record goes) and put the running slot first again."""
-    pending = state["pending"]
-    if pending and pending["slot"] != running:
-        state["pending"] = None
-        state["last_result"] = {"result": "failed", "version": pending["version"], "slot": pending["slot"],
-                                "time": int(time.time()),
-                                "message": f"slot {pending['slot']} ({pending['version']}) did not boot healthy; "
-                                           f"back on slot {running}"}
-        yield f"update FAILED: {state['last_result']['message']}"
+    pending = current.pending
+    if not pending or pending.slot == running:
+        return current, []
+    result = Result("failed", pending.release.version, pending.slot, int(time.time()),
+                    f"slot {pending.slot} ({pending.release.version}) did not boot healthy; back on slot {running}")
+    return replace(current, pending=None, last_result=result), [f"update FAILED: {result.message}"]
 
 
-def commit(state: dict[str, Any], running: str) -> Iterator[str]:
+def commit(current: UpdateState, running: str) -> tuple[UpdateState, list[str]]:
     """The running slot is healthy: commit a pending update to it, raise the floor."""
-    pending = state["pending"]
-    release = installer.running_release()
-    if pending and pending["slot"] == running:
-        state["pending"] = None
-        state["last_result"] = {"result": "installed", "version": pending["version"], "slot": running,
-                                "time": int(time.time()),
-                                "message": f"slot {running} runs {pending['version']} and is healthy"}
-        release = {**release, "security_version": max(release["security_version"], pending["security_version"])}
-        yield f"update committed: {state['last_result']['message']}"
-    if release["security_version"] > state["floor"]:
-        state["floor"] = release["security_version"]
-        yield f"security floor raised to {state['floor']}"
+    lines = []
+    security_version = installer.running_release().security_version
+    pending = current.pending
+    if pending and pending.slot == running:
+        result = Result("installed", pending.release.version, running, int(time.time()),
+                        f"slot {running} runs {pending.release.version} and is healthy")
+        current = replace(current, pending=None, last_result=result)
+        security_version = max(security_version, pending.release.security_version)
+        lines.append(f"update committed: {result.message}")
+    if security_version > current.floor:
+        current = current.with_floor(security_version)
+        lines.append(f"security floor raised to {current.floor}")
+    return current, lines
 
 
 class Verdict(NamedTuple):
@@ -115,19 +116,19 @@ class Verdict(NamedTuple):
 def check_boot(wait: float = 90) -> Verdict:
     """The health check and what follows from it."""
     running = bootstate.booted_slot()
-    state = installer.load_state()
-    lines = list(settle_pending(state, running))
+    current, lines = settle_pending(installer.load_state(), running)
     findings = run_checks(wait)
     healthy = all(f.passed for f in findings)
-    reboot = not healthy and bool(state["pending"])
+    reboot = not healthy and current.pending is not None
     lines += [f"health {'ok  ' if f.passed else 'FAIL'} {f.name}: {f.detail}" for f in findings]
     boot = bootstate.read()
     if healthy:
-        lines += list(commit(state, running))
+        current, committed = commit(current, running)
+        lines += committed
         bootstate.write(bootstate.mark_good(boot, running, board.load().boot_attempts))
         lines.append(f"slot {running} marked good")
     elif reboot:
         lines.append(f"slot {running} is on probation and unhealthy: rebooting "
                      f"({boot.attempts(running)} attempt(s) left before slot {bootstate.other(running)})")
-    installer.save_state(state)
+    installer.save_state(current)
     return Verdict(healthy, reboot, lines)

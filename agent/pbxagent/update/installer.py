@@ -17,12 +17,12 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pbxagent import atomic, board, paths
-from pbxagent.update import bootstate, bundle
+from pbxagent.update import bootstate, bundle, state
 from pbxagent.update.source import Source, byte_size, open_source, read_exactly
 
 # Chunks are verified in batches of BATCH_BYTES and written with one call per batch;
@@ -52,22 +52,17 @@ def _save(name: str, data: dict[str, Any]) -> None:
     atomic.write(update_dir() / name, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def save_state(state: dict[str, Any]) -> None:
-    _save("state.json", state)
+def save_state(current: state.UpdateState) -> None:
+    state.save(update_dir() / "state.json", current)
 
 
-def load_state() -> dict[str, Any]:
-    state = _load("state.json")
-    state.setdefault("floor", 0)
-    state.setdefault("slots", {})
-    state.setdefault("pending", None)
-    state.setdefault("last_result", None)
-    return state
+def load_state() -> state.UpdateState:
+    return state.load(update_dir() / "state.json")
 
 
-def running_release() -> dict[str, Any]:
+def running_release() -> state.Release:
     info = board.load()
-    return {"version": info.version, "security_version": info.security_version}
+    return state.Release(info.version, info.security_version)
 
 
 @dataclass(frozen=True)
@@ -88,7 +83,7 @@ def plan(source: Source) -> Plan:
     target = bootstate.other(running)
     info = board.load()
     device = info.slots[target]
-    bundle.check_target(header.manifest, info.compatible, int(load_state()["floor"]), byte_size(device))
+    bundle.check_target(header.manifest, info.compatible, load_state().floor, byte_size(device))
     size = source.size()
     if size is not None and size < header.total_size:
         raise bundle.Rejected(bundle.Reason.TRUNCATED,
@@ -187,20 +182,17 @@ def install(location: str) -> str:
     manifest = plan_.header.manifest
     if plan_.start_chunk:
         print(f"update: resuming at chunk {plan_.start_chunk} of {len(manifest.chunks)}", file=sys.stderr)
-    state = bootstate.read()
-    bootstate.write(bootstate.mark_bad(state, plan_.target))
+    bootstate.write(bootstate.mark_bad(bootstate.read(), plan_.target))
     progress = Progress(manifest.payload_size, manifest.chunk_range(plan_.start_chunk)[0])
     started = time.monotonic()
     _write_chunks(plan_, source, progress)
     written, rate = time.monotonic() - started, progress.rate(manifest.payload_size)
     _read_back(plan_)
-    release = {"version": manifest.version, "security_version": manifest.security_version,
-               "build_id": manifest.build_id}
+    release = state.Release(manifest.version, manifest.security_version, manifest.build_id)
     saved = load_state()
-    saved["pending"] = {"slot": plan_.target, "from_slot": bootstate.other(plan_.target),
-                        "manifest_sha256": plan_.header.manifest_sha256, **release}
-    saved["slots"][plan_.target] = release
-    save_state(saved)
+    save_state(replace(saved, slots={**saved.slots, plan_.target: release},
+                       pending=state.Pending(plan_.target, bootstate.other(plan_.target),
+                                             plan_.header.manifest_sha256, release)))
     bootstate.write(bootstate.mark_active(bootstate.read(), plan_.target, board.load().boot_attempts))
     atomic.remove(update_dir() / "progress.json")
     return (f"slot {plan_.target} holds {manifest.version} (security version {manifest.security_version}), "
@@ -214,18 +206,19 @@ def verify(location: str) -> bundle.Header:
 
 
 def status() -> dict[str, Any]:
-    state = load_state()
+    """What `update status --json` prints: the update state as JSON, with the running
+    slot's release (from the image when no update wrote that slot) and the boot state."""
+    current = json.loads(load_state().to_json())
     running = bootstate.booted_slot()
     boot = bootstate.read()
-    slots = dict(state["slots"])
-    slots[running] = {**running_release(), **slots.get(running, {})}
+    current["slots"].setdefault(running, asdict(running_release()))
     return {
         "running_slot": running,
         "other_slot": bootstate.other(running),
-        "slots": slots,
-        "security_floor": state["floor"],
-        "pending": state["pending"],
-        "last_result": state["last_result"],
+        "slots": current["slots"],
+        "security_floor": current["floor"],
+        "pending": current["pending"],
+        "last_result": current["last_result"],
         "boot_order": list(boot.order),
         "attempts_left": dict(boot.left),
     }
