@@ -122,7 +122,7 @@ CHECKS: tuple[Callable[[site.Policy], Check], ...] = (
 )
 
 
-def run(pol: site.Policy) -> list[Check]:
+def check_all(pol: site.Policy) -> list[Check]:
     return [check(pol) for check in CHECKS]
 
 

@@ -16,7 +16,7 @@ def data() -> Path:
     return root() / "data" / "pbx"
 
 
-def run() -> Path:
+def runtime() -> Path:
     """Volatile state written by the initramfs (which slot booted)."""
     return root() / "run" / "pbx"
 

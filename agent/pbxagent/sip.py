@@ -23,7 +23,7 @@ SUBSCRIBER_VERSION = 7
 
 
 def run_dir() -> Path:
-    return paths.run() / "sip"
+    return paths.runtime() / "sip"
 
 
 def tls_dir() -> Path:
@@ -95,7 +95,7 @@ def _group() -> int | None:
         return None
 
 
-def render() -> list[str]:
+def write_inputs() -> list[str]:
     """Write everything the service reads from /run/pbx/sip; returns what was done."""
     done = ["TLS certificate made on this device"] if ensure_certificate() else []
     gid = _group()

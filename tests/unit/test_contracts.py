@@ -31,7 +31,7 @@ def test_board_info_round_trips_and_names_what_is_wrong(tmp_path: Path) -> None:
 
 def test_the_boot_script_reads_and_writes_exactly_the_agents_state_variables() -> None:
     cfg = config.load(f"{REPO}/board/qemu-u50/board.yaml:{REPO}/recipes/pbx.yml")
-    script = bootscript.render(cfg.board, layout.for_board(cfg.board))
+    script = bootscript.script(cfg.board, layout.for_board(cfg.board))
     exported = next(line for line in script.splitlines() if line.startswith("env export"))
     assert exported.split()[6:] == list(bootstate.STATE_VARS)
     initial = bootstate.initial(cfg.board.uboot.boot_attempts)

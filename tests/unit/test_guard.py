@@ -142,7 +142,7 @@ nft.apply(firewall.compile_ruleset(fw, ["192.168.5.0/24"]))
 print([b.address for b in bans.current()])
 print(nft.set_elements("inet pbx", "trusted4"))
 print(subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout.split())
-nft.run(firewall.trusted_update(["172.16.1.0/24"]))
+nft.execute(firewall.trusted_update(["172.16.1.0/24"]))
 print(nft.set_elements("inet pbx", "trusted4"))
 """)
     assert done.returncode == 0, done.stderr

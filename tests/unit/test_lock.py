@@ -31,9 +31,9 @@ def sample(request: str = "r" * 64) -> lock.Lock:
 
 
 def test_render_then_parse_gives_the_same_lock(tmp_path: Path) -> None:
-    text = lock.render(sample(), "test")
+    text = lock.to_text(sample(), "test")
     assert lock.parse(text, tmp_path / "x.lock") == sample()
-    assert lock.render(lock.parse(text, tmp_path / "x.lock"), "test") == text
+    assert lock.to_text(lock.parse(text, tmp_path / "x.lock"), "test") == text
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -47,14 +47,14 @@ def test_render_then_parse_gives_the_same_lock(tmp_path: Path) -> None:
 ])
 def test_a_malformed_lock_names_file_line_and_reason(edit, message: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(PbxfwError) as error:
-        lock.parse(edit(lock.render(sample(), "test")), tmp_path / "x.lock")
+        lock.parse(edit(lock.to_text(sample(), "test")), tmp_path / "x.lock")
     assert message in str(error.value)
 
 
 def test_a_lock_made_for_another_package_set_is_refused(tmp_path: Path) -> None:
     cfg = config.load(config.board_spec(REPO, "qemu-u50", "recipes/pbx.yml"))
     path = tmp_path / "pbx.lock"
-    path.write_text(lock.render(sample(lock.request_digest(cfg)), "test"))
+    path.write_text(lock.to_text(sample(lock.request_digest(cfg)), "test"))
     assert lock.load(path, cfg).request == lock.request_digest(cfg)
     debug = config.load(config.board_spec(REPO, "qemu-u50", "recipes/pbx.yml:recipes/debug.yml"))
     assert lock.request_digest(debug) != lock.request_digest(cfg)

@@ -247,7 +247,7 @@ def _audit(args: argparse.Namespace) -> int:
     if args.fix:
         for step in audit.fix(pol):
             print(f"pbxagent: fixed: {step}", file=sys.stderr)
-    checks = audit.run(pol)
+    checks = audit.check_all(pol)
     passed = all(c.passed for c in checks)
     if args.json:
         _print_json({"passed": passed, "checks": [c._asdict() for c in checks]})
@@ -381,7 +381,7 @@ def _bans_jails(args: argparse.Namespace) -> int:
 def _sip_render(_: argparse.Namespace) -> int:
     from pbxagent import sip
 
-    for step in sip.render():
+    for step in sip.write_inputs():
         print(f"pbxagent: {step}")
     return OK
 
@@ -389,7 +389,7 @@ def _sip_render(_: argparse.Namespace) -> int:
 def _guard(_: argparse.Namespace) -> int:
     from pbxagent.network import guard
 
-    guard.run(_policy(), lambda line: print(f"pbxagent: {line}", flush=True))
+    guard.serve(_policy(), lambda line: print(f"pbxagent: {line}", flush=True))
     return OK
 
 

@@ -41,7 +41,7 @@ def dropin() -> Path:
     return paths.root() / "etc" / "ssh" / "sshd_config.d" / "pbx.conf"
 
 
-def render(state: State) -> str:
+def sshd_config(state: State) -> str:
     """The sshd drop-in. Debian's sshd_config includes drop-ins first, and sshd keeps the
     first value it reads, so these win over anything later in the file."""
     return (
@@ -101,7 +101,7 @@ def _ensure_host_key() -> None:
 
 
 def _write_dropin(state: State) -> None:
-    atomic.write(dropin(), render(state), 0o644)
+    atomic.write(dropin(), sshd_config(state), 0o644)
 
 
 def enable(key_file: Path, port: int) -> State:

@@ -50,7 +50,7 @@ def live_exempt() -> list[str]:
     return sorted(set(found))
 
 
-def render(networks: list[str]) -> str:
+def jail_local(networks: list[str]) -> str:
     return ("# Written by pbxagent from its trusted and allow sets; do not edit.\n"
             f"[DEFAULT]\nignoreip = {' '.join(networks)}\n")
 
@@ -71,7 +71,7 @@ def running_pid() -> str | None:
 def sync(networks: list[str]) -> tuple[str | None, str]:
     """Write the jail file, then update a running fail2ban. Returns the pid of the
     fail2ban that took the list (None if none did) and what was done."""
-    atomic.write(exempt_path(), render(networks), mode=0o644)
+    atomic.write(exempt_path(), jail_local(networks), mode=0o644)
     pid = running_pid()
     if pid is None:
         return None, "fail2ban not running: it reads the list when it starts"

@@ -33,13 +33,13 @@ def segments(addresses: list[lan.IfAddr]) -> list[str]:
     return lan.trusted(addresses)
 
 
-def render(policy: Policy, addresses: list[lan.IfAddr]) -> str:
+def ruleset(policy: Policy, addresses: list[lan.IfAddr]) -> str:
     return firewall.compile_ruleset(policy.firewall, segments(addresses), own_addresses(addresses))
 
 
 def apply(policy: Policy) -> list[lan.IfAddr]:
     addresses = lan.read_addresses()
-    nft.apply(render(policy, addresses))
+    nft.apply(ruleset(policy, addresses))
     return addresses
 
 
@@ -72,7 +72,7 @@ def _stop(_signum: int, _frame: FrameType | None) -> None:
     raise _Stop
 
 
-def run(policy: Policy, log: Callable[[str], None]) -> None:
+def serve(policy: Policy, log: Callable[[str], None]) -> None:
     from pyroute2 import IPRoute
     from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 
@@ -111,7 +111,7 @@ def _follow(policy: Policy, log: Callable[[str], None], events: Any, groups: int
                 addresses = lan.read_addresses()
                 now_trusted = segments(addresses)
                 if now_trusted != trusted:
-                    nft.run(firewall.trusted_update(now_trusted))
+                    nft.execute(firewall.trusted_update(now_trusted))
                     log(f"trusted LAN now: {', '.join(now_trusted) or 'none'}")
                     told, trusted = _tell_fail2ban(log), now_trusted
             if time.monotonic() - last_save >= SAVE_EVERY_S:

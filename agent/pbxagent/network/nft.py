@@ -12,7 +12,7 @@ class NftError(OSError):
     pass
 
 
-def run(script: str, check_only: bool = False) -> None:
+def execute(script: str, check_only: bool = False) -> None:
     argv = ["nft", *(["-c"] if check_only else []), "-f", "-"]
     done = subprocess.run(argv, input=script, capture_output=True, text=True)
     if done.returncode != 0:
@@ -21,8 +21,8 @@ def run(script: str, check_only: bool = False) -> None:
 
 def apply(script: str) -> None:
     """Check, then apply: both are whole transactions, so nothing is half-applied."""
-    run(script, check_only=True)
-    run(script)
+    execute(script, check_only=True)
+    execute(script)
 
 
 def command(*args: str) -> str:

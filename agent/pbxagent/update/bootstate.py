@@ -85,7 +85,7 @@ def mark_good(state: BootState, slot: str, attempts: int) -> BootState:
 
 def booted_slot() -> str:
     """The slot the initramfs mounted (A or B), as U-Boot told it on the command line."""
-    return (paths.run() / "slot").read_text().strip()
+    return (paths.runtime() / "slot").read_text().strip()
 
 
 def _config() -> list[str]:
@@ -113,7 +113,7 @@ def factory_identity() -> dict[str, str]:
 
 def write(state: BootState) -> None:
     """All variables in one fw_setenv call: one write of one copy."""
-    script = paths.run() / "bootstate.script"
+    script = paths.runtime() / "bootstate.script"
     script.write_text("".join(f"{name}={value}\n" for name, value in state.to_env().items()))
     try:
         subprocess.run(["fw_setenv", *_config(), "-s", str(script)], check=True, capture_output=True)

@@ -27,37 +27,37 @@ class Finding(NamedTuple):
     detail: str
 
 
-class Outcome(NamedTuple):
+class Probe(NamedTuple):
     passed: bool
     detail: str
     settled: bool = True  # False: may still pass (a unit that is still starting)
 
 
-def _provisioned() -> Outcome:
-    return Outcome(provision.completed(), "provisioning marker on /data")
+def _provisioned() -> Probe:
+    return Probe(provision.completed(), "provisioning marker on /data")
 
 
-def _firewall() -> Outcome:
+def _firewall() -> Probe:
     done = subprocess.run(["nft", "list", "table", "inet", "pbx"], capture_output=True)
-    return Outcome(done.returncode == 0, "nftables table inet pbx loaded")
+    return Probe(done.returncode == 0, "nftables table inet pbx loaded")
 
 
-def _sip() -> Outcome:
+def _sip() -> Probe:
     # The check runs after multi-user.target, so kamailio's start job is over: only a
     # unit still starting is worth waiting for.
     state = subprocess.run(["systemctl", "is-active", "kamailio.service"], capture_output=True, text=True)
     current = state.stdout.strip()
-    return Outcome(current == "active", f"kamailio.service {current or 'unknown'}",
+    return Probe(current == "active", f"kamailio.service {current or 'unknown'}",
                    settled=current not in ("activating", "reloading"))
 
 
-def _data() -> Outcome:
+def _data() -> Probe:
     data = paths.root() / "data"
     writable = os.path.ismount(data) and not os.statvfs(data).f_flag & os.ST_RDONLY
-    return Outcome(writable, "/data mounted read-write")
+    return Probe(writable, "/data mounted read-write")
 
 
-CHECKS: dict[str, Callable[[], Outcome]] = {
+CHECKS: dict[str, Callable[[], Probe]] = {
     "provisioned": _provisioned,
     "firewall": _firewall,
     "sip": _sip,

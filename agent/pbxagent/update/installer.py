@@ -74,7 +74,7 @@ class Plan:
     start_chunk: int
 
 
-def plan(source: Source) -> Plan:
+def prepare(source: Source) -> Plan:
     """Every check that needs no write: signature, board, floor, size, completeness."""
     with source.open_at(0) as stream:
         header = bundle.read_header(stream)
@@ -108,21 +108,21 @@ def _verify_batch(manifest: bundle.Manifest, first: int, count: int, data: memor
     return verified, None
 
 
-def _write_chunks(plan_: Plan, source: Source, report: Callable[[int], None]) -> None:
+def _write_chunks(plan: Plan, source: Source, report: Callable[[int], None]) -> None:
     """Verify batch k+1 while batch k is written (hashlib and pwrite both release the
     GIL); only verified bytes are ever handed to the writer, even in front of a bad chunk."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    manifest = plan_.header.manifest
+    manifest = plan.header.manifest
     total = len(manifest.chunks)
     per_batch = max(1, BATCH_BYTES // manifest.chunk_size)
-    synced = plan_.start_chunk
-    fd = os.open(plan_.device, os.O_WRONLY)
+    synced = plan.start_chunk
+    fd = os.open(plan.device, os.O_WRONLY)
     try:
         with ThreadPoolExecutor(max_workers=1) as writer, \
-                source.open_at(plan_.header.payload_offset + plan_.start_chunk * manifest.chunk_size) as stream:
+                source.open_at(plan.header.payload_offset + plan.start_chunk * manifest.chunk_size) as stream:
             writing: Future[int] | None = None
-            for first in range(plan_.start_chunk, total, per_batch):
+            for first in range(plan.start_chunk, total, per_batch):
                 count = min(per_batch, total - first)
                 start, end = manifest.chunk_range(first)[0], sum(manifest.chunk_range(first + count - 1))
                 data = memoryview(read_exactly(stream, end - start))
@@ -137,8 +137,8 @@ def _write_chunks(plan_: Plan, source: Source, report: Callable[[int], None]) ->
                     writing.result()
                     os.fsync(fd)
                     synced = first + count
-                    _save("progress.json", {"manifest_sha256": plan_.header.manifest_sha256,
-                                            "slot": plan_.target, "next_chunk": synced})
+                    _save("progress.json", {"manifest_sha256": plan.header.manifest_sha256,
+                                            "slot": plan.target, "next_chunk": synced})
                 report(end)
             if writing is not None:
                 writing.result()
@@ -147,13 +147,13 @@ def _write_chunks(plan_: Plan, source: Source, report: Callable[[int], None]) ->
         os.close(fd)
 
 
-def _read_back(plan_: Plan) -> None:
+def _read_back(plan: Plan) -> None:
     """Read the written slot from the device (page cache dropped) and check every chunk."""
-    fd = os.open(plan_.device, os.O_RDONLY)
+    fd = os.open(plan.device, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        bundle.verify_payload(plan_.header.manifest, lambda offset, length: os.pread(fd, length, offset),
-                              f"{plan_.device} (read back)", bundle.Reason.READBACK_MISMATCH)
+        bundle.verify_payload(plan.header.manifest, lambda offset, length: os.pread(fd, length, offset),
+                              f"{plan.device} (read back)", bundle.Reason.READBACK_MISMATCH)
     finally:
         os.close(fd)
 
@@ -178,24 +178,24 @@ class Progress:
 def install(location: str) -> str:
     """Install a bundle into the inactive slot and make it the next boot's first try."""
     source = open_source(location)
-    plan_ = plan(source)
-    manifest = plan_.header.manifest
-    if plan_.start_chunk:
-        print(f"update: resuming at chunk {plan_.start_chunk} of {len(manifest.chunks)}", file=sys.stderr)
-    bootstate.write(bootstate.mark_bad(bootstate.read(), plan_.target))
-    progress = Progress(manifest.payload_size, manifest.chunk_range(plan_.start_chunk)[0])
+    plan = prepare(source)
+    manifest = plan.header.manifest
+    if plan.start_chunk:
+        print(f"update: resuming at chunk {plan.start_chunk} of {len(manifest.chunks)}", file=sys.stderr)
+    bootstate.write(bootstate.mark_bad(bootstate.read(), plan.target))
+    progress = Progress(manifest.payload_size, manifest.chunk_range(plan.start_chunk)[0])
     started = time.monotonic()
-    _write_chunks(plan_, source, progress)
+    _write_chunks(plan, source, progress)
     written, rate = time.monotonic() - started, progress.rate(manifest.payload_size)
-    _read_back(plan_)
+    _read_back(plan)
     release = state.Release(manifest.version, manifest.security_version, manifest.build_id)
     saved = load_state()
-    save_state(replace(saved, slots={**saved.slots, plan_.target: release},
-                       pending=state.Pending(plan_.target, bootstate.other(plan_.target),
-                                             plan_.header.manifest_sha256, release)))
-    bootstate.write(bootstate.mark_active(bootstate.read(), plan_.target, board.load().boot_attempts))
+    save_state(replace(saved, slots={**saved.slots, plan.target: release},
+                       pending=state.Pending(plan.target, bootstate.other(plan.target),
+                                             plan.header.manifest_sha256, release)))
+    bootstate.write(bootstate.mark_active(bootstate.read(), plan.target, board.load().boot_attempts))
     atomic.remove(update_dir() / "progress.json")
-    return (f"slot {plan_.target} holds {manifest.version} (security version {manifest.security_version}), "
+    return (f"slot {plan.target} holds {manifest.version} (security version {manifest.security_version}), "
             f"written in {written:.1f} s ({rate}) and read back; "
             "it boots next, on probation")
 

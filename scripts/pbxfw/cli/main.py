@@ -29,7 +29,7 @@ def _lock(args: argparse.Namespace) -> int:
     old = lock.parse(dest.read_text(), dest) if dest.is_file() else None
     recipes = " + ".join(str(s.relative_to(build.REPO)) if s.is_relative_to(build.REPO) else s.name
                          for s in cfg.sources[1:])
-    dest.write_text(lock.render(new, f"board {cfg.board.name}, {recipes}"))
+    dest.write_text(lock.to_text(new, f"board {cfg.board.name}, {recipes}"))
     changes = lock.changes(old, new)
     print(f"pbxfw: {dest}: {len(new.packages)} packages, {len(changes)} changed", *changes, sep="\n  ")
     return 0
@@ -155,7 +155,7 @@ def _flash(args: argparse.Namespace) -> int:
     tftp_dir = Path(args.tftp_dir) if args.tftp_dir else None
     label_out = Path(args.label_out) if args.label_out else None
     if args.dry_run:
-        print(flash.plan(image, jobs, key is not None, tftp_dir, label_out))
+        print(flash.dry_run(image, jobs, key is not None, tftp_dir, label_out))
         return 0
     if tftp_dir is None or not tftp_dir.is_dir():
         raise PbxfwError(f"--tftp-dir {args.tftp_dir}: not a directory (the station's TFTP server serves it)")

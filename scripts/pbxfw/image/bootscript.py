@@ -53,7 +53,7 @@ def console_size_args(board: Board) -> str:
                     for dim, value in (("rows", CONSOLE_ROWS), ("columns", CONSOLE_COLUMNS)))
 
 
-def render(board: Board, layout: Layout) -> str:
+def script(board: Board, layout: Layout) -> str:
     iface = board.storage.uboot_interface
     dev = board.storage.uboot_device
     scratch = board.uboot.scratch_address

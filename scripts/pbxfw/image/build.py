@@ -139,7 +139,7 @@ def build(config: BuildConfig, out: Path, lock_path: Path, trusted_keys: Path | 
 
     with stage("disk: boot script, boot state, partitions"):
         script = work / "boot.cmd"
-        script.write_text(bootscript.render(board, disk_layout))
+        script.write_text(bootscript.script(board, disk_layout))
         scr = work / "boot.scr"
         run(["mkimage", "-q", "-A", board.kernel.fit_arch, "-T", "script", "-C", "none", "-n", "pbxfw A/B",
              "-d", script, scr], env=dict(os.environ, SOURCE_DATE_EPOCH=str(config.source_date_epoch)))

@@ -90,7 +90,7 @@ def request_digest(config: BuildConfig) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def render(lock: Lock, title: str) -> str:
+def to_text(lock: Lock, title: str) -> str:
     lines = [
         f"# pbxfw package lock: {title}",
         "# Written by `make lock`; builds use exactly these files. Do not edit by hand.",

@@ -445,7 +445,7 @@ def parse_batch(path: Path) -> list[Job]:
     return jobs
 
 
-def plan(image: Image, jobs: list[Job], keyed: bool, tftp_dir: Path | None, label_out: Path | None) -> str:
+def dry_run(image: Image, jobs: list[Job], keyed: bool, tftp_dir: Path | None, label_out: Path | None) -> str:
     """What `flash` would do, touching nothing (--dry-run)."""
     hw = image.board
     iface, dev = hw.storage.uboot_interface, hw.storage.uboot_device
