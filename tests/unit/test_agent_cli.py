@@ -47,3 +47,13 @@ def test_policy_check_names_the_file_and_key(tmp_path: Path, monkeypatch: pytest
     status, _, err = run(["policy", "check", str(bad)], "", monkeypatch, capsys)
     assert status == cli.ERROR
     assert f"{bad}: passwords.pin_length: 4 is outside 6..12" in err
+
+
+def test_a_rollback_window_out_of_range_is_refused_before_anything_is_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PBXAGENT_ROOT", str(tmp_path))
+    applied: list[object] = []
+    monkeypatch.setattr("pbxagent.network.guard.apply", applied.append)
+    status, _, err = run(["firewall", "apply", "--rollback-after", "3"], "", monkeypatch, capsys)
+    assert status == cli.ERROR and "--rollback-after 3: must be 5..600" in err
+    assert applied == []

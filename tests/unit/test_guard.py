@@ -227,7 +227,7 @@ from pbxagent.policy import site
 fw = site.compose(site.DEFAULTS, Path("{tmp_path}/policy.yaml"))[0].firewall
 nft.apply(firewall.compile_ruleset(fw, ["10.0.2.0/24", "fd00::/64"]))
 print(ban_exemptions.live_exempt())
-print(ban_exemptions.sync(ban_exemptions.live_exempt())[1])
+print(ban_exemptions.sync(ban_exemptions.live_exempt()).message)
 """)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

@@ -272,28 +272,16 @@ def _firewall_render(args: argparse.Namespace) -> int:
 
 
 def _firewall_apply(args: argparse.Namespace) -> int:
-    import time
+    from pbxagent.network import probation
 
-    from pbxagent.network import guard, probation
-
-    if not 5 <= args.rollback_after <= 600:
-        print(f"pbxagent: error: --rollback-after {args.rollback_after}: must be 5..600", file=sys.stderr)
-        return ERROR
-    current = _policy()
-    proposed = _policy_from(args.policy)
-    started = time.monotonic()
-    guard.apply(proposed)
-    took = time.monotonic() - started
-    print(f"pbxagent: {guard.exempt_sync()[1]}")
-    changes = probation.risky(current.firewall, proposed.firewall) if args.policy else []
-    if changes:
-        probation.hold(args.policy, args.rollback_after)
-        print(f"pbxagent: firewall applied in {took:.2f} s; it changes {', '.join(changes)}, which admit the "
-              f"administrator: run `pbxagent firewall confirm` within {args.rollback_after} s or it is rolled back")
-        return OK
-    if args.policy:
-        probation.install(args.policy)
-    print(f"pbxagent: firewall applied in {took:.2f} s")
+    applied = probation.apply(_policy(), args.policy, args.rollback_after)
+    print(f"pbxagent: {applied.exemptions}")
+    if applied.held_for:
+        print(f"pbxagent: firewall applied in {applied.seconds:.2f} s; it changes {', '.join(applied.held_for)}, "
+              f"which admit the administrator: run `pbxagent firewall confirm` within {args.rollback_after} s "
+              "or it is rolled back")
+    else:
+        print(f"pbxagent: firewall applied in {applied.seconds:.2f} s")
     return OK
 
 
@@ -306,11 +294,9 @@ def _firewall_confirm(_: argparse.Namespace) -> int:
 
 
 def _firewall_rollback(_: argparse.Namespace) -> int:
-    from pbxagent.network import guard, probation
+    from pbxagent.network import probation
 
-    probation.discard()
-    guard.apply(_policy())
-    print(f"pbxagent: {guard.exempt_sync()[1]}")
+    print(f"pbxagent: {probation.roll_back(_policy())}")
     print("pbxagent: firewall change not confirmed: the previous policy is applied again", flush=True)
     return OK
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pbxagent import atomic, paths
 from pbxagent.network import nft
@@ -68,18 +68,22 @@ def running_pid() -> str | None:
         return None
 
 
-def sync(networks: list[str]) -> tuple[str | None, str]:
-    """Write the jail file, then update a running fail2ban. Returns the pid of the
-    fail2ban that took the list (None if none did) and what was done."""
+class Told(NamedTuple):
+    pid: str | None  # the fail2ban that took the list; None if none did
+    message: str
+
+
+def sync(networks: list[str]) -> Told:
+    """Write the jail file, then update a running fail2ban."""
     atomic.write(exempt_path(), jail_local(networks), mode=0o644)
     pid = running_pid()
     if pid is None:
-        return None, "fail2ban not running: it reads the list when it starts"
+        return Told(None, "fail2ban not running: it reads the list when it starts")
     try:
         jails = _tell(networks)
     except (OSError, ImportError, ValueError) as err:
-        return None, f"fail2ban did not take the list ({err}); it reads the jail file when it starts"
-    return pid, f"fail2ban ignores {', '.join(networks) or 'nothing'} in {jails} jail(s)"
+        return Told(None, f"fail2ban did not take the list ({err}); it reads the jail file when it starts")
+    return Told(pid, f"fail2ban ignores {', '.join(networks) or 'nothing'} in {jails} jail(s)")
 
 
 def _tell(networks: list[str]) -> int:

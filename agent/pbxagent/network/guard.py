@@ -47,7 +47,7 @@ def exempt_networks(policy: Policy, addresses: list[lan.IfAddr]) -> list[str]:
     return segments(addresses) + list(policy.firewall.allow)
 
 
-def exempt_sync() -> tuple[str | None, str]:
+def exempt_sync() -> ban_exemptions.Told:
     """Give fail2ban the trusted LAN and allow-list as the applied sets hold them."""
     return ban_exemptions.sync(ban_exemptions.live_exempt())
 
@@ -85,9 +85,9 @@ def serve(policy: Policy, log: Callable[[str], None]) -> None:
 
 
 def _tell_fail2ban(log: Callable[[str], None]) -> str | None:
-    told, message = exempt_sync()
-    log(message)
-    return told
+    told = exempt_sync()
+    log(told.message)
+    return told.pid
 
 
 def _follow(policy: Policy, log: Callable[[str], None], events: Any, groups: int) -> None:

@@ -6,14 +6,18 @@ a reboot before confirmation also comes back with the previous policy."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 from pbxagent import atomic, paths
+from pbxagent.network import guard
 from pbxagent.policy import site
 from pbxagent.policy.network import Firewall
 
 UNIT = "pbx-firewall-rollback"
 DEFAULT_WINDOW_S = 60
+WINDOW_RANGE_S = (5, 600)
 
 # Everything that decides who may reach the box; the rest (ping, AMI, rate limits,
 # flood levels) cannot shut the administrator out.
@@ -37,6 +41,39 @@ def hold(proposal: Path, window_s: int) -> None:
                            "/usr/sbin/pbxagent", "firewall", "rollback"], capture_output=True, text=True)
     if done.returncode != 0:
         raise OSError(f"cannot arm the rollback timer: {done.stderr.strip()}")
+
+
+class Applied(NamedTuple):
+    seconds: float  # compile, check and load the ruleset
+    held_for: list[str]  # admission settings the change makes: on probation until confirmed
+    exemptions: str  # what fail2ban was told
+
+
+def apply(current: site.Policy, proposal: Path | None, window_s: int) -> Applied:
+    """Apply `proposal` laid over the defaults (or the policy in force again). A change
+    to who may reach the box is held on probation for `window_s`; any other change
+    becomes the site policy at once."""
+    low, high = WINDOW_RANGE_S
+    if not low <= window_s <= high:
+        raise ValueError(f"--rollback-after {window_s}: must be {low}..{high}")
+    proposed = site.compose(site.DEFAULTS, proposal)[0] if proposal else current
+    started = time.monotonic()
+    guard.apply(proposed)
+    took = time.monotonic() - started
+    told = guard.exempt_sync()
+    changes = risky(current.firewall, proposed.firewall)
+    if proposal and changes:
+        hold(proposal, window_s)
+    elif proposal:
+        install(proposal)
+    return Applied(took, changes, told.message)
+
+
+def roll_back(previous: site.Policy) -> str:
+    """The change was not confirmed: apply the policy in force before it again."""
+    discard()
+    guard.apply(previous)
+    return guard.exempt_sync().message
 
 
 def install(proposal: Path) -> None:
