@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pbxagent.settings import Setting, Surface, flatten
 
 from pbxfw.errors import ConfigError
 
@@ -25,49 +26,53 @@ SERVICE_STATES = ("enabled", "disabled", "masked")
 # image's non-zero extents as they are and writes zero runs from a zeroed buffer.
 FLASH_WRITES = ("gzwrite", "raw")
 
-# Schema: a key maps to a type, a nested schema, or ANY_KEY for free-form mappings
-# whose values must have the given type (package and service tables).
-ANY_KEY = "*"
-Schema = dict[str, Any]
-SCHEMA: Schema = {
-    "header": {"version": int, "includes": list},
-    "board": {
-        "name": str,
-        "compatible": str,
-        "arch": str,
-        "kernel": {
-            "flavour": str,
-            "fit_arch": str,
-            "compression": str,
-            "load_address": str,
-            "initramfs_modules": list,
-            "rootfs_modules": list,
-        },
-        "console": str,
-        "storage": {
-            "uboot_interface": str,
-            "uboot_device": int,
-            "linux_partition_prefix": str,
-        },
-        "partitions": {ANY_KEY: int},
-        "uboot": {
-            "binary": str,
-            "scratch_address": str,
-            "fit_address": str,
-            "boot_attempts": int,
-            "version_match": str,
-            "transfer_address": str,
-            "verify_address": str,
-            "flash_write": str,
-        },
-        "qemu": {"binary": str, "machine": str, "cpu": str, "memory_mib": int},
-    },
-    "debian": {"suite": str, "mirror": str, "security_mirror": str, "components": list},
-    "packages": {ANY_KEY: bool},
-    "services": {ANY_KEY: str},
-    "overlays": list,
-    "image": {"hostname": str, "source_date_epoch": int, "agent": bool},
-}
+# Every key a board or recipe file may set, declared once (pbxagent.settings): type,
+# help, and the bounds a value must keep; `pbxfw show --settings` prints this list.
+# Values that need the merged configuration (addresses, files, choices) are checked
+# when it is built, naming the file that set them.
+SETTINGS = Surface([
+    Setting("header.version", int, "the file format", 1, 1),
+    Setting("header.includes", list, "files merged before this one, relative to it"),
+    Setting("board.name", str, "the board's name (board/<name>/)", 1, 64),
+    Setting("board.compatible", str, "what an update bundle must name to be installed (e.g. pbxfw,qemu-u50)", 1, 128),
+    Setting("board.arch", str, "Debian architecture (arm64, armhf)", 1, 16),
+    Setting("board.kernel.flavour", str, "Debian kernel flavour: linux-image-<flavour>", 1, 64),
+    Setting("board.kernel.fit_arch", str, "U-Boot's name for the architecture in the FIT"),
+    Setting("board.kernel.compression", str, "the kernel in the FIT: gzip or none"),
+    Setting("board.kernel.load_address", str, "where U-Boot loads the kernel (hex)"),
+    Setting("board.kernel.initramfs_modules", list, "modules the initramfs loads to reach the root"),
+    Setting("board.kernel.rootfs_modules", list, "module trees (under kernel/) the slot ships"),
+    Setting("board.console", str, "the serial console, as the kernel's console= names it"),
+    Setting("board.storage.uboot_interface", str, "U-Boot's block interface for the boot device (mmc, virtio)"),
+    Setting("board.storage.uboot_device", int, "U-Boot's device number on that interface", 0, 16),
+    Setting("board.storage.linux_partition_prefix", str, "Linux's name of the device's partitions, without the "
+            "number (/dev/mmcblk0p)"),
+    Setting("board.partitions.*", int, "the size in MiB of each of boot, bootstate, rootfs_a, rootfs_b, data", 1,
+            1 << 20),
+    Setting("board.uboot.binary", str, "the U-Boot binary the twin boots"),
+    Setting("board.uboot.scratch_address", str, "RAM the boot script reads boot state into (hex)"),
+    Setting("board.uboot.fit_address", str, "RAM the FIT is read to (hex), below U-Boot on the smallest board"),
+    # One digit: the boot script compares attempts with U-Boot's decimal `test`.
+    Setting("board.uboot.boot_attempts", int, "boots a slot gets before U-Boot falls back", 1, 9),
+    Setting("board.uboot.version_match", str, "pbxfw flash: a pattern U-Boot's `version` must match"),
+    Setting("board.uboot.transfer_address", str, "pbxfw flash: RAM what the station sends goes to (hex)"),
+    Setting("board.uboot.verify_address", str, "pbxfw flash: read-back buffer (hex), 64 MiB"),
+    Setting("board.uboot.flash_write", str, "pbxfw flash: gzwrite, or raw for a U-Boot without gzwrite"),
+    Setting("board.qemu.binary", str, "the twin's QEMU system emulator"),
+    Setting("board.qemu.machine", str, "the twin's QEMU machine"),
+    Setting("board.qemu.cpu", str, "the twin's CPU"),
+    Setting("board.qemu.memory_mib", int, "the twin's RAM in MiB", 64, 1 << 16),
+    Setting("debian.suite", str, "Debian suite (trixie)"),
+    Setting("debian.mirror", str, "the archive"),
+    Setting("debian.security_mirror", str, "the security archive"),
+    Setting("debian.components", list, "archive components"),
+    Setting("packages.*", bool, "true: installed; false: kept out even where Debian's priorities would install it"),
+    Setting("services.*", str, "a unit's state: enabled, disabled or masked"),
+    Setting("overlays", list, "directories laid over the root, relative to the file naming them"),
+    Setting("image.hostname", str, "the box's host name", 1, 63),
+    Setting("image.source_date_epoch", int, "every timestamp in the image (reproducible builds)"),
+    Setting("image.agent", bool, "install pbxagent"),
+], ConfigError)
 
 # The partition table every board must describe, in on-disk order.
 PARTITIONS = ("boot", "bootstate", "rootfs_a", "rootfs_b", "data")
@@ -215,24 +220,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def validate(data: dict[str, Any], path: Path, schema: Schema = SCHEMA, prefix: str = "") -> None:
+def validate(data: dict[str, Any], path: Path) -> None:
     """Check one file's fragment: every key known, every value of the right type."""
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
+    for key in data:
         if not isinstance(key, str):
-            raise ConfigError(f"{path}: key {dotted!r} must be a string")
-        expected = schema.get(key, schema.get(ANY_KEY))
-        if expected is None:
-            known = ", ".join(sorted(schema))
-            raise ConfigError(f"{path}: unknown key '{dotted}' (known here: {known})")
-        if isinstance(expected, dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: '{dotted}' must be a mapping, got {type(value).__name__}")
-            validate(value, path, expected, f"{dotted}.")
-        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ConfigError(
-                f"{path}: '{dotted}' must be {expected.__name__}, got {type(value).__name__} {value!r}"
-            )
+            raise ConfigError(f"{path}: key {key!r} must be a string")
+    SETTINGS.check_all(path, flatten(data))
 
 
 def merge(
@@ -275,9 +268,6 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
             f"{where('board.partitions')}: board.partitions must name exactly "
             f"{', '.join(PARTITIONS)} (missing: {missing or 'none'}, unknown: {extra or 'none'})"
         )
-    for name in PARTITIONS:
-        if partitions[name] <= 0:
-            raise ConfigError(f"{where(f'board.partitions.{name}')}: board.partitions.{name} must be > 0 MiB")
 
     def address(key: str) -> int:
         text = req(key)
@@ -306,9 +296,6 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
         if not overlay.is_dir():
             raise ConfigError(f"{where('overlays')}: overlays: directory {overlay} does not exist")
     attempts = req("board.uboot.boot_attempts")
-    if not 1 <= attempts <= 9:
-        # The boot script compares attempts with U-Boot's decimal `test`; one digit keeps it exact.
-        raise ConfigError(f"{where('board.uboot.boot_attempts')}: board.uboot.boot_attempts must be 1..9")
 
     version_match = req("board.uboot.version_match")
     try:

@@ -57,3 +57,17 @@ def test_a_rollback_window_out_of_range_is_refused_before_anything_is_applied(
     status, _, err = run(["firewall", "apply", "--rollback-after", "3"], "", monkeypatch, capsys)
     assert status == cli.ERROR and "--rollback-after 3: must be 5..600" in err
     assert applied == []
+
+
+def test_policy_keys_lists_every_setting_of_the_default_policy(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from pbxagent.policy import site
+    from pbxagent.settings import flatten
+
+    status, out, _ = run(["policy", "keys"], "", monkeypatch, capsys)
+    listed = {line.split()[0] for line in out.splitlines()}
+    import yaml
+
+    shipped = set(flatten(yaml.safe_load(site.DEFAULTS.read_text()), depth=2))
+    assert status == cli.OK and listed == shipped  # declared = shipped in the defaults, no more, no less
+    assert "passwords.pin_length         int 6..12: a voicemail PIN's length" in out

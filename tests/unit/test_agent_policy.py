@@ -57,7 +57,7 @@ def test_a_permit_list_is_normalised_per_extension(data: Path) -> None:
         ("extensions:\n  permit: {ab1: [10.0.0.0/8]}\n", r"extensions\.permit\.ab1: an extension number must"),
         ("extensions:\n  permit: {801: []}\n", r"extensions\.permit\.801: must be a list of 1\.\.64"),
         ("extensions:\n  permit: {801: [10.0.0.0/33]}\n", r"extensions\.permit\.801\[0\]: '10\.0\.0\.0/33' is not"),
-        ("extensions:\n  permit: [801]\n", r"extensions\.permit: must be a dict"),
+        ("extensions:\n  permit: [801]\n", r"extensions\.permit: must be a mapping"),
     ],
 )
 def test_bad_overrides_name_file_and_key(data: Path, text: str, message: str) -> None:

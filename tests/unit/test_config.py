@@ -72,8 +72,8 @@ def test_lists_are_replaced_not_appended() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("board:\n  kernl:\n    flavour: arm64\n", r"bad\.yml: unknown key 'board\.kernl'"),
-        ("packages:\n  kamailio: yes-please\n", r"bad\.yml: 'packages\.kamailio' must be bool"),
+        ("board:\n  kernl:\n    flavour: arm64\n", r"bad\.yml: board\.kernl: unknown key \(known here: arch, "),
+        ("packages:\n  kamailio: yes-please\n", r"bad\.yml: packages\.kamailio: must be true or false"),
         ("  includes: [nowhere.yml]\n", r"nowhere\.yml: file not found"),
         ("packages:\n  a: true\n", r"required key 'board\.partitions'.*bad\.yml"),
     ],
@@ -123,3 +123,10 @@ def test_partition_table_must_be_complete(tmp_path: Path) -> None:
     extra = write(tmp_path / "extra.yml", "board:\n  partitions:\n    swap: 64\n")
     with pytest.raises(ConfigError, match=r"unknown: \['swap'\]"):
         config.load(f"{BOARD}:{REPO}/recipes/pbx.yml:{extra}")
+
+
+def test_every_setting_is_declared_once_with_help() -> None:
+    keys = [s.key for s in config.SETTINGS.settings]
+    assert len(keys) == len(set(keys)) and all(s.help for s in config.SETTINGS.settings)
+    lines = list(config.SETTINGS.help())
+    assert any(line.startswith("board.uboot.boot_attempts") and "int 1..9" in line for line in lines)

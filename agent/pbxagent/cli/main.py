@@ -234,6 +234,11 @@ def _password_generate(args: argparse.Namespace) -> int:
     return OK
 
 
+def _policy_keys(_: argparse.Namespace) -> int:
+    print("\n".join(site.SETTINGS.help()))
+    return OK
+
+
 def _policy_check(args: argparse.Namespace) -> int:
     site.compose(site.DEFAULTS, args.file or site.override_path())
     print(f"pbxagent: {args.file or site.override_path()}: valid")
@@ -442,6 +447,7 @@ def _parser() -> argparse.ArgumentParser:
     pol = group("policy", "the agent's policy")
     pcheck = command(pol, "check", _policy_check, "validate a policy override before installing it")
     pcheck.add_argument("file", nargs="?", type=Path, help=f"default: {site.override_path()}")
+    command(pol, "keys", _policy_keys, "every key a policy may set: type, bounds, help")
 
     fw = group("firewall", "the nftables firewall compiled from the policy")
     render = command(fw, "render", _firewall_render, "print the ruleset without touching the system")

@@ -5,7 +5,6 @@ reported (file, key, reason) and the last good policy stays in force."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -14,6 +13,7 @@ from pbxagent.credentials.passwords import Rules
 from pbxagent.errors import PolicyError as PolicyError
 from pbxagent.policy import network
 from pbxagent.policy.network import Firewall
+from pbxagent.settings import Setting, Surface, flatten
 
 DEFAULTS = Path(__file__).with_name("default-policy.yaml")
 
@@ -29,47 +29,46 @@ class Policy(NamedTuple):
     jails: dict[str, network.Jail]
 
 
-Parser = Callable[[Path, str, Any], object]
-
-# key path -> (type, lowest, highest); lowest/highest bound ints (and list lengths).
+_JAIL_HELP = {
+    "sip": "failed SIP registrations",
+    "sip_flood": "failed digest auths and unanswered challenges",
+    "ssh": "failed SSH logins",
+    "ssh_long": "failed SSH logins, the slow attacker",
+}
 # The floors are REQUIREMENTS §1's: a site may tighten them, never loosen them.
-_SCHEMA: dict[str, tuple[type, int, int]] = {
-    "version": (int, 1, 1),
-    "site.company": (str, 0, 64),
-    "extensions.preconfigured": (list, 0, 1000),
-    "extensions.secret_length": (int, 16, 64),
-    "extensions.permit": (dict, 0, 0),
-    "passwords.min_length": (int, 8, 64),
-    "passwords.min_upper": (int, 2, 16),
-    "passwords.min_digits": (int, 2, 16),
-    "passwords.min_special": (int, 1, 16),
-    "passwords.pin_length": (int, 6, 12),
-    "ssh.port": (int, 1, 65535),
-    "lan.allow": (list, 0, 1000),
-    "firewall.ping": (bool, 0, 1),
-    "firewall.drop_all": (bool, 0, 1),
-    "firewall.refuse_ami": (bool, 0, 1),
-    "firewall.services": (list, 0, 64),
-    "firewall.rules": (list, 0, 256),
-    "firewall.block": (list, 0, 100_000),
-    "firewall.rate_limits": (list, 0, 32),
-    "firewall.flood_pps": (list, 2, 2),
-    **{f"bans.{name}": (dict, 0, 0) for name in network.JAILS},
-}
-# Lists whose items need more than a type: each parser raises a PolicyError naming
-# the item (firewall.services[2].ports) and returns the typed value.
-_PARSERS: dict[str, Parser] = {
-    "extensions.preconfigured": lambda path, _key, value: expand_extensions(path, value),
-    "extensions.permit": network.permits,
-    "lan.allow": network.networks,
-    "firewall.services": network.services,
-    "firewall.rules": network.rules,
-    "firewall.block": network.networks,
-    "firewall.rate_limits": network.rate_limits,
-    "firewall.flood_pps": network.flood,
-    **{f"bans.{name}": network.jail for name in network.JAILS},
-}
-_SECTIONS = {key.split(".")[0] for key in _SCHEMA if "." in key}
+SETTINGS = Surface([
+    Setting("version", int, "the policy format", 1, 1),
+    Setting("site.company", str, "the company's name: a password must not contain it", 0, 64),
+    Setting("extensions.preconfigured", list, "extensions every box ships with, numbers or ranges like "
+            "800-809; each gets its own secret and PIN on first boot", 0, 1000,
+            parse=lambda path, _key, value: expand_extensions(path, value)),
+    Setting("extensions.secret_length", int, "characters of each extension's SIP secret", 16, 64),
+    Setting("extensions.permit", dict, "per extension, the only networks it may use SIP from "
+            '({"801": [192.168.1.0/24]}); extensions not listed may use SIP from anywhere', parse=network.permits),
+    Setting("passwords.min_length", int, "an admin password's shortest length", 8, 64),
+    Setting("passwords.min_upper", int, "upper-case letters an admin password needs", 2, 16),
+    Setting("passwords.min_digits", int, "digits an admin password needs", 2, 16),
+    Setting("passwords.min_special", int, "special characters an admin password needs", 1, 16),
+    Setting("passwords.pin_length", int, "a voicemail PIN's length", 6, 12),
+    Setting("ssh.port", int, "the port `pbxagent ssh enable` uses without --port", 1, 65535),
+    Setting("lan.allow", list, "addresses trusted like the LAN (never banned, past every drop), CIDR or address",
+            0, 1000, parse=network.networks),
+    Setting("firewall.ping", bool, "answer ICMP echo requests"),
+    Setting("firewall.drop_all", bool, "the trusted LAN too gets only what services and rules accept "
+            "(held on probation until confirmed)"),
+    Setting("firewall.refuse_ami", bool, "drop tcp/5038 (the Asterisk manager) whatever else says"),
+    Setting("firewall.services", list, "open services: {name, proto, ports, from: any|lan}", 0, 64,
+            parse=network.services),
+    Setting("firewall.rules", list, "ordered rules: {action: accept|drop, proto, ports, source, mac}", 0, 256,
+            parse=network.rules),
+    Setting("firewall.block", list, "dropped sources, CIDR or address", 0, 100_000, parse=network.networks),
+    Setting("firewall.rate_limits", list, "per-source limits: {proto, port, packets (1..200), seconds}", 0, 32,
+            parse=network.rate_limits),
+    Setting("firewall.flood_pps", list, "per-source packets/s of flood level 1 and 2 (banned 5 min / 1 h)", 2, 2,
+            parse=network.flood),
+    *(Setting(f"bans.{name}", dict, f"{_JAIL_HELP[name]}: {{failures, window, ban}}, seconds", parse=network.jail)
+      for name in network.JAILS),
+], PolicyError)
 
 
 def override_path() -> Path:
@@ -97,38 +96,9 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _flatten(path: Path, data: dict[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == "version":
-            flat[key] = value
-        elif key not in _SECTIONS:
-            raise PolicyError(f"{path}: {key}: unknown key (known: {', '.join(sorted(_SECTIONS | {'version'}))})")
-        elif not isinstance(value, dict):
-            raise PolicyError(f"{path}: {key}: must be a mapping")
-        else:
-            for sub, item in value.items():
-                flat[f"{key}.{sub}"] = item
-    for key, value in flat.items():
-        _check(path, key, value)
+    flat = flatten(data, depth=2)
+    SETTINGS.check_all(path, flat)
     return flat
-
-
-def _check(path: Path, key: str, value: Any) -> None:
-    if key not in _SCHEMA:
-        raise PolicyError(f"{path}: {key}: unknown key")
-    kind, low, high = _SCHEMA[key]
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise PolicyError(f"{path}: {key}: must be an integer, not {value!r}")
-    if kind is bool and not isinstance(value, bool):
-        raise PolicyError(f"{path}: {key}: must be true or false, not {value!r}")
-    if not isinstance(value, kind):
-        raise PolicyError(f"{path}: {key}: must be a {kind.__name__}, not {type(value).__name__}")
-    size = value if isinstance(value, int) else len(value) if isinstance(value, str | list) else 0  # dict: 0
-    if not low <= size <= high:
-        what = "" if isinstance(value, int) else "length "
-        raise PolicyError(f"{path}: {key}: {what}{size} is outside {low}..{high}")
-    if key in _PARSERS:
-        _PARSERS[key](path, key, value)
 
 
 def expand_extensions(path: Path, items: list[Any]) -> tuple[str, ...]:
@@ -185,7 +155,7 @@ def compose(defaults: Path, override: Path | None) -> tuple[Policy, dict[str, An
     if override is not None and override.exists():
         flat.update(_flatten(override, _read(override)))
         source = override
-    missing = sorted(set(_SCHEMA) - set(flat))
+    missing = SETTINGS.missing(flat)
     if missing:
         raise PolicyError(f"{defaults}: {missing[0]}: missing")
     return _build(source, flat), flat
@@ -239,9 +209,8 @@ def _last_good() -> tuple[Policy, dict[str, Any], dict[str, Any]] | None:
     try:
         data = json.loads(target.read_text())
         flat, inputs = data["settings"], data["inputs"]
-        for key, value in flat.items():
-            _check(target, key, value)
-        if set(flat) != set(_SCHEMA):
+        SETTINGS.check_all(target, flat)
+        if SETTINGS.missing(flat):
             return None
         return _build(target, flat), inputs, flat
     except (OSError, ValueError, KeyError, TypeError):

@@ -165,6 +165,11 @@ def _flash(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    if args.settings:
+        print("\n".join(config.SETTINGS.help()))
+        return 0
+    if not args.config:
+        raise PbxfwError("show: give board.yaml:recipe.yml, or --settings")
     cfg = config.load(args.config)
     print(f"board {cfg.board.name} ({cfg.board.arch}), Debian {cfg.debian.suite}")
     print(f"files: {', '.join(str(s) for s in cfg.sources)}")
@@ -233,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     fl.add_argument("--dry-run", action="store_true", help="print the plan, touch nothing")
     fl.set_defaults(func=_flash)
     show = sub.add_parser("show", help="print the resolved configuration")
-    show.add_argument("config")
+    show.add_argument("config", nargs="?")
+    show.add_argument("--settings", action="store_true", help="every key a board or recipe file may set, with help")
     show.set_defaults(func=_show)
     args = parser.parse_args(argv)
     try:
