@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -151,3 +153,34 @@ def copy_snapshot(snapshot: Snapshot, dest: Path) -> Path:
     run(["cp", "--sparse=always", "--reflink=auto", snapshot.layer, dest], capture=True)
     return dest
 
+
+
+@dataclass(frozen=True)
+class Session:
+    """A `make qemu` twin: its layer, root password, QEMU's extra arguments, and how it
+    will come up (for the person at the terminal)."""
+
+    disk: Path
+    password: str
+    extra: tuple[str, ...]
+    how: str
+
+
+def session(board: Board, image: Path, fresh: bool, password: str) -> Session:
+    """Restore the image's snapshot when there is one and nothing asks otherwise (FRESH,
+    a given password); else a new layer with a credential seeded for a real first boot.
+    The layer keeps the built image as built; each session starts from it anew."""
+    layer_path = image.with_name("qemu-session.qcow2")
+    snapshot: Snapshot | None = None
+    why = "FRESH=1" if fresh else "ROOT_PASSWORD given" if password else ""
+    if not why:
+        snapshot, why = find_snapshot(board, image)
+    if snapshot is not None:
+        copy_snapshot(snapshot, layer_path)
+        return Session(layer_path, snapshot.password, ("-loadvm", SNAPSHOT),
+                       "restored after its first boot at a root shell (press Enter)")
+    password = password or secrets.token_urlsafe(12)
+    layer(image, layer_path)
+    with tempfile.TemporaryDirectory(prefix="pbxfw-qemu-") as work:
+        seed_root_credential(board, layer_path, password, Path(work))
+    return Session(layer_path, password, (), f"a real first boot ({why}); log in as root at `pbx login:`")

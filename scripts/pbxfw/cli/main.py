@@ -44,25 +44,12 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
 
 def _bundle_create(args: argparse.Namespace) -> int:
-    import json
-    import subprocess
-
     from pbxfw.signing import bundler, keys
 
-    out = Path(args.out)
-    built = json.loads((out / "build.json").read_text())
-    payload = out / "rootfs.slot"
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
-    build_id = commit.stdout.strip() or "unknown"
-    manifest = bundler.manifest_for(
-        payload,
-        compatible=args.compatible or built["compatible"],
-        version=args.version or built["version"],
-        security_version=built["security_version"] if args.security_version is None else args.security_version,
-        build_id=build_id,
-    )
-    dest = Path(args.output) if args.output else out / f"pbxfw-{built['board']}-{manifest.version}.bundle"
-    bundler.write(dest, payload, manifest, [keys.FileSigner(k) for k in args.key])
+    dest, manifest = bundler.sign_build(Path(args.out), [keys.FileSigner(k) for k in args.key],
+                                        compatible=args.compatible, version=args.version,
+                                        security_version=args.security_version,
+                                        dest=Path(args.output) if args.output else None)
     print(f"pbxfw: {dest}: {manifest.compatible} {manifest.version} (security version "
           f"{manifest.security_version}), {manifest.payload_size} bytes in {len(manifest.chunks)} chunks, "
           f"{dest.stat().st_size - manifest.payload_size} bytes of header")
@@ -84,40 +71,17 @@ def _bundle_verify(args: argparse.Namespace) -> int:
 
 
 def _qemu(args: argparse.Namespace) -> int:
-    import secrets
-    import tempfile
-
     from pbxfw import devtwin
 
     cfg = config.load(args.config)
     disk = Path(args.disk)
     if not disk.is_file():
         raise PbxfwError(f"{disk}: no disk image (run `make image` first)")
-    # A copy-on-write layer keeps the built image pristine (tests and flashing use it) and
-    # without any credential; each `make qemu` starts from the image as built.
-    session = disk.with_name("qemu-session.qcow2")
     given = os.environ.get("ROOT_PASSWORD", "")
-    snapshot: devtwin.Snapshot | None = None
-    if args.fresh:
-        why = "FRESH=1"
-    elif given:
-        why = "ROOT_PASSWORD given"
-    else:
-        snapshot, why = devtwin.find_snapshot(cfg.board, disk)
-    loadvm: tuple[str, ...] = ()
-    if snapshot is not None:
-        devtwin.copy_snapshot(snapshot, session)
-        password, loadvm = snapshot.password, ("-loadvm", devtwin.SNAPSHOT)
-        how = "restored after its first boot at a root shell (press Enter)"
-    else:
-        password = given or secrets.token_urlsafe(12)
-        devtwin.layer(disk, session)
-        with tempfile.TemporaryDirectory(prefix="pbxfw-qemu-") as work:
-            devtwin.seed_root_credential(cfg.board, session, password, Path(work))
-        how = f"a real first boot ({why}); log in as root at `pbx login:`"
-    argv = qemu.command(cfg.board, session, disk_format="qcow2", extra=loadvm)
-    shown = "as given in ROOT_PASSWORD" if given else password
-    print(f"pbxfw qemu: {cfg.board.name} twin on {session} (writes stay there), {how}.\n"
+    twin = devtwin.session(cfg.board, disk, args.fresh, given)
+    argv = qemu.command(cfg.board, twin.disk, disk_format="qcow2", extra=twin.extra)
+    shown = "as given in ROOT_PASSWORD" if given else twin.password
+    print(f"pbxfw qemu: {cfg.board.name} twin on {twin.disk} (writes stay there), {twin.how}.\n"
           f"  root password of this twin: {shown}\n"
           "  Leave QEMU with Ctrl-A X.", file=sys.stderr, flush=True)
     os.execvp(argv[0], argv)

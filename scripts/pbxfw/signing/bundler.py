@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,3 +51,21 @@ def write(dest: Path, payload: Path, manifest: Manifest, signers: Sequence[Signe
         while data := src.read(1 << 20):
             out.write(data)
     tmp.replace(dest)
+
+
+def sign_build(out: Path, signers: Sequence[Signer], *, compatible: str | None = None, version: str | None = None,
+               security_version: int | None = None, dest: Path | None = None) -> tuple[Path, Manifest]:
+    """The build in `out` (its slot and build.json) as a signed bundle; what is not given
+    comes from the build, the build id from git."""
+    built = json.loads((out / "build.json").read_text())
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    manifest = manifest_for(
+        out / "rootfs.slot",
+        compatible=compatible or built["compatible"],
+        version=version or built["version"],
+        security_version=built["security_version"] if security_version is None else security_version,
+        build_id=commit.stdout.strip() or "unknown",
+    )
+    dest = dest or out / f"pbxfw-{built['board']}-{manifest.version}.bundle"
+    write(dest, out / "rootfs.slot", manifest, signers)
+    return dest, manifest
