@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from pbxfw import config
-from pbxfw.production import factory, flash
+from pbxfw.production import factory, flash, staging
 
 from tests.infra.power import QemuPower, Wiring
 
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = ("u-boot", "transfer", "write", "verify", "boot check")
 
 
-def trial(image: flash.Image, staging: flash.Staging, cfg: config.BuildConfig, work: Path, tftp: Path,
+def trial(image: staging.Image, sent: staging.Staging, cfg: config.BuildConfig, work: Path, tftp: Path,
           number: int) -> dict[str, float]:
     disk = work / f"blank-{number}.img"
     with disk.open("wb") as out:
@@ -38,7 +38,7 @@ def trial(image: flash.Image, staging: flash.Staging, cfg: config.BuildConfig, w
         job = flash.Job(twin.console_url, factory.Identity(mac, f"BENCH-{number}"))
         started = time.monotonic()
         with (work / "console.log").open("a") as log:
-            timings = flash.flash_board(image, staging, job, factory.crypt_hash(factory.credential(mac, None)), tftp,
+            timings = flash.flash_board(image, sent, job, factory.crypt_hash(factory.credential(mac, None)), tftp,
                                         None, log, lambda _: None)
         total = time.monotonic() - started
     disk.unlink()
@@ -51,13 +51,13 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
     cfg = config.load(config.board_spec(REPO, args.board, "recipes/pbx.yml"))
-    image = flash.load_image(REPO / "out" / args.board / "disk.img")
+    image = staging.load_image(REPO / "out" / args.board / "disk.img")
     with tempfile.TemporaryDirectory(prefix="pbxfw-bench-flash-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         tftp = work / "tftp"
         tftp.mkdir()
         started = time.monotonic()
-        staging = flash.stage(image, tftp)
+        made = staging.stage(image, tftp)
         stage_s = time.monotonic() - started
         started = time.monotonic()
         subprocess.run(["dd", f"if={image.disk}", f"of={work / 'dd.img'}", "bs=4M", "conv=fsync", "status=none"],
@@ -66,11 +66,11 @@ def main() -> int:
         (work / "dd.img").unlink()
         runs = []
         for number in range(1, args.trials + 1):
-            runs.append(trial(image, staging, cfg, work, tftp, number))
+            runs.append(trial(image, made, cfg, work, tftp, number))
             print(f"  trial {number}: " + ", ".join(f"{k} {v:.1f} s" for k, v in runs[-1].items()), flush=True)
 
-    sent = sum(staged.size for staged in staging.files)
-    how = "gzipped" if staging.gzip else f"sent raw in {len(staging.files)} extents"
+    sent = sum(staged.size for staged in made.files)
+    how = "gzipped" if made.gzip else f"sent raw in {len(made.files)} extents"
     print(f"\nbench-flash ({args.board}, image {image.size / (1 << 20):.0f} MiB, {how} {sent / (1 << 20):.0f} "
           f"MiB, {args.trials} blank twins; median, min-max)")
     print(f"  {'stage the image (once per image)':<44} {stage_s:6.1f} s")

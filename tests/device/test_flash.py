@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from pbxfw.config import BuildConfig
-from pbxfw.production import flash
+from pbxfw.production import flash, staging
 
 from tests.device.test_credentials import audit, failures
 from tests.infra.power import QemuPower, Wiring
@@ -114,10 +114,10 @@ def test_a_corrupted_transfer_is_caught_before_anything_is_written(
 ) -> None:
     """The twin's TFTP server serves the first file the station sends (the gzipped image,
     or the raw image's first extent) with one byte changed."""
-    image = flash.load_image(out_dir / "disk.img")
+    image = staging.load_image(out_dir / "disk.img")
     served = tmp_path / "served"
     served.mkdir()
-    staged = flash.stage(image, station / "tftp").files[0]
+    staged = staging.stage(image, station / "tftp").files[0]
     data = bytearray((station / "tftp" / staged.name).read_bytes())
     data[len(data) // 2] ^= 0x01
     (served / staged.name).write_bytes(bytes(data))

@@ -19,7 +19,8 @@ import segno
 from pbxagent.credentials.passwords import Account, Kind, check
 from pbxfw.errors import PbxfwError
 from pbxfw.image.layout import ENV_SIZE
-from pbxfw.production import factory, flash, labels
+from pbxfw.production import factory, flash, labels, staging
+from pbxfw.production.station import Station, parse_batch, run_jobs
 
 from tests.infra.power import free_port
 from tests.unit.fake_uboot import FakeUBoot
@@ -89,7 +90,7 @@ def test_read_back_checksums_lay_the_identity_block_over_the_image(tmp_path: Pat
     block = b"\xff" * 3000
     expected = bytearray(disk.read_bytes())
     expected[3000:6000] = block  # across the 4 KiB chunk boundary
-    found = flash.regions(disk, {3000: block}, chunk=4096)
+    found = staging.regions(disk, {3000: block}, chunk=4096)
     assert [(r.lba, r.blocks) for r in found] == [(0, 8), (8, 8), (16, 8), (24, 8)]
     assert [r.crc32 for r in found] == [zlib.crc32(expected[i:i + 4096]) for i in range(0, 16384, 4096)]
 
@@ -98,13 +99,13 @@ def test_a_batch_file_with_a_bad_line_is_named(tmp_path: Path) -> None:
     batch = tmp_path / "boards.txt"
     batch.write_text("# port mac serial\nsocket://127.0.0.1:1 52:54:00:00:00:01 U50-1\n\n"
                      "socket://127.0.0.1:2 52:54:00:00:00:02 U50-2  # second\n")
-    assert [job.identity.serial for job in flash.parse_batch(batch)] == ["U50-1", "U50-2"]
+    assert [job.identity.serial for job in parse_batch(batch)] == ["U50-1", "U50-2"]
     batch.write_text("socket://127.0.0.1:1 52:54:00 U50-1\n")
     with pytest.raises(PbxfwError, match=r"boards.txt:1: --mac"):
-        flash.parse_batch(batch)
+        parse_batch(batch)
 
 
-def small_image(tmp_path: Path, board: str) -> flash.Image:
+def small_image(tmp_path: Path, board: str) -> staging.Image:
     """A small disk image with the board's layout start and a build manifest."""
     out = tmp_path / "out"
     out.mkdir()
@@ -113,38 +114,38 @@ def small_image(tmp_path: Path, board: str) -> flash.Image:
     (out / "build.json").write_text(json.dumps({
         "sources": [str(REPO / f"board/{board}/board.yaml"), str(REPO / "recipes/base.yml"),
                     str(REPO / "recipes/pbx.yml")], "version": "0.1.0"}))
-    return flash.load_image(disk)
+    return staging.load_image(disk)
 
 
 @pytest.fixture
-def image(tmp_path: Path) -> flash.Image:
+def image(tmp_path: Path) -> staging.Image:
     return small_image(tmp_path, "qemu-u50")  # gzwrite
 
 
 @pytest.fixture
-def station(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[flash.Station]:
+def station(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Station]:
     monkeypatch.setenv("PBXFW_TIMEOUT_SCALE", "0.02")
     tftp = tmp_path / "tftp"
     tftp.mkdir()
-    yield flash.Station(tftp, None, tmp_path / "station.log", tmp_path / "labels.csv", tmp_path / "console.log")
+    yield Station(tftp, None, tmp_path / "station.log", tmp_path / "labels.csv", tmp_path / "console.log")
 
 
-def flash_fake(image: flash.Image, station: flash.Station, fault: str = "",
+def flash_fake(image: staging.Image, station: Station, fault: str = "",
                version: str = "aarch64-linux-gnu-gcc") -> tuple[flash.Outcome, FakeUBoot]:
     board = FakeUBoot(station.tftp_dir, image.size, version=version, fault=fault)
     try:
         job = flash.Job(board.url, factory.Identity(MAC, "U50-000123"))
-        return flash.run_jobs(image, [job], KEY, station), board
+        return run_jobs(image, [job], KEY, station), board
     finally:
         board.close()
 
 
-def test_a_good_run_writes_image_and_identity_labels_and_logs_no_secret(image: flash.Image,
-                                                                       station: flash.Station) -> None:
+def test_a_good_run_writes_image_and_identity_labels_and_logs_no_secret(image: staging.Image,
+                                                                       station: Station) -> None:
     outcome, board = flash_fake(image, station)
     assert outcome is flash.Outcome.FLASHED
     written = bytes(board.disk)
-    offset = flash.factory_offset(image.board)
+    offset = staging.factory_offset(image.board)
     block = written[offset:offset + ENV_SIZE]
     assert written[:offset] == image.disk.read_bytes()[:offset] and written.endswith(b"END")
     assert b"PBX_SERIAL=U50-000123\x00PBX_MAC=" + MAC.encode() in block
@@ -162,23 +163,23 @@ def test_a_good_run_writes_image_and_identity_labels_and_logs_no_secret(image: f
 def test_extents_cover_the_image_and_split_data_from_zeros(tmp_path: Path) -> None:
     disk = tmp_path / "disk.img"
     disk.write_bytes(b"x" + bytes(4095) + bytes(3 * 4096) + b"y" * 4096 * 5 + bytes(100))
-    found = flash.extents(disk, granule=4096, largest=3 * 4096)
+    found = staging.extents(disk, granule=4096, largest=3 * 4096)
     assert [(e.offset, e.length, e.zero) for e in found] == [
         (0, 4096, False), (4096, 3 * 4096, True), (4 * 4096, 3 * 4096, False), (7 * 4096, 2 * 4096, False),
         (9 * 4096, 100, True)]
 
 
 def test_a_u_boot_without_gzwrite_gets_the_data_extents_and_zeros_from_ram(tmp_path: Path,
-                                                                         station: flash.Station) -> None:
+                                                                         station: Station) -> None:
     image = small_image(tmp_path, "qemu-u20")
     board = FakeUBoot(station.tftp_dir, image.size, version="arm-linux-gnueabihf-gcc (Debian) 12.2.0")
     board.disk[:] = b"\xff" * image.size  # what a used eMMC holds: every zero must be written
     try:
         job = flash.Job(board.url, factory.Identity(MAC, "U20-000001"))
-        assert flash.run_jobs(image, [job], KEY, station) is flash.Outcome.FLASHED
+        assert run_jobs(image, [job], KEY, station) is flash.Outcome.FLASHED
     finally:
         board.close()
-    offset = flash.factory_offset(image.board)
+    offset = staging.factory_offset(image.board)
     written, wanted = bytes(board.disk), image.disk.read_bytes()
     assert written[:offset] == wanted[:offset] and written[offset + ENV_SIZE:] == wanted[offset + ENV_SIZE:]
     sent = sorted(path.stat().st_size for path in station.tftp_dir.glob("*.raw"))
@@ -192,7 +193,7 @@ def test_a_u_boot_without_gzwrite_gets_the_data_extents_and_zeros_from_ram(tmp_p
     ("flip_read", "", flash.Outcome.CHECKSUM_MISMATCH),
     ("no_boot", "", flash.Outcome.BOOT_CHECK_FAILED),
 ])
-def test_each_failure_has_its_own_code_and_is_never_labelled(image: flash.Image, station: flash.Station,
+def test_each_failure_has_its_own_code_and_is_never_labelled(image: staging.Image, station: Station,
                                                             fault: str, version: str,
                                                             outcome: flash.Outcome) -> None:
     result, _ = flash_fake(image, station, fault, version or "aarch64-linux-gnu-gcc")
@@ -201,18 +202,18 @@ def test_each_failure_has_its_own_code_and_is_never_labelled(image: flash.Image,
     assert f"result={outcome.name.lower()} code={int(outcome)}" in station.station_log.read_text()
 
 
-def test_no_console_is_its_own_failure(image: flash.Image, station: flash.Station) -> None:
+def test_no_console_is_its_own_failure(image: staging.Image, station: Station) -> None:
     job = flash.Job(f"socket://127.0.0.1:{free_port()}", factory.Identity(MAC, "U50-000124"))
-    assert flash.run_jobs(image, [job], None, station) is flash.Outcome.NO_CONSOLE
+    assert run_jobs(image, [job], None, station) is flash.Outcome.NO_CONSOLE
     assert not station.label_out.exists()  # type: ignore[union-attr]
 
 
-def test_a_batch_goes_on_after_a_failure_and_reports_the_first(image: flash.Image, station: flash.Station) -> None:
+def test_a_batch_goes_on_after_a_failure_and_reports_the_first(image: staging.Image, station: Station) -> None:
     boards = [FakeUBoot(station.tftp_dir, image.size, fault="flip_read"), FakeUBoot(station.tftp_dir, image.size)]
     try:
         jobs = [flash.Job(board.url, factory.Identity(f"52:54:00:00:00:0{n}", f"U50-B{n}"))
                 for n, board in enumerate(boards, 1)]
-        assert flash.run_jobs(image, jobs, KEY, station) is flash.Outcome.CHECKSUM_MISMATCH
+        assert run_jobs(image, jobs, KEY, station) is flash.Outcome.CHECKSUM_MISMATCH
     finally:
         for board in boards:
             board.close()
@@ -221,7 +222,7 @@ def test_a_batch_goes_on_after_a_failure_and_reports_the_first(image: flash.Imag
     assert results == ["checksum_mismatch", "flashed"]
 
 
-def test_dry_run_shows_the_plan_and_touches_nothing(image: flash.Image, tmp_path: Path,
+def test_dry_run_shows_the_plan_and_touches_nothing(image: staging.Image, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     from pbxfw.cli import main as cli
 

@@ -103,29 +103,29 @@ def _sbom(args: argparse.Namespace) -> int:
 
 
 def _flash(args: argparse.Namespace) -> int:
-    from pbxfw.production import factory, flash
+    from pbxfw.production import factory, flash, staging, station
 
     if args.batch:
         if args.port or args.mac or args.serial:
             raise PbxfwError("--batch takes the boards from its file; leave out --port, --mac and --serial")
-        jobs = flash.parse_batch(Path(args.batch))
+        jobs = station.parse_batch(Path(args.batch))
     else:
         missing = [name for name in ("port", "mac", "serial") if not getattr(args, name)]
         if missing:
             raise PbxfwError(f"missing {', '.join('--' + m for m in missing)} (or give --batch FILE)")
         jobs = [flash.Job(args.port, factory.Identity(factory.parse_mac(args.mac), factory.parse_serial(args.serial)))]
     key = factory.load_key(Path(args.factory_key)) if args.factory_key else None
-    image = flash.load_image(Path(args.image))
+    image = staging.load_image(Path(args.image))
     tftp_dir = Path(args.tftp_dir) if args.tftp_dir else None
     label_out = Path(args.label_out) if args.label_out else None
     if args.dry_run:
-        print(flash.dry_run(image, jobs, key is not None, tftp_dir, label_out))
+        print(station.dry_run(image, jobs, key is not None, tftp_dir, label_out))
         return 0
     if tftp_dir is None or not tftp_dir.is_dir():
         raise PbxfwError(f"--tftp-dir {args.tftp_dir}: not a directory (the station's TFTP server serves it)")
-    station = flash.Station(tftp_dir, args.tftp_server, Path(args.station_log), label_out,
-                            Path(args.console_log) if args.console_log else None)
-    return int(flash.run_jobs(image, jobs, key, station))
+    line = station.Station(tftp_dir, args.tftp_server, Path(args.station_log), label_out,
+                           Path(args.console_log) if args.console_log else None)
+    return int(station.run_jobs(image, jobs, key, line))
 
 
 def _show(args: argparse.Namespace) -> int:
