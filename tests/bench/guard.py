@@ -84,9 +84,8 @@ def flood(net: NetLab, dev: Device, rate: int, source: str, phone_secret: str) -
 
 def on_the_test_network(board: config.Board, built: Path, work: Path) -> tuple[list[float], list[Flood]]:
     work.mkdir(exist_ok=True)
-    disk, password = boards.prepare_disk(board, built, work)
     found = []
-    with lab_twin(board, disk, password, work) as (net, dev):
+    with lab_twin(board, built, work) as (net, dev):
         for trial in range(BAN_TRIALS):
             source = f"203.0.113.{60 + trial}"
             net.add_address(INTERNET, source)

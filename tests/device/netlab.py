@@ -22,7 +22,8 @@ from types import TracebackType
 
 from pbxfw.config import Board
 
-from tests.infra.power import QemuPower, Wiring
+from tests.infra import boards
+from tests.infra.power import Wiring
 from tests.infra.twin import Device
 
 ROUTER, LAN, INTERNET = "pbx-rtr", "pbx-lan", "pbx-inet"
@@ -107,16 +108,17 @@ def secret_of(dev: Device, number: str) -> str:
 
 
 @contextmanager
-def lab_twin(board: Board, disk: Path, password: str, work: Path, mac: str = "52:54:00:1a:b0:0a") \
-        -> Iterator[tuple[NetLab, Device]]:
-    """The lab with a logged-in twin on it: a static LAN address (the lab has no DHCP
-    server; an installer would set one the same way), the LAN trusted, fail2ban ready."""
+def lab_twin(board: Board, image: Path, work: Path) -> Iterator[tuple[NetLab, Device]]:
+    """The lab with a logged-in twin on it, restored from the image's booted snapshot (its
+    NIC's backend is now the lab's tap: a backend is not part of the saved machine), then
+    moved to the lab: a static LAN address (the lab has no DHCP server; an installer would
+    set one the same way), which the guard follows into the trusted set; fail2ban ready."""
     tap = f"tap,id=net0,ifname={TAP},script=no,downscript=no"
-    with NetLab() as net, QemuPower(board, disk, work, Wiring(mac=mac, netdev=tap)) as power:
-        dev = Device(power.console_url, password, work / "console.log")  # QEMU starts once attached
+    with NetLab() as net:
+        twin = boards.booted_twin(board, image, work, Wiring(netdev=tap))
         try:
             net.attach_tap()
-            dev.boot()
+            dev = twin.dut
             dev.check("nic=$(basename $(ls -d /sys/class/net/e* | head -1)) && mkdir -p /run/systemd/network && "
                       "printf '[Match]\\nName=%s\\n[Network]\\nAddress=%s\\nGateway=%s\\n' "
                       f"$nic {TWIN}/{PREFIX} {ROUTER_LAN} > /run/systemd/network/10-lab.network && networkctl reload")
@@ -126,4 +128,4 @@ def lab_twin(board: Board, disk: Path, password: str, work: Path, mac: str = "52
                       "sleep 0.5; done; exit 1 )", timeout=200)
             yield net, dev
         finally:
-            dev.close()
+            twin.power_off()

@@ -31,7 +31,6 @@ from tests.device.netlab import (
     lab_twin,
     secret_of,
 )
-from tests.infra import boards
 from tests.infra.twin import Device
 
 HERE = Path(__file__).parent
@@ -46,8 +45,7 @@ ALLOWED_HOST = "203.0.113.51"  # a second address of the internet host, allow-li
 def lab(build_config: BuildConfig, out_dir: Path, tmp_path_factory: pytest.TempPathFactory) \
         -> Iterator[tuple[NetLab, Device]]:
     work = tmp_path_factory.mktemp("netlab")
-    disk, password = boards.prepare_disk(build_config.board, out_dir / "disk.img", work)
-    with lab_twin(build_config.board, disk, password, work) as (net, dev):
+    with lab_twin(build_config.board, out_dir / "disk.img", work) as (net, dev):
         yield net, dev
 
 
