@@ -143,6 +143,41 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repo(args: argparse.Namespace) -> int:
+    from pbxfw.fleet import repository
+
+    path, key_dir = Path(args.dir), Path(args.keys)
+    if args.repo_command == "init":
+        repository.init(path, key_dir)
+        print(f"pbxfw: {path}: a TUF repository; its keys are in {key_dir} (keep root and targets offline)")
+        return 0
+    repo = repository.Repo(path, key_dir)
+    if args.repo_command == "add":
+        print(f"pbxfw: {repository.add(repo, Path(args.bundle))}: added to releases")
+    elif args.repo_command == "rollout":
+        policy = repository.rollout(repo, args.board, args.version, args.percent, args.start, args.pause)
+        print(f"pbxfw: {policy.target}: {policy.percent} % of {policy.board} boxes"
+              f"{', paused' if policy.paused else ''}")
+    elif args.repo_command == "timestamp":
+        print(f"pbxfw: re-signed {', '.join(repository.timestamp(repo))}")
+    elif args.repo_command == "rotate":
+        version = repository.rotate(repo, args.role, Path(args.new_key), args.replaces)
+        print(f"pbxfw: root version {version} names the new {args.role} key")
+    else:
+        roles, releases, rollouts = repository.status(repo)
+        for r in roles:
+            warn = "  WARNING: less than a quarter of its period left" if r.left < repository.WARN_LEFT else ""
+            print(f"{r.role:10} v{r.version:<5} expires {r.expires:%Y-%m-%d %H:%M}Z ({r.left:.0%} left), "
+                  f"{r.threshold} of {r.keys} key(s){warn}")
+        for target, custom in releases.items():
+            print(f"release {target}: {custom.get('version')} (security version {custom.get('security_version')}), "
+                  f"{custom['length']} bytes")
+        for rollout in rollouts:
+            print(f"rollout {rollout.board}: {rollout.target} at {rollout.percent} %"
+                  f"{' (paused)' if rollout.paused else ''}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pbxfw", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +236,30 @@ def main(argv: list[str] | None = None) -> int:
     fl.add_argument("--console-log", help="append the console transcript here")
     fl.add_argument("--dry-run", action="store_true", help="print the plan, touch nothing")
     fl.set_defaults(func=_flash)
+    rp = sub.add_parser("repo", help="the release repository boxes poll (TUF metadata and targets)")
+    rsub = rp.add_subparsers(dest="repo_command", required=True)
+    default_keys = str(Path.home() / ".config" / "pbxfw" / "repo-keys")
+    for name, text in (("init", "a new repository, and the keys it lacks"), ("add", "a signed bundle as a release"),
+                       ("rollout", "which release goes to what share of a board's boxes"),
+                       ("timestamp", "re-sign timestamp (and the online roles when due): for a timer"),
+                       ("rotate", "replace a role's key through a new root version"),
+                       ("status", "roles, versions, expiries, releases, rollouts")):
+        cmd = rsub.add_parser(name, help=text)
+        cmd.add_argument("dir", help="the repository (what the web server serves)")
+        cmd.add_argument("--keys", default=default_keys, help=f"the key directory, outside the repository "
+                                                              f"(default {default_keys})")
+    rsub.choices["add"].add_argument("bundle")
+    ro = rsub.choices["rollout"]
+    ro.add_argument("--board", required=True)
+    ro.add_argument("--version", required=True)
+    ro.add_argument("--percent", type=float, required=True, help="0..100 of the board's boxes; only grows")
+    ro.add_argument("--start", type=int, help="seconds since the epoch before which no box starts")
+    ro.add_argument("--pause", action="store_true", help="no further box starts this release")
+    rot = rsub.choices["rotate"]
+    rot.add_argument("--role", required=True, choices=["root", "targets", "snapshot", "timestamp"])
+    rot.add_argument("--new-key", required=True, help="the new key file (pbxfw keys generate)")
+    rot.add_argument("--replaces", help="the key it replaces, e.g. root-2 (default: the role's own)")
+    rp.set_defaults(func=_repo)
     show = sub.add_parser("show", help="print the resolved configuration")
     show.add_argument("config", nargs="?")
     show.add_argument("--settings", action="store_true", help="every key a board or recipe file may set, with help")

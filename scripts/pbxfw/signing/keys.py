@@ -1,7 +1,8 @@
 """Signing keys: development key pairs on disk, and the one interface a signer offers.
 
-A production signer (a PKCS#11 token, an HSM) only has to provide `key_id` and `sign`;
-the bundle writer never sees a private key.
+A production signer (a PKCS#11 token, an HSM) only has to provide `key_id`, its
+`public_key` and `sign`; the bundle writer and the release repository never see a
+private key.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -26,6 +27,9 @@ from pbxfw.errors import PbxfwError
 class Signer(Protocol):
     @property
     def key_id(self) -> bytes: ...
+
+    @property
+    def public_key(self) -> Ed25519PublicKey: ...
 
     def sign(self, message: bytes) -> bytes: ...
 
@@ -46,6 +50,10 @@ class FileSigner:
     @property
     def key_id(self) -> bytes:
         return key_id(self._key.public_key())
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
 
     def sign(self, message: bytes) -> bytes:
         return self._key.sign(message)
