@@ -138,3 +138,22 @@ def test_generated_secrets_carry_at_least_90_bits() -> None:
     rate = accepted / trials
     bits = 16 * math.log2(len(passwords.PHONE_SAFE)) + math.log2(rate)
     assert bits >= 90, f"{bits:.1f} bits (acceptance {rate:.3f})"
+
+
+def test_the_common_pin_list_is_exactly_zxcvbns_digit_only_passwords() -> None:
+    from pbxagent.credentials.passwords import common_pins
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    expected = {w for w in FREQUENCY_LISTS["passwords"] if w.isdigit() and w.isascii()}
+    assert common_pins() == expected and "123456" in expected and len(expected) > 1000
+
+
+def test_a_pin_check_does_not_load_the_common_password_list() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pbxagent.credentials.passwords import Kind, check\n"
+            "assert [v.rule for v in check('159753', Kind.PIN)] == ['common']\n"
+            "print('zxcvbn.frequency_lists' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from functools import cache
+from pathlib import Path
 from typing import Any, NamedTuple
 
 
@@ -113,6 +114,17 @@ def _common_passwords() -> frozenset[str]:
     return frozenset(FREQUENCY_LISTS["passwords"])
 
 
+COMMON_PINS = Path(__file__).with_name("common-pins.txt")
+
+
+@cache
+def common_pins() -> frozenset[str]:
+    """The digit-only common passwords, from a small file: a first boot makes a PIN for
+    every extension, and the whole list would cost it 13 MiB."""
+    lines = COMMON_PINS.read_text(encoding="ascii").splitlines()
+    return frozenset(line for line in lines if line and not line.startswith("#"))
+
+
 def _estimate(candidate: str, account: Account) -> dict[str, Any]:
     from zxcvbn import zxcvbn
 
@@ -188,7 +200,7 @@ def _pin(candidate: str, account: Account, rules: Rules) -> list[Violation]:
     if any(candidate == candidate[:size] * (len(candidate) // size)
            for size in range(1, len(candidate) // 2 + 1) if len(candidate) % size == 0):
         found.append(Violation("repeat", "repeats one digit or a short pattern (like 111111, 121212)"))
-    if candidate in _common_passwords():
+    if candidate in common_pins():
         found.append(Violation("common", "is a common PIN"))
     return found
 
