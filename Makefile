@@ -22,7 +22,8 @@ HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata 
 	dpkg-dev diffoscope-minimal
 
 .PHONY: all setup host-packages binfmt venv keys lock image repro sbom bundle qemu test test-all lint unit image-test \
-	device-test device-test-all bench-boot bench-agent bench-memory bench-guard bench-update bench-build bench-flash clean
+	device-test device-test-all bench-boot bench-agent bench-memory bench-guard bench-update bench-build bench-flash \
+	bench-fleet clean
 
 all: image
 
@@ -136,6 +137,10 @@ bench-memory: setup keys
 	$(MAKE) --no-print-directory image BOARD=qemu-u50
 	$(MAKE) --no-print-directory image BOARD=qemu-u20
 	$(PY) -m tests.bench.memory --boards qemu-u50 qemu-u20
+
+# The release repository: metadata a box downloads per poll, with 10 / 100 / 1,000 releases.
+bench-fleet: setup
+	$(PY) -m tests.bench.fleet
 
 # Production line: blank twins flashed over their console, time per step.
 bench-flash: image
