@@ -73,11 +73,15 @@ class QemuPower:
     def on(self, loadvm: str | None = None) -> None:
         """Start QEMU; with `loadvm`, the machine saved under that name in the disk's top layer."""
         w = self.wiring
+        # Snapshots are saved on the user network, whose state (QEMU's `slirp` section) a
+        # restore must find again even when the NIC is on another backend (a tap): a
+        # user network with no NIC takes it.
+        saved_net = ("-netdev", "user,id=saved,restrict=on") if loadvm and w.netdev else ()
         argv = qemu.command(
             self.board, self.disk, disk_format=self.disk_format,
             serial=f"tcp:127.0.0.1:{self.port},server=on,wait=on", mac=w.mac, guestfwd=w.guestfwd,
             tftp=w.tftp, netdev=w.netdev,
-            extra=(*self.extra, "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            extra=(*self.extra, *saved_net, "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                    *(("-loadvm", loadvm) if loadvm else ())),
         )
         with self.log_path.open("ab") as log:

@@ -139,7 +139,7 @@ class Twin:
         try:
             self._dut = Device(self.power.console_url, self.password, self.log_path)
             self._dut.resume()
-        except ConsoleError as exc:
+        except (ConsoleError, OSError) as exc:  # OSError: QEMU refused the state and closed the console
             self._off(cut=True)
             raise ConsoleError(f"restoring {snapshot!r} failed: {exc}; QEMU: {self.power.exit_reason()}") from None
         self.state = State.SHELL
