@@ -73,13 +73,17 @@ def _stop(_signum: int, _frame: FrameType | None) -> None:
 
 
 def serve(policy: Policy, log: Callable[[str], None]) -> None:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
-
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     with contextlib.suppress(_Stop):
-        _follow(policy, log, IPRoute(), RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+        trusted, told = _start(policy, log)
+        # pyroute2 costs seconds to import under emulation (4-5 s idle, more in a boot):
+        # the firewall, the bans and READY (which kamailio and fail2ban wait for) do not
+        # wait for it; only following address changes does.
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
+
+        _follow(log, IPRoute(), RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR, trusted, told)
     bans.save()
     log("bans saved; guard stopped")
 
@@ -90,17 +94,34 @@ def _tell_fail2ban(log: Callable[[str], None]) -> str | None:
     return told.pid
 
 
-def _follow(policy: Policy, log: Callable[[str], None], events: Any, groups: int) -> None:
+def _start(policy: Policy, log: Callable[[str], None]) -> tuple[list[str], str | None]:
+    """The compiled firewall, the saved bans, fail2ban's thresholds and exemptions, then
+    READY: the trusted LAN and the pid of the fail2ban that was told."""
+    addresses = apply(policy)
+    trusted = segments(addresses)
+    log(f"firewall applied; trusted LAN: {', '.join(trusted) or 'none'}")
+    log(f"{bans.restore(exempt_networks(policy, addresses))} saved ban(s) restored")
+    log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
+    told = _tell_fail2ban(log)
+    _notify("READY=1")
+    return trusted, told
+
+
+def _retrust(log: Callable[[str], None], trusted: list[str], told: str | None) -> tuple[list[str], str | None]:
+    """The addresses read again; the trusted sets and fail2ban follow when they moved."""
+    now_trusted = segments(lan.read_addresses())
+    if now_trusted == trusted:
+        return trusted, told
+    nft.execute(firewall.trusted_update(now_trusted))
+    log(f"trusted LAN now: {', '.join(now_trusted) or 'none'}")
+    return now_trusted, _tell_fail2ban(log)
+
+
+def _follow(log: Callable[[str], None], events: Any, groups: int, trusted: list[str], told: str | None) -> None:
     with events:
-        # Subscribe before the first read, so no change between the two is missed.
         events.bind(groups=groups)
-        addresses = apply(policy)
-        trusted = segments(addresses)
-        log(f"firewall applied; trusted LAN: {', '.join(trusted) or 'none'}")
-        log(f"{bans.restore(exempt_networks(policy, addresses))} saved ban(s) restored")
-        log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
-        told = _tell_fail2ban(log)
-        _notify("READY=1")
+        # A change between the first read (in _start) and the subscription is seen here.
+        trusted, told = _retrust(log, trusted, told)
         last_save = time.monotonic()
         while True:
             ready, _, _ = select.select([events], [], [], SAVE_EVERY_S)
@@ -108,12 +129,7 @@ def _follow(policy: Policy, log: Callable[[str], None], events: Any, groups: int
                 time.sleep(SETTLE_S)
                 while select.select([events], [], [], 0)[0]:
                     events.get()
-                addresses = lan.read_addresses()
-                now_trusted = segments(addresses)
-                if now_trusted != trusted:
-                    nft.execute(firewall.trusted_update(now_trusted))
-                    log(f"trusted LAN now: {', '.join(now_trusted) or 'none'}")
-                    told, trusted = _tell_fail2ban(log), now_trusted
+                trusted, told = _retrust(log, trusted, told)
             if time.monotonic() - last_save >= SAVE_EVERY_S:
                 bans.save()
                 last_save = time.monotonic()
