@@ -131,6 +131,7 @@ def test_agent_runs_from_bytecode_with_its_pinned_wheel(rootfs: Path) -> None:
             compiled = sorted(p.name.split(".")[0] for p in (folder / "__pycache__").glob("*.pyc"))
             assert sources == compiled, folder
     assert (dist / "pbxagent/policy/default-policy.yaml").is_file()
+    assert (dist / "pbxagent/credentials/common-pins.txt").is_file()  # what a PIN is checked against
     assert list(dist.glob("zxcvbn-4.5.0.dist-info"))
 
 
