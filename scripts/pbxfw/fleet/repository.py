@@ -193,14 +193,6 @@ def init(path: Path, key_dir: Path, now: datetime | None = None) -> Repo:
     return repo
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as src:
-        while chunk := src.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def board_of(compatible: str) -> str:
     return compatible.split(",", 1)[-1]
 
