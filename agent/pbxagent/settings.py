@@ -31,7 +31,7 @@ class Setting:
     low: int = 0  # an int's lowest value, a string's or list's shortest length
     high: int = sys.maxsize
     parse: Parser | None = None
-    required: bool = True
+    choices: tuple[str, ...] = ()  # a string setting's only values
 
     def matches(self, key: str) -> bool:
         if self.key.endswith(".*"):  # any one name, dots and all (`services.ssh.service`)
@@ -67,6 +67,8 @@ class Surface:
             if not setting.low <= size <= setting.high:
                 what = "" if isinstance(value, int) else "length "
                 raise self.fail(path, key, f"{what}{size} is outside {setting.low}..{setting.high}")
+        if setting.choices and value not in setting.choices:
+            raise self.fail(path, key, f"must be one of {', '.join(setting.choices)}, not {value!r}")
         return setting.parse(path, key, value) if setting.parse else value
 
     def _unknown(self, path: Path, key: str) -> Exception:
@@ -86,10 +88,7 @@ class Surface:
             self.check(path, key, value)
 
     def missing(self, flat: dict[str, Any]) -> list[str]:
-        return sorted(s.key for s in self.settings if s.required and "*" not in s.key and s.key not in flat)
-
-    def sections(self) -> set[str]:
-        return {s.key.split(".")[0] for s in self.settings}
+        return sorted(s.key for s in self.settings if "*" not in s.key and s.key not in flat)
 
     def help(self) -> Iterator[str]:
         """One line per setting: key, type and bounds, help."""
@@ -99,6 +98,8 @@ class Surface:
                 bounds = f" {s.low}..{s.high}"
             elif s.kind in (str, list) and s.high != sys.maxsize:
                 bounds = f" (length {s.low}..{s.high})"
+            if s.choices:
+                bounds = f" ({' | '.join(s.choices)})"
             yield f"{s.key:28} {s.kind.__name__}{bounds}: {s.help}"
 
 

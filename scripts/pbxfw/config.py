@@ -20,11 +20,6 @@ from pbxagent.settings import Setting, Surface, flatten
 from pbxfw.errors import ConfigError
 
 HEADER_VERSION = 1
-SERVICE_STATES = ("enabled", "disabled", "masked")
-# How `pbxfw flash` writes the image with the board's U-Boot: `gzwrite` inflates one
-# compressed image onto the device; `raw` (a U-Boot built without gzwrite) sends the
-# image's non-zero extents as they are and writes zero runs from a zeroed buffer.
-FLASH_WRITES = ("gzwrite", "raw")
 
 # Every key a board or recipe file may set, declared once (pbxagent.settings): type,
 # help, and the bounds a value must keep; `pbxfw show --settings` prints this list.
@@ -38,7 +33,7 @@ SETTINGS = Surface([
     Setting("board.arch", str, "Debian architecture (arm64, armhf)", 1, 16),
     Setting("board.kernel.flavour", str, "Debian kernel flavour: linux-image-<flavour>", 1, 64),
     Setting("board.kernel.fit_arch", str, "U-Boot's name for the architecture in the FIT"),
-    Setting("board.kernel.compression", str, "the kernel in the FIT: gzip or none"),
+    Setting("board.kernel.compression", str, "the kernel in the FIT", choices=("gzip", "none")),
     Setting("board.kernel.load_address", str, "where U-Boot loads the kernel (hex)"),
     Setting("board.kernel.initramfs_modules", list, "modules the initramfs loads to reach the root"),
     Setting("board.kernel.rootfs_modules", list, "module trees (under kernel/) the slot ships"),
@@ -57,7 +52,10 @@ SETTINGS = Surface([
     Setting("board.uboot.version_match", str, "pbxfw flash: a pattern U-Boot's `version` must match"),
     Setting("board.uboot.transfer_address", str, "pbxfw flash: RAM what the station sends goes to (hex)"),
     Setting("board.uboot.verify_address", str, "pbxfw flash: read-back buffer (hex), 64 MiB"),
-    Setting("board.uboot.flash_write", str, "pbxfw flash: gzwrite, or raw for a U-Boot without gzwrite"),
+    # gzwrite inflates one compressed image onto the device; raw (a U-Boot built without
+    # gzwrite) sends the image's non-zero extents and writes zero runs from a zeroed buffer.
+    Setting("board.uboot.flash_write", str, "pbxfw flash: how U-Boot writes the image",
+            choices=("gzwrite", "raw")),
     Setting("board.qemu.binary", str, "the twin's QEMU system emulator"),
     Setting("board.qemu.machine", str, "the twin's QEMU machine"),
     Setting("board.qemu.cpu", str, "the twin's CPU"),
@@ -67,7 +65,7 @@ SETTINGS = Surface([
     Setting("debian.security_mirror", str, "the security archive"),
     Setting("debian.components", list, "archive components"),
     Setting("packages.*", bool, "true: installed; false: kept out even where Debian's priorities would install it"),
-    Setting("services.*", str, "a unit's state: enabled, disabled or masked"),
+    Setting("services.*", str, "a unit's state", choices=("enabled", "disabled", "masked")),
     Setting("overlays", list, "directories laid over the root, relative to the file naming them"),
     Setting("image.hostname", str, "the box's host name", 1, 63),
     Setting("image.source_date_epoch", int, "every timestamp in the image (reproducible builds)"),
@@ -106,7 +104,7 @@ class UBoot:
     version_match: str
     transfer_address: int
     verify_address: int
-    flash_write: str  # one of FLASH_WRITES
+    flash_write: str  # gzwrite | raw
 
 
 @dataclass(frozen=True)
@@ -276,8 +274,6 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
         return int(text, 16)
 
     compression = req("board.kernel.compression")
-    if compression not in ("gzip", "none"):
-        raise ConfigError(f"{where('board.kernel.compression')}: board.kernel.compression must be gzip or none")
     uboot_binary = Path(req("board.uboot.binary"))
     if not uboot_binary.is_file():
         raise ConfigError(
@@ -285,12 +281,6 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
             "(installed by `make setup` from Debian's u-boot-qemu)"
         )
     services = merged.get("services", {})
-    for unit, state in services.items():
-        if state not in SERVICE_STATES:
-            raise ConfigError(
-                f"{where(f'services.{unit}')}: services.{unit} must be one of "
-                f"{', '.join(SERVICE_STATES)}, got {state!r}"
-            )
     overlays = tuple(Path(p) for p in merged.get("overlays", []))
     for overlay in overlays:
         if not overlay.is_dir():
@@ -304,9 +294,6 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
         raise ConfigError(f"{where('board.uboot.version_match')}: board.uboot.version_match: {exc}") from None
 
     flash_write = req("board.uboot.flash_write")
-    if flash_write not in FLASH_WRITES:
-        raise ConfigError(f"{where('board.uboot.flash_write')}: board.uboot.flash_write must be one of "
-                          f"{', '.join(FLASH_WRITES)} (gzwrite needs U-Boot's gzwrite command), got {flash_write!r}")
 
     board = Board(
         name=req("board.name"),

@@ -124,11 +124,10 @@ class Repo:
             raise PbxfwError(f"{self.metadata}: no {role} metadata (pbxfw repo init)")
         return Metadata.from_file(str(self.metadata / f"{versions[-1]}.{role}.json"))
 
-    def write(self, md: Metadata[Any], role: str, sign_as: str | None = None,
-              extra: list[AdaptedSigner] | None = None) -> None:
+    def write(self, md: Metadata[Any], role: str, extra: list[AdaptedSigner] | None = None) -> None:
         """Sign with the role's keys (and `extra`, e.g. the old root's) and write it."""
         md.signatures.clear()
-        for signer in signers(self.key_dir, sign_as or role) + (extra or []):
+        for signer in signers(self.key_dir, role) + (extra or []):
             md.sign(signer, append=True)
         name = "timestamp.json" if role == "timestamp" else f"{md.signed.version}.{role}.json"
         self.metadata.mkdir(parents=True, exist_ok=True)
