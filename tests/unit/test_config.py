@@ -109,7 +109,7 @@ def test_missing_uboot_binary_names_file_and_key(tmp_path: Path) -> None:
 def test_flash_write_method_is_checked(tmp_path: Path) -> None:
     assert config.load(f"{BOARD}:{REPO}/recipes/pbx.yml").board.uboot.flash_write == "gzwrite"
     extra = write(tmp_path / "extra.yml", "board:\n  uboot:\n    flash_write: dd\n")
-    with pytest.raises(ConfigError, match=r"extra\.yml: board\.uboot\.flash_write: must be one of gzwrite, raw, not 'dd'"):
+    with pytest.raises(ConfigError, match=r"extra\.yml: board\.uboot\.flash_write: must be one of gzwrite, raw"):
         config.load(f"{BOARD}:{REPO}/recipes/pbx.yml:{extra}")
 
 
