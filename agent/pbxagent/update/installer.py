@@ -208,7 +208,7 @@ def verify(location: str) -> bundle.Header:
 def status() -> dict[str, Any]:
     """What `update status --json` prints: the update state as JSON, with the running
     slot's release (from the image when no update wrote that slot) and the boot state."""
-    current = json.loads(load_state().to_json())
+    current = load_state().as_dict()
     running = bootstate.booted_slot()
     boot = bootstate.read()
     current["slots"].setdefault(running, asdict(running_release()))

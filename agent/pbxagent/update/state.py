@@ -52,6 +52,10 @@ class UpdateState:
         return replace(self, floor=max(self.floor, security_version))
 
     def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=1, sort_keys=True) + "\n"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The file's JSON shape (the one boxes in the field have)."""
         data: dict[str, Any] = {
             "floor": self.floor,
             "slots": {slot: asdict(release) for slot, release in self.slots.items()},
@@ -61,7 +65,7 @@ class UpdateState:
         if self.pending:
             data["pending"] = {"slot": self.pending.slot, "from_slot": self.pending.from_slot,
                                "manifest_sha256": self.pending.manifest_sha256, **asdict(self.pending.release)}
-        return json.dumps(data, indent=1, sort_keys=True) + "\n"
+        return data
 
     @classmethod
     def from_json(cls, text: str, source: Path) -> UpdateState:
