@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # A parser gets the file, the key and the raw value, checks what a type cannot say and
 # returns the typed value (raising the surface's error naming the item, e.g.
@@ -23,8 +22,7 @@ Parser = Callable[[Path, str, Any], object]
 _NAMES = {bool: "true or false", int: "an integer", str: "a string", list: "a list", dict: "a mapping"}
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     key: str
     kind: type
     help: str
