@@ -137,24 +137,27 @@ class Repo:
         if role == "root":
             shutil.copyfile(self.metadata / name, self.metadata / "root.json")
 
+    def write_next(self, md: Metadata[Any], role: str, now: datetime,
+                   extra: list[AdaptedSigner] | None = None) -> None:
+        """`md` as the role's next version, with a fresh expiry."""
+        md.signed.version += 1
+        md.signed.expires = _expiry(role, now)
+        self.write(md, role, extra)
+
     def publish(self, changed: list[str], now: datetime | None = None) -> None:
         """New snapshot and timestamp over the targets roles' newest versions."""
         now = now or _now()
         snap = self.load("snapshot")
         for role in changed:
             snap.signed.meta[f"{role}.json"] = MetaFile(self.load(role).signed.version)
-        snap.signed.version += 1
-        snap.signed.expires = _expiry("snapshot", now)
-        self.write(snap, "snapshot")
+        self.write_next(snap, "snapshot", now)
         self.stamp(now)
 
     def stamp(self, now: datetime | None = None) -> None:
         now = now or _now()
         ts = self.load("timestamp")
         ts.signed.snapshot_meta = MetaFile(self.load("snapshot").signed.version)
-        ts.signed.version += 1
-        ts.signed.expires = _expiry("timestamp", now)
-        self.write(ts, "timestamp")
+        self.write_next(ts, "timestamp", now)
 
 
 def init(path: Path, key_dir: Path, now: datetime | None = None) -> Repo:
@@ -219,9 +222,7 @@ def add(repo: Repo, bundle_path: Path, now: datetime | None = None) -> str:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(bundle_path, dest)
     releases.signed.targets[path] = target
-    releases.signed.version += 1
-    releases.signed.expires = _expiry("releases", now or _now())
-    repo.write(releases, "releases")
+    repo.write_next(releases, "releases", now or _now())
     repo.publish(["releases"], now)
     return path
 
@@ -252,9 +253,7 @@ def rollout(repo: Repo, board: str, version: str, percent: float, start: int | N
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(data)
     signed.signed.targets[policy_path] = TargetFile.from_data(policy_path, data, ["sha256"])
-    signed.signed.version += 1
-    signed.signed.expires = _expiry("rollout", now)
-    repo.write(signed, "rollout")
+    repo.write_next(signed, "rollout", now)
     repo.publish(["rollout"], now)
     return policy
 
@@ -269,22 +268,16 @@ def timestamp(repo: Repo, now: datetime | None = None) -> list[str]:
     """Re-sign timestamp; the online roles (rollout, snapshot) too when less than half
     of their period is left. Returns the roles re-signed."""
     now = now or _now()
-    done = []
     changed = []
     ro = repo.load("rollout")
     if ro.signed.expires - now < timedelta(days=EXPIRY["rollout"]) / 2:
-        ro.signed.version += 1
-        ro.signed.expires = _expiry("rollout", now)
-        repo.write(ro, "rollout")
+        repo.write_next(ro, "rollout", now)
         changed.append("rollout")
-    snap = repo.load("snapshot")
-    if changed or snap.signed.expires - now < timedelta(days=EXPIRY["snapshot"]) / 2:
+    if changed or repo.load("snapshot").signed.expires - now < timedelta(days=EXPIRY["snapshot"]) / 2:
         repo.publish(changed, now)
-        done += [*changed, "snapshot", "timestamp"]
-    else:
-        repo.stamp(now)
-        done.append("timestamp")
-    return done
+        return [*changed, "snapshot", "timestamp"]
+    repo.stamp(now)
+    return ["timestamp"]
 
 
 def rotate(repo: Repo, role: str, new_key: Path, replaces: str | None = None, now: datetime | None = None) -> int:
@@ -307,16 +300,12 @@ def rotate(repo: Repo, role: str, new_key: Path, replaces: str | None = None, no
         raise PbxfwError(f"{old_path}: not a {role} key of root version {root.signed.version}")
     root.signed.revoke_key(old_public.keyid, role)
     root.signed.add_key(new_signer.public_key, role)
-    root.signed.version += 1
-    root.signed.expires = _expiry("root", now)
-    repo.write(root, "root", extra=[new_signer] if role == "root" else [])
+    repo.write_next(root, "root", now, extra=[new_signer] if role == "root" else [])
     old_path.replace(repo.key_dir / f"{name}.key.revoked-v{root.signed.version}")
     shutil.copyfile(new_key, old_path)
     old_path.chmod(0o600)
     if role == "targets":
-        targets = repo.load("targets")
-        targets.signed.version += 1
-        repo.write(targets, "targets")
+        repo.write_next(repo.load("targets"), "targets", now)
         repo.publish(["targets"], now)
     elif role == "snapshot":
         repo.publish([], now)
