@@ -21,6 +21,7 @@ class BoardInfo:
     security_version: int
     boot_attempts: int  # per slot, as U-Boot's script counts them
     slots: dict[str, str]  # slot name -> its block device on Linux
+    built: int  # the image's SOURCE_DATE_EPOCH: a clock before it is certainly wrong
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -34,7 +35,7 @@ class BoardInfo:
         if not isinstance(data, dict):
             raise ContentError(f"{source}: not a JSON object")
         types = {"board": str, "compatible": str, "arch": str, "version": str, "security_version": int,
-                 "boot_attempts": int, "slots": dict}
+                 "boot_attempts": int, "slots": dict, "built": int}
         for key, kind in types.items():
             if not isinstance(data.get(key), kind):
                 raise ContentError(f"{source}: {key} must be a {kind.__name__}, got {data.get(key)!r}")

@@ -14,9 +14,10 @@ from pathlib import Path
 from pbxagent import atomic, paths
 from pbxagent.credentials import extensions, root, ssh
 from pbxagent.policy import site
+from pbxagent.update import report
 
 # Every directory on /data the agent writes, all root-only.
-DATA_DIRS = ("credentials", "secrets", "state", "ssh", "tls")
+DATA_DIRS = ("credentials", "secrets", "state", "ssh", "tls", "update")
 
 
 def ensure_data_layout() -> Path:
@@ -52,6 +53,7 @@ def provision() -> Iterator[str]:
     if created:
         yield f"secrets and PINs made for {len(created)} extension(s) {created[0]}-{created[-1]}"
     yield ssh.repair()
+    yield f"device id {report.ensure_identity()} (rollouts, signed update reports)"
     if not completed():
         atomic.write(marker(), json.dumps({"complete": True}) + "\n", 0o600)
         yield "first-boot provisioning complete"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from pbxagent.update.bundle import Reason, Rejected
 from pbxfw.signing import bundler, keys
 
 from tests.device.bundleserver import serving
+from tests.unit.agent_tree import make_update_tree
 
 COMPATIBLE = "pbxfw,qemu-u50"
 CHUNK = 4096
@@ -207,24 +207,7 @@ def test_boot_state_transitions() -> None:
 @pytest.fixture
 def device_tree(tmp_path: Path, keydir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "root"
-    (root / "run" / "pbx").mkdir(parents=True)
-    (root / "run" / "pbx" / "slot").write_text("A\n")
-    (root / "etc" / "pbxfw").mkdir(parents=True)
-    (root / "data" / "pbx").mkdir(parents=True)
-    slots = {s: str(tmp_path / f"slot{s}") for s in "AB"}
-    for path in slots.values():
-        Path(path).write_bytes(b"\xee" * (len(PAYLOAD) + 8192))
-    (root / "etc" / "pbxfw" / "board.json").write_text(board.BoardInfo(
-        "qemu-u50", COMPATIBLE, "arm64", "1.0.0", security_version=2, boot_attempts=3, slots=slots).to_json())
-    env_text = tmp_path / "env.txt"
-    env_text.write_text("BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\n")
-    subprocess.run(["mkenvimage", "-r", "-s", "0x4000", "-o", tmp_path / "env.bin", env_text], check=True)
-    (tmp_path / "bootstate").write_bytes((tmp_path / "env.bin").read_bytes() * 2)
-    state = tmp_path / "bootstate"
-    (root / "etc" / "fw_env.config").write_text(f"{state} 0x0 0x4000\n{state} 0x4000 0x4000\n")
-    keys_dir = root / "usr" / "share" / "pbxfw" / "keys"
-    keys_dir.mkdir(parents=True)
-    (keys_dir / "vendor.pub").write_bytes((keydir / "vendor.pub").read_bytes())
+    make_update_tree(root, tmp_path, keydir / "vendor.pub", COMPATIBLE, len(PAYLOAD) + 8192)
     monkeypatch.setenv("PBXAGENT_ROOT", str(root))
     return root
 

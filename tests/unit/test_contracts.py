@@ -15,7 +15,8 @@ from pbxfw.image import bootscript, layout
 
 from tests.unit.test_config import REPO
 
-INFO = BoardInfo("qemu-u50", "pbxfw,qemu-u50", "arm64", "1.2.0", 4, 3, {"A": "/dev/vda3", "B": "/dev/vda4"})
+INFO = BoardInfo("qemu-u50", "pbxfw,qemu-u50", "arm64", "1.2.0", 4, 3, {"A": "/dev/vda3", "B": "/dev/vda4"},
+                 1_793_491_200)
 
 
 def test_board_info_round_trips_and_names_what_is_wrong(tmp_path: Path) -> None:

@@ -88,10 +88,63 @@ def _update_verify(args: argparse.Namespace) -> int:
     return OK
 
 
-def _update_status(args: argparse.Namespace) -> int:
-    from pbxagent.update import installer
+def _update_check(args: argparse.Namespace) -> int:
+    """--timer: pbx-update.service (reports, schedule, window, reboot). Without it: poll
+    now and say what the box would do, installing nothing."""
+    import resource
+    import time
 
-    current = installer.status()
+    from pbxagent import system
+    from pbxagent.update import fleet
+
+    pol = _policy().update
+    if args.timer:
+        lines, reboot = fleet.timer(pol)
+        for line in lines:
+            print(f"pbxagent: {line}", flush=True)
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(f"pbxagent: took {time.process_time():.2f} s of CPU, peak RSS {peak_kib / 1024:.1f} MiB", flush=True)
+        if reboot:
+            print("pbxagent: rebooting into the new slot (maintenance window)", flush=True)
+            system.systemctl("reboot", "--no-block")
+        return OK
+    if not pol.repository:
+        print("pbxagent: update.repository is not set in the policy: this box does not poll", file=sys.stderr)
+        return ERROR
+    found = fleet.check(pol, int(time.time()))
+    if args.json:
+        _print_json(found.decision._asdict() | {"status": found.status, "detail": found.detail}
+                    if found.decision else {"status": found.status, "detail": found.detail})
+    else:
+        print(f"pbxagent: {found.status}: {found.detail}")
+    return OK if found.status in ("offered", "current", "waiting", "none") else REJECTED
+
+
+def _update_apply(args: argparse.Namespace) -> int:
+    """Poll now and install what the repository offers this box, window or not."""
+    import time
+
+    from pbxagent.update import bundle, fleet
+
+    pol = _policy().update
+    if not pol.repository:
+        print("pbxagent: update.repository is not set in the policy: this box does not poll", file=sys.stderr)
+        return ERROR
+    found = fleet.check(pol, int(time.time()))
+    print(f"pbxagent: {found.status}: {found.detail}")
+    if found.status != "offered":
+        return OK if found.status in ("current", "waiting", "none") else REJECTED
+    try:
+        print(f"pbxagent: {fleet.apply(found)}")
+    except bundle.Rejected as exc:
+        return _refused(exc)
+    return OK
+
+
+def _update_status(args: argparse.Namespace) -> int:
+    from pbxagent.update import fleet, installer
+
+    current = installer.status() | {"fleet": fleet.status()}
     if args.json:
         _print_json(current)
         return OK
@@ -106,6 +159,12 @@ def _update_status(args: argparse.Namespace) -> int:
         print(f"on probation: slot {current['pending']['slot']} ({current['pending']['version']})")
     last = current["last_result"]
     print(f"last update: {last['result']}: {last['message']}" if last else "last update: none")
+    fleet_state = current["fleet"]
+    check = fleet_state["last_check"]
+    print(f"fleet: device id {fleet_state['device_id']}, report key {fleet_state['report_key']}")
+    print(f"last check: {check['status']}: {check['detail']}" if check else "last check: none")
+    if fleet_state["queued_reports"]:
+        print(f"reports waiting for the collector: {len(fleet_state['queued_reports'])}")
     return OK
 
 
@@ -411,7 +470,13 @@ def _parser() -> argparse.ArgumentParser:
     verify = command(upd, "verify", _update_verify, "check a bundle file's signature and every chunk")
     for cmd in (install, verify):
         cmd.add_argument("bundle", metavar="FILE|URL" if cmd is install else "FILE")
-    command(upd, "status", _update_status, "slots, versions, security floor, last result", json_flag=True)
+    command(upd, "status", _update_status, "slots, versions, security floor, last result, fleet checks",
+            json_flag=True)
+    check = command(upd, "check", _update_check, "poll the release repository and say what this box would do",
+                    json_flag=True)
+    check.add_argument("--timer", action="store_true",
+                       help="pbx-update.service: send reports, poll when due, install in the window and reboot")
+    command(upd, "apply", _update_apply, "poll now and install the release offered to this box (no window)")
 
     root = group("root", "root's credential")
     command(root, "status", _root_status, "default, derived, rotated, factory, user-set or locked", json_flag=True)

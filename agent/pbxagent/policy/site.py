@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from pbxagent import atomic, paths
 from pbxagent.credentials.passwords import Rules
 from pbxagent.errors import PolicyError as PolicyError
-from pbxagent.policy import network
+from pbxagent.policy import network, updates
 from pbxagent.policy.network import Firewall
 from pbxagent.settings import Setting, Surface, flatten
 
@@ -27,6 +27,7 @@ class Policy(NamedTuple):
     ssh_port: int
     firewall: Firewall
     jails: dict[str, network.Jail]
+    update: updates.UpdatePolicy
 
 
 _JAIL_HELP = {
@@ -68,6 +69,14 @@ SETTINGS = Surface([
             parse=network.flood),
     *(Setting(f"bans.{name}", dict, f"{_JAIL_HELP[name]}: {{failures, window, ban}}, seconds", parse=network.jail)
       for name in network.JAILS),
+    Setting("update.repository", str, "the release repository's base URL (metadata/, targets/); \"\" = no polling",
+            0, 512, parse=updates.url),
+    Setting("update.interval", int, "seconds between polls on average (each wait drawn from 0..2x)", 60, 7 * 86400),
+    Setting("update.boot_delay", int, "the first poll after a boot comes within this many seconds", 0, 86400),
+    Setting("update.window", str, "local HH:MM-HH:MM in which the box installs and reboots by itself; \"\" = "
+            "any time", 0, 11, parse=updates.window),
+    Setting("update.mode", str, "auto: install in the window; check: only find and report", choices=updates.MODES),
+    Setting("update.report_url", str, "where update reports are POSTed; \"\" = nowhere", 0, 512, parse=updates.url),
 ], PolicyError)
 
 
@@ -145,6 +154,14 @@ def _build(source: Path, flat: dict[str, Any]) -> Policy:
             flood_pps=network.flood(source, "firewall.flood_pps", flat["firewall.flood_pps"]),
         ),
         jails={name: network.jail(source, f"bans.{name}", flat[f"bans.{name}"]) for name in network.JAILS},
+        update=updates.UpdatePolicy(
+            repository=updates.url(source, "update.repository", flat["update.repository"]).rstrip("/"),
+            interval=flat["update.interval"],
+            boot_delay=flat["update.boot_delay"],
+            window=updates.window(source, "update.window", flat["update.window"]),
+            mode=flat["update.mode"],
+            report_url=updates.url(source, "update.report_url", flat["update.report_url"]),
+        ),
     )
 
 

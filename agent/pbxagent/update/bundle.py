@@ -71,6 +71,7 @@ class Reason(enum.IntEnum):
     TRUNCATED = 18
     CHUNK_MISMATCH = 19
     READBACK_MISMATCH = 20
+    TARGET_MISMATCH = 21  # a fleet update's bundle disagrees with its signed TUF target
 
 
 class Rejected(Exception):

@@ -17,8 +17,8 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from pbxagent import board, paths, provision
-from pbxagent.update import bootstate, installer
-from pbxagent.update.state import Result, UpdateState
+from pbxagent.update import bootstate, installer, report
+from pbxagent.update.state import Pending, Result, UpdateState
 
 
 class Finding(NamedTuple):
@@ -116,7 +116,8 @@ class Verdict(NamedTuple):
 def check_boot(wait: float = 90) -> Verdict:
     """The health check and what follows from it."""
     running = bootstate.booted_slot()
-    current, lines = settle_pending(installer.load_state(), running)
+    before = installer.load_state()
+    current, lines = settle_pending(before, running)
     findings = run_checks(wait)
     healthy = all(f.passed for f in findings)
     reboot = not healthy and current.pending is not None
@@ -131,4 +132,17 @@ def check_boot(wait: float = 90) -> Verdict:
         lines.append(f"slot {running} is on probation and unhealthy: rebooting "
                      f"({boot.attempts(running)} attempt(s) left before slot {bootstate.other(running)})")
     installer.save_state(current)
+    if before.pending and current.last_result and current.last_result != before.last_result:
+        lines.append(_queue_report(before.pending, current.last_result))
     return Verdict(healthy, reboot, lines)
+
+
+def _queue_report(pending: Pending, result: Result) -> str:
+    """The settled update's report, kept on /data until the collector has it (sent by
+    pbx-update.service): only now, after the reboot, is the outcome known."""
+    try:
+        path = report.enqueue(result.result, pending.from_version, pending.release.version, result.time,
+                              result.message)
+    except (OSError, ValueError) as exc:
+        return f"update report not queued: {exc}"
+    return f"update report queued: {path.name}"

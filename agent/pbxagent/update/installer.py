@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pbxagent import atomic, board, paths
 from pbxagent.update import bootstate, bundle, state
@@ -61,8 +61,15 @@ def load_state() -> state.UpdateState:
 
 
 def running_release() -> state.Release:
+    """The release in the running image, as its board.json says."""
     info = board.load()
     return state.Release(info.version, info.security_version)
+
+
+def running_slot_release(current: state.UpdateState, running: str) -> state.Release:
+    """What the running slot runs: what an update wrote there, else the image's release
+    (a test bundle may carry the same image under another version)."""
+    return current.slots.get(running) or running_release()
 
 
 @dataclass(frozen=True)
@@ -175,10 +182,21 @@ class Progress:
         return f"{(done - self.start) / seconds / 2**20:.1f} MiB/s"
 
 
-def install(location: str) -> str:
+class Vet(Protocol):
+    """What a caller knows about the bundle beyond its signature (a fleet update: its TUF
+    target), checked before the first write and after the last byte is read."""
+
+    def before_write(self, header: bundle.Header) -> None: ...
+
+    def after_payload(self) -> None: ...
+
+
+def install(location: str | Source, vet: Vet | None = None) -> str:
     """Install a bundle into the inactive slot and make it the next boot's first try."""
-    source = open_source(location)
+    source = open_source(location) if isinstance(location, str) else location
     plan = prepare(source)
+    if vet is not None:
+        vet.before_write(plan.header)
     manifest = plan.header.manifest
     if plan.start_chunk:
         print(f"update: resuming at chunk {plan.start_chunk} of {len(manifest.chunks)}", file=sys.stderr)
@@ -186,13 +204,16 @@ def install(location: str) -> str:
     progress = Progress(manifest.payload_size, manifest.chunk_range(plan.start_chunk)[0])
     started = time.monotonic()
     _write_chunks(plan, source, progress)
+    if vet is not None:
+        vet.after_payload()
     written, rate = time.monotonic() - started, progress.rate(manifest.payload_size)
     _read_back(plan)
     release = state.Release(manifest.version, manifest.security_version, manifest.build_id)
     saved = load_state()
+    running = bootstate.other(plan.target)
     save_state(replace(saved, slots={**saved.slots, plan.target: release},
-                       pending=state.Pending(plan.target, bootstate.other(plan.target),
-                                             plan.header.manifest_sha256, release)))
+                       pending=state.Pending(plan.target, running, plan.header.manifest_sha256, release,
+                                             running_slot_release(saved, running).version)))
     bootstate.write(bootstate.mark_active(bootstate.read(), plan.target, board.load().boot_attempts))
     atomic.remove(update_dir() / "progress.json")
     return (f"slot {plan.target} holds {manifest.version} (security version {manifest.security_version}), "

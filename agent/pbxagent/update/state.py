@@ -29,6 +29,7 @@ class Pending:
     from_slot: str
     manifest_sha256: str
     release: Release
+    from_version: str = ""  # what ran before it (for the update report)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class UpdateState:
         if self.pending:
             data["pending"] = {"slot": self.pending.slot, "from_slot": self.pending.from_slot,
                                "manifest_sha256": self.pending.manifest_sha256, **asdict(self.pending.release)}
+            if self.pending.from_version:  # newer than the shape the first boxes wrote
+                data["pending"]["from_version"] = self.pending.from_version
         return data
 
     @classmethod
@@ -78,7 +81,7 @@ class UpdateState:
                 floor=int(data.get("floor", 0)),
                 slots=slots,
                 pending=Pending(pending["slot"], pending["from_slot"], pending["manifest_sha256"],
-                                _release(pending)) if pending else None,
+                                _release(pending), str(pending.get("from_version", ""))) if pending else None,
                 last_result=Result(last["result"], last["version"], last["slot"], int(last["time"]),
                                    last["message"]) if last else None,
             )
