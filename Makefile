@@ -13,13 +13,18 @@ PYTEST := $(VENV)/bin/pytest
 # pair on first use and the image trusts every *.pub in KEYS.
 KEYS ?= $(HOME)/.config/pbxfw/keys
 SIGNING_KEY ?= $(KEYS)/dev.key
+# The release repository boxes poll (TUF): `make image` makes a development one, and its
+# keys beside it, on first use; the image ships its root.json as the trust anchor.
+RELEASES ?= $(HOME)/.config/pbxfw/releases
+REPO_KEYS ?= $(HOME)/.config/pbxfw/repo-keys
+TUF_ROOT := $(RELEASES)/metadata/root.json
 
 # Host packages: image tools, QEMU and its firmware, and what the tests drive.
 HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata \
 	qemu-system-arm qemu-utils ipxe-qemu u-boot-qemu u-boot-tools device-tree-compiler \
 	squashfs-tools dosfstools mtools fdisk e2fsprogs libubootenv-tool kmod cpio \
 	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 nftables socat \
-	dpkg-dev diffoscope-minimal
+	dpkg-dev diffoscope-minimal nginx-light apache2-utils
 
 .PHONY: all setup host-packages binfmt venv keys lock image repro sbom bundle qemu test test-all lint unit image-test \
 	device-test device-test-all bench-boot bench-agent bench-memory bench-guard bench-update bench-build bench-flash \
@@ -55,16 +60,17 @@ $(VENV)/.ready: scripts/pyproject.toml agent/pyproject.toml requirements-dev.txt
 
 keys: venv
 	@test -f $(SIGNING_KEY) || $(VENV)/bin/pbxfw keys generate $(KEYS) --name $(basename $(notdir $(SIGNING_KEY)))
+	@test -f $(TUF_ROOT) || $(VENV)/bin/pbxfw repo init $(RELEASES) --keys $(REPO_KEYS)
 
 image: setup keys
-	$(VENV)/bin/pbxfw image $(CONFIG) --out $(OUT) --lock $(LOCK) --trusted-keys $(KEYS)
+	$(VENV)/bin/pbxfw image $(CONFIG) --out $(OUT) --lock $(LOCK) --trusted-keys $(KEYS) --tuf-root $(TUF_ROOT)
 
 lock: setup
 	$(VENV)/bin/pbxfw lock $(CONFIG) --lock $(LOCK)
 
 # Two clean builds (the second bootstraps anew with no network) must be identical.
 REPRO := $(PY) -m pbxfw.image.repro $(CONFIG) --lock $(LOCK) --trusted-keys $(KEYS) --signing-key $(SIGNING_KEY) \
-	--out out/repro/$(BOARD)
+	--tuf-root $(TUF_ROOT) --out out/repro/$(BOARD)
 repro: setup keys
 	$(REPRO)
 
@@ -91,7 +97,8 @@ unit: venv
 image-test: image
 	$(PYTEST) tests/image --board $(BOARD)
 
-DEVICE_TEST := $(PYTEST) tests/device --board $(BOARD) --keys $(KEYS) --durations=15
+DEVICE_TEST := $(PYTEST) tests/device --board $(BOARD) --keys $(KEYS) --repo-keys $(REPO_KEYS) \
+	--releases $(RELEASES) --durations=15
 device-test: image
 	$(DEVICE_TEST)
 

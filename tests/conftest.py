@@ -17,6 +17,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--out", default=None, help="the build to test (default: out/<board>)")
     parser.addoption("--keys", default=str(Path.home() / ".config" / "pbxfw" / "keys"),
                      help="update keys the image trusts; dev.key signs the test bundles")
+    parser.addoption("--releases", default=str(Path.home() / ".config" / "pbxfw" / "releases"),
+                     help="the release repository whose root.json the image trusts (the fleet tests copy it)")
+    parser.addoption("--repo-keys", default=str(Path.home() / ".config" / "pbxfw" / "repo-keys"),
+                     help="that repository's keys")
     parser.addoption(
         "--console",
         default=None,

@@ -14,7 +14,8 @@ from pbxfw.image import build
 
 def _image(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    build.build(cfg, Path(args.out), args.lock, args.trusted_keys, fresh_bootstrap=args.fresh_bootstrap)
+    build.build(cfg, Path(args.out), args.lock, args.trusted_keys, fresh_bootstrap=args.fresh_bootstrap,
+                tuf_root=args.tuf_root)
     return 0
 
 
@@ -189,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="bootstrap the root file system anew instead of taking it from the cache")
     image.add_argument("--trusted-keys", type=Path, metavar="DIR",
                        help="directory whose *.pub (and revoked) the image trusts for updates")
+    image.add_argument("--tuf-root", type=Path, metavar="FILE",
+                       help="the release repository's root.json: the box's anchor for fleet updates")
     image.set_defaults(func=_image)
     locking = sub.add_parser("lock", help="resolve the package set to exact .debs and write the lock file")
     locking.add_argument("config", help="kas-style file list, as for `image`")

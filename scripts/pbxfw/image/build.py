@@ -62,7 +62,7 @@ def busybox_binary(lock: locking.Lock, cache: Path, work: Path) -> bytes:
 
 
 def build(config: BuildConfig, out: Path, lock_path: Path, trusted_keys: Path | None = None,
-          fresh_bootstrap: bool = False) -> Outputs:
+          fresh_bootstrap: bool = False, tuf_root: Path | None = None) -> Outputs:
     started = time.monotonic()
     out = out.resolve()
     outputs = Outputs(out)
@@ -105,6 +105,8 @@ def build(config: BuildConfig, out: Path, lock_path: Path, trusted_keys: Path | 
         )
         trusted = rootfs.install_trusted_keys(trusted_keys, root)
         log(f"    {trusted} trusted update key(s)" + ("" if trusted else ": this image will refuse every update"))
+        anchor = rootfs.install_tuf_root(tuf_root, root)
+        log(f"    release repository trust anchor: {anchor}")
         rootfs.remove_unshipped(root)
         rootfs.remove_machine_state(root)
 

@@ -29,7 +29,8 @@ def _pbxfw(*args: str | Path, offline: bool = False) -> None:
         raise SystemExit(f"pbxfw repro: `{' '.join(argv)}` failed")
 
 
-def build_twice(config: str, lock: Path, keys: Path, signing_key: Path, out: Path) -> tuple[Path, Path]:
+def build_twice(config: str, lock: Path, keys: Path, signing_key: Path, out: Path,
+                tuf_root: Path | None = None) -> tuple[Path, Path]:
     builds = (out / "a", out / "b")
     for number, directory in enumerate(builds, 1):
         if directory.exists():
@@ -38,7 +39,8 @@ def build_twice(config: str, lock: Path, keys: Path, signing_key: Path, out: Pat
         log(f"=== repro: build {number} of 2 into {directory}"
             + (": fresh bootstrap, no network" if fresh else ""))
         started = time.monotonic()
-        _pbxfw("image", config, "--out", directory, "--lock", lock, "--trusted-keys", keys,
+        anchor: list[str | Path] = ["--tuf-root", tuf_root] if tuf_root else []
+        _pbxfw("image", config, "--out", directory, "--lock", lock, "--trusted-keys", keys, *anchor,
                *(["--fresh-bootstrap"] if fresh else []), offline=fresh)
         _pbxfw("bundle", "create", "--out", directory, "--key", signing_key, "--output", directory / "repro.bundle")
         log(f"=== repro: build {number} took {time.monotonic() - started:.0f} s")
@@ -72,9 +74,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lock", type=Path, required=True)
     parser.add_argument("--trusted-keys", type=Path, required=True)
     parser.add_argument("--signing-key", type=Path, required=True)
+    parser.add_argument("--tuf-root", type=Path, help="the release repository's root.json, as for `pbxfw image`")
     parser.add_argument("--out", type=Path, required=True, help="the two builds go to OUT/a and OUT/b")
     args = parser.parse_args(argv)
-    a, b = build_twice(args.config, args.lock, args.trusted_keys, args.signing_key, args.out)
+    a, b = build_twice(args.config, args.lock, args.trusted_keys, args.signing_key, args.out, args.tuf_root)
     log("=== repro: sha256 of each artefact (build 1; build 2 shown only where it differs)")
     differ = compare(a, b)
     if not differ:

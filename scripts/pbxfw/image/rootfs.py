@@ -19,6 +19,7 @@ from pathlib import Path
 from pbxagent.board import BoardInfo
 
 from pbxfw.config import BuildConfig
+from pbxfw.errors import StageError
 from pbxfw.image.release import Release
 from pbxfw.packages.archive import sha256_file
 from pbxfw.packages.lock import Lock
@@ -203,9 +204,10 @@ FSTAB = "# / (read-only slot), /data: mounted by the initramfs. /etc, /var: vola
 # and on a network without a reachable DNS server each lookup waited ~20 s.
 HOSTS = ("127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
          "::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n")
-# mmdebstrap copies the build host's resolv.conf into the tree: without this the image
-# would carry the build farm's DNS server and differ between build hosts.
-RESOLV_CONF = "# No DNS server is configured in the image (the box runs no resolver daemon).\n"
+# mmdebstrap copies the build host's resolv.conf into the tree, which would carry the
+# build farm's DNS server and differ between build hosts: the box's names go through
+# systemd-resolved's stub, which uses the DNS servers DHCP gave networkd.
+RESOLV_CONF = "../run/systemd/resolve/stub-resolv.conf"
 
 
 def write_board_files(config: BuildConfig, root: Path, fw_env: dict[str, str], release: Release,
@@ -217,14 +219,13 @@ def write_board_files(config: BuildConfig, root: Path, fw_env: dict[str, str], r
     (etc / "hosts").write_text(HOSTS.format(hostname=config.hostname))
     resolv = etc / "resolv.conf"
     resolv.unlink(missing_ok=True)
-    resolv.write_text(RESOLV_CONF)
-    resolv.chmod(0o644)
+    resolv.symlink_to(RESOLV_CONF)
     (etc / "fstab").write_text(FSTAB)
     for name, text in fw_env.items():
         (etc / name).write_text(text)
     info = BoardInfo(board=board.name, compatible=board.compatible, arch=board.arch, version=release.version,
                      security_version=release.security_version, boot_attempts=board.uboot.boot_attempts,
-                     slots=slots)
+                     slots=slots, built=config.source_date_epoch)
     (etc / "pbxfw").mkdir(exist_ok=True)
     (etc / "pbxfw" / "board.json").write_text(info.to_json())
 
@@ -240,6 +241,24 @@ def install_trusted_keys(keys: Path | None, root: Path) -> int:
         shutil.copyfile(path, dest / path.name)
         (dest / path.name).chmod(0o644)
     return len(publics)
+
+
+def install_tuf_root(tuf_root: Path | None, root: Path) -> str:
+    """The release repository's root metadata, the anchor of the box's fleet updates."""
+    if tuf_root is None:
+        return "none: this image does not poll for releases"
+    try:
+        signed = json.loads(tuf_root.read_bytes())["signed"]
+        version, kind = int(signed["version"]), signed["_type"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StageError(f"{tuf_root}: not TUF root metadata ({type(exc).__name__}: {exc})") from None
+    if kind != "root":
+        raise StageError(f"{tuf_root}: TUF {kind} metadata, not root")
+    dest = root / "usr" / "share" / "pbxfw" / "tuf" / "root.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tuf_root, dest)
+    dest.chmod(0o644)
+    return f"{tuf_root} (root version {version})"
 
 
 def remove_unshipped(root: Path) -> None:
