@@ -4,8 +4,14 @@ host with the real `pbxfw repo` and python-tuf's own client over loopback HTTP.
 - a poll with nothing new: what a box fetches (timestamp.json; goal <= 2 KiB);
 - a poll after a new release: every metadata file, and the rollout policy, the client
   fetched to find the release its board's rollout names;
-- how those grow with 10 / 100 / 1,000 releases in the repository.
-Baseline in the same run: the bundle itself (what the metadata rides on)."""
+- how those grow with 10 / 100 / 1,000 releases in the repository;
+- one nginx (Debian's, one worker per core) answering boxes' polls — a GET of
+  timestamp.json on a new connection each, as python-tuf makes it, and the conditional
+  GET (304) a box could make instead — in requests/s and the fleet it serves at a 6 h
+  interval, against nginx serving a 1-byte static file in the same run (ApacheBench,
+  no keep-alive: every box is a new connection).
+Baseline in the same run: the bundle itself (what the metadata rides on), and the
+1-byte file for nginx."""
 
 from __future__ import annotations
 
@@ -13,9 +19,13 @@ import argparse
 import functools
 import http.server
 import random
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,6 +91,52 @@ def bundle(work: Path, version: str) -> Path:
     return dest
 
 
+NGINX = """worker_processes 2; pid {work}/nginx.pid; error_log {work}/error.log; daemon on;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/body; proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+    server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+"""
+
+
+def requests_per_second(url: str, header: str | None = None, requests: int = 20_000) -> tuple[float, str]:
+    argv = ["ab", "-q", "-n", str(requests), "-c", "32", *(["-H", header] if header else []), url]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    return rate, f"{non_2xx.group(1)} non-2xx" if non_2xx else "all 2xx"
+
+
+def nginx_load(repo: repository.Repo, work: Path) -> None:
+    if shutil.which("nginx") is None or shutil.which("ab") is None:
+        print("  nginx or ab missing (make setup installs nginx-light and apache2-utils): load not measured")
+        return
+    (repo.path / "one-byte").write_bytes(b"x")
+    port = 20000 + random.randrange(20000)
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX.format(work=work, port=port, root=repo.path))
+    subprocess.run(["nginx", "-c", str(conf), "-p", str(work)], check=True)
+    try:
+        time.sleep(0.5)
+        base = f"http://127.0.0.1:{port}"
+        stamp = repo.metadata / "timestamp.json"
+        modified = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(stamp.stat().st_mtime))
+        baseline, _ = requests_per_second(f"{base}/one-byte")
+        plain, _ = requests_per_second(f"{base}/metadata/timestamp.json")
+        conditional, codes = requests_per_second(f"{base}/metadata/timestamp.json", f"If-Modified-Since: {modified}")
+        print("  nginx, 2 workers, ab -c 32 without keep-alive (requests/s; boxes served at one poll per 6 h):")
+        print(f"    1-byte static file (baseline) {baseline:8.0f}/s")
+        print(f"    timestamp.json, as boxes poll {plain:8.0f}/s  x{plain / baseline:.2f} of baseline  "
+              f"{plain * 6 * 3600 / 1e6:.1f} M boxes")
+        print(f"    timestamp.json, conditional   {conditional:8.0f}/s  x{conditional / baseline:.2f} of baseline  "
+              f"{conditional * 6 * 3600 / 1e6:.1f} M boxes ({codes}: 304s)")
+    finally:
+        subprocess.run(["nginx", "-c", str(conf), "-p", str(work), "-s", "stop"], check=False)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="tests.bench.fleet", description=__doc__.split("\n\n")[0])
     parser.add_argument("--releases", type=int, nargs="+", default=[10, 100, 1000])
@@ -109,6 +165,7 @@ def main() -> int:
                 print(f"  {count:>5} releases: first poll {first / 1024:7.1f} KiB, after a new release "
                       f"{made_new / 1024:6.1f} KiB, nothing new {quiet / 1024:4.1f} KiB "
                       f"(releases metadata v{releases}; a {size / 1024:.0f} KiB bundle beside it)", flush=True)
+        nginx_load(repo, work)
     return 0
 
 
