@@ -91,8 +91,19 @@ lint: venv
 	$(VENV)/bin/ruff check scripts agent tests
 	$(VENV)/bin/mypy
 
-unit: venv
+# The box runs Debian 13's python-tuf 5.1; the venv has 7.x for `pbxfw repo`. The box's
+# client is unit-tested under both.
+TUF51 := $(VENV)/tuf51
+$(TUF51)/.ready: $(VENV)/.ready
+	$(VENV)/bin/pip install -q --no-deps --target $(TUF51) tuf==5.1.0 securesystemslib==1.2.0 requests \
+		charset-normalizer idna certifi
+	touch $@
+
+unit: venv $(TUF51)/.ready
 	$(PYTEST) tests/unit
+	@PYTHONPATH=$(TUF51) $(PY) -c "import tuf; assert tuf.__version__ == '5.1.0', tuf.__version__" && \
+		echo "==> the box's fleet client again, under python-tuf 5.1 (Debian 13's)"
+	PYTHONPATH=$(TUF51) $(PYTEST) -q -p no:cacheprovider tests/unit/test_fleet_client.py
 
 image-test: image
 	$(PYTEST) tests/image --board $(BOARD)
