@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -60,25 +61,33 @@ def releases(request: pytest.FixtureRequest, tmp_path: Path) -> repository.Repo:
     return repository.Repo(tmp_path / "releases", key_dir)
 
 
+@contextmanager
+def nginx(root: Path, work: Path) -> Iterator[int]:
+    """nginx serving `root` on a free loopback port; yields the port."""
+    if shutil.which("nginx") is None:
+        raise RuntimeError("nginx is not installed (make setup installs nginx-light)")
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX.format(work=work, port=port, root=root))
+    server = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not (work / "nginx.pid").exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not start: {server.stderr.read() if server.stderr else ''}")
+            time.sleep(0.1)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 @pytest.fixture
 def mirror(releases: repository.Repo, tmp_path: Path) -> Iterator[int]:
     """nginx serving the repository copy; yields its port."""
-    if shutil.which("nginx") is None:
-        pytest.fail("nginx is not installed (make setup installs nginx-light)")
-    work = tmp_path / "nginx"
-    work.mkdir()
-    port = free_port()
-    conf = work / "nginx.conf"
-    conf.write_text(NGINX.format(work=work, port=port, root=releases.path))
-    server = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work)], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while not (work / "nginx.pid").exists():
-        if server.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"nginx did not start: {server.stderr.read() if server.stderr else ''}")
-        time.sleep(0.1)
-    yield port
-    server.terminate()
-    server.wait(10)
+    with nginx(releases.path, tmp_path / "nginx") as port:
+        yield port
 
 
 class _Collector(BaseHTTPRequestHandler):
@@ -95,27 +104,48 @@ class _Collector(BaseHTTPRequestHandler):
         self.end_headers()
 
 
-@pytest.fixture
-def collector() -> Iterator[tuple[int, list[dict[str, Any]]]]:
+@contextmanager
+def collecting() -> Iterator[tuple[int, list[dict[str, Any]]]]:
     """The vendor's report collector: its port and the reports it received."""
     received: list[dict[str, Any]] = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Collector,), {"reports": received}))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1], received
-    server.shutdown()
+    try:
+        yield server.server_address[1], received
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def collector() -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    with collecting() as running:
+        yield running
+
+
+def wiring(mirror_port: int, collector_port: int) -> Wiring:
+    return Wiring(guestfwd=(forward(REPOSITORY, mirror_port), forward(COLLECTOR, collector_port)))
+
+
+def poll_here(dut: Device, interval: int = 3600) -> None:
+    """The box's policy: poll the mirror, report to the collector, no maintenance window
+    and no after-boot delay."""
+    lines = ["update:", f"  repository: http://{REPOSITORY}", f"  report_url: http://{COLLECTOR}/v1/report",
+             '  window: ""', "  boot_delay: 0", f"  interval: {interval}"]
+    text = "\\n".join(lines)  # one console line: printf makes the newlines
+    dut.check(f"printf '{text}\\n' > /data/pbx/policy.yaml && pbxagent policy check")
+    # The tests start the service themselves; the timer's own wake-up (90 s after boot,
+    # which a restored snapshot may reach at any moment) must not poll in between.
+    dut.check("systemctl stop pbx-update.timer")
 
 
 @pytest.fixture
 def fleet_twin(build_config: BuildConfig, out_dir: Path, mirror: int, collector: tuple[int, list[dict[str, Any]]],
                tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Twin]:
-    """A booted twin whose policy polls the mirror and reports to the collector, with
-    no maintenance window and no after-boot delay (the test starts the service)."""
-    wiring = Wiring(guestfwd=(forward(REPOSITORY, mirror), forward(COLLECTOR, collector[0])))
-    twin = boards.booted_twin(build_config.board, out_dir / "disk.img", tmp_path / "twin", wiring)
+    """A booted twin whose policy polls the mirror and reports to the collector."""
+    twin = boards.booted_twin(build_config.board, out_dir / "disk.img", tmp_path / "twin",
+                              wiring(mirror, collector[0]))
     request.config.stash[CONSOLE_LOG_KEY] = twin.log_path
-    policy = (f"update:\n  repository: http://{REPOSITORY}\n  report_url: http://{COLLECTOR}/v1/report\n"
-              "  window: \"\"\n  boot_delay: 0\n")
-    twin.dut.check(f"printf '%s' '{policy}' > /data/pbx/policy.yaml")
+    poll_here(twin.dut)
     yield twin
     twin.power_off()
 

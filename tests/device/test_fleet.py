@@ -33,7 +33,7 @@ def test_a_rollout_reaches_the_box_in_steps_and_the_commit_is_reported_after_the
         collector: tuple[int, list[dict[str, Any]]]) -> None:
     dut = fleet_twin.dut
     board = build_config.board.name
-    assert "pbx-update.timer" in dut.check("systemctl list-timers --all --no-legend pbx-update.timer")
+    assert dut.check("systemctl is-enabled pbx-update.timer").strip() == "enabled"
     repository.add(releases, bundles / "v2.bundle")
     repository.rollout(releases, board, "2.0.0", 0)
     assert "waiting: 2.0.0 is out to 0.0 %" in dut.check("pbxagent update check")
@@ -45,13 +45,11 @@ def test_a_rollout_reaches_the_box_in_steps_and_the_commit_is_reported_after_the
 
     repository.rollout(releases, board, "2.0.0", 100)
     dut.console.send("systemctl start pbx-update.service\r")
-    dut.console.expect("slot B holds 2.0.0", 600, "the update service installing the release")
-    dut.console.expect("booting slot B", 300, "the reboot into the new slot")
+    dut.console.expect("booting slot B", 900, "the update service installing the release and rebooting")
     dut.login()
     after = fleet_status(dut)
     assert after["running_slot"] == "B" and after["last_result"]["result"] == "installed"
-    assert collector[1] == []  # nothing is reported before the commit
-    assert "sent: HTTP 202" in run_update_service(dut)
+    run_update_service(dut)  # (the timer may have sent it already, 90 s after boot)
     (sent,) = collector[1]
     report = verified(sent, after["fleet"]["report_key"])
     assert report["result"] == "committed" and report["to_version"] == "2.0.0" and report["board"] == board
@@ -64,9 +62,8 @@ def test_a_frozen_repository_is_reported_stale_and_installs_nothing(
     repository.add(releases, bundles / "v2.bundle", now=datetime.now(UTC) - timedelta(days=3))
     repository.rollout(releases, build_config.board.name, "2.0.0", 100, now=datetime.now(UTC) - timedelta(days=3))
     journal = run_update_service(dut)
-    assert "poll: stale:" in journal, journal
     state = fleet_status(dut)
-    assert state["fleet"]["last_check"]["status"] == "stale"
+    assert state["fleet"]["last_check"]["status"] == "stale", journal
     assert state["pending"] is None and state["boot_order"][0] == "A" and "B" not in state["slots"]
 
 
@@ -77,16 +74,16 @@ def test_a_release_that_fails_its_health_check_falls_back_and_is_reported(
     repository.add(releases, bundles / "unhealthy.bundle")
     repository.rollout(releases, build_config.board.name, "2.2.0", 100)
     dut.console.send("systemctl start pbx-update.service\r")
-    dut.console.expect("slot B holds 2.2.0", 600, "the update service installing the release")
     for attempt in range(3):
-        dut.console.expect("booting slot B", 300, f"attempt {attempt + 1} on the unhealthy slot")
+        dut.console.expect("booting slot B", 900 if attempt == 0 else 300, f"attempt {attempt + 1} on the new slot")
     dut.console.expect("booting slot A", 300, "the old slot after the attempts ran out")
     dut.login()
     after = fleet_status(dut)
     assert after["running_slot"] == "A" and after["boot_order"][0] == "A"
     assert after["last_result"]["result"] == "failed" and after["attempts_left"]["B"] == 0
     journal = run_update_service(dut)
-    assert "not retried" in journal, journal  # the release it fell back from is not installed again
+    check = fleet_status(dut)["fleet"]["last_check"]
+    assert check["status"] == "refused" and "not retried" in check["detail"], journal  # not installed again
     (sent,) = collector[1]
     report = verified(sent, after["fleet"]["report_key"])
     assert report["result"] == "fell_back" and report["to_version"] == "2.2.0"

@@ -181,7 +181,7 @@ def test_the_timer_installs_only_inside_the_window_and_asks_for_the_reboot(
     untouched()
     lines, reboot = fleet.timer(window, now + 60, random.Random(1))
     assert not reboot and lines[-1].startswith("next poll in ")  # polled a minute ago: not due again yet
-    lines, reboot = fleet.timer(window, now + 2 * 3600 + 60, random.Random(1), force=True)
+    lines, reboot = fleet.timer(window, now + 2 * 3600 + 60, random.Random(1))  # due: the wait was < 2 h
     assert reboot and "slot B holds 2.0.0" in lines[-1]
 
 

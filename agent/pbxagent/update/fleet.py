@@ -294,9 +294,8 @@ def record(found: Poll, now: int, schedule: dict[str, Any]) -> None:
     atomic.write(schedule_path(), json.dumps(schedule, indent=1, sort_keys=True) + "\n", mode=0o644)
 
 
-def timer(pol: UpdatePolicy, now: int | None = None, rng: random.Random | None = None,
-          force: bool = False) -> tuple[list[str], bool]:
-    """What pbx-update.service does: send due reports, poll when due (or `force`),
+def timer(pol: UpdatePolicy, now: int | None = None, rng: random.Random | None = None) -> tuple[list[str], bool]:
+    """What pbx-update.service does: send due reports, poll when due,
     install an offered release in the window when the mode is auto. Returns what
     happened, one line each, and whether the box should reboot into a new slot."""
     now = int(time.time()) if now is None else now
@@ -307,7 +306,7 @@ def timer(pol: UpdatePolicy, now: int | None = None, rng: random.Random | None =
     if not anchor().exists():
         return [*lines, f"{anchor()}: missing: this image trusts no release repository"], False
     is_due, schedule = due(_load_schedule(), pol, now, rng)
-    if not (is_due or force):
+    if not is_due:
         atomic.write(schedule_path(), json.dumps(schedule, indent=1, sort_keys=True) + "\n", mode=0o644)
         return [*lines, f"next poll in {schedule['next_poll'] - now} s"], False
     schedule["next_poll"] = now + int(rng.uniform(0, 2 * pol.interval))
