@@ -157,8 +157,9 @@ bench-memory: setup keys
 	$(PY) -m tests.bench.memory --boards qemu-u50 qemu-u20
 
 # The release repository: metadata a box downloads per poll, with 10 / 100 / 1,000 releases.
-bench-fleet: setup
+bench-fleet: image
 	$(PY) -m tests.bench.fleet
+	$(PY) -m tests.bench.fleetbox --board $(BOARD) --keys $(KEYS) --releases $(RELEASES) --repo-keys $(REPO_KEYS)
 
 # Production line: blank twins flashed over their console, time per step.
 bench-flash: image
