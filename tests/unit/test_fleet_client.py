@@ -41,7 +41,7 @@ SLOT_SIZE = PAYLOAD_SIZE + 8192
 
 class Mirror(http.server.SimpleHTTPRequestHandler):
     """The repository's static files with byte ranges, as nginx serves them;
-    `misbehave` makes a file endless, trickling or silent."""
+    `misbehave` makes a file chunky (short reads), endless, trickling or silent."""
 
     misbehave: ClassVar[dict[str, str]] = {}
 
@@ -60,10 +60,16 @@ class Mirror(http.server.SimpleHTTPRequestHandler):
         data = path.read_bytes()
         start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-"))
         self.send_response(206 if start else 200)
-        if mode is None:
+        if mode in (None, "chunky"):
             self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
         try:
+            if mode == "chunky":  # as a slow link delivers it: reads come back short
+                for offset in range(start, len(data), 4096):
+                    self.wfile.write(data[offset:offset + 4096])
+                    self.wfile.flush()
+                    time.sleep(0.001)
+                return
             self.wfile.write(data[start:])
             for _ in range(20_000 if mode else 0):
                 self.wfile.write(b"\0" * (1 << 16) if mode == "endless" else b"\0")
@@ -80,7 +86,7 @@ def repo(tmp_path: Path) -> repository.Repo:
 
 @pytest.fixture
 def misbehave() -> dict[str, str]:
-    """File name ending -> endless, trickle or silent, for the mirror serving it."""
+    """File name ending -> chunky, endless, trickle or silent, for the mirror serving it."""
     return {}
 
 
@@ -143,8 +149,9 @@ def release(repo: repository.Repo, tmp_path: Path, signing: Path, percent: float
 
 
 def test_a_release_rolled_out_to_the_box_is_installed(repo: repository.Repo, served: str, box: Path,
-                                                    tmp_path: Path, signing: Path) -> None:
+                                                    tmp_path: Path, signing: Path, misbehave: dict[str, str]) -> None:
     bundle = release(repo, tmp_path, signing)
+    misbehave[".bundle"] = "chunky"
     found = fleet.poll(policy(served), board.load(), int(time.time()))
     assert found.status == "offered", found.detail
     assert "slot B holds 2.0.0" in fleet.apply(found)

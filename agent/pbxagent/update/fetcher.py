@@ -48,19 +48,28 @@ class Bounded:
         self.sha256 = hashlib.sha256()
 
     def read(self, size: int = READ) -> bytes:
+        """Up to `size` bytes, fewer only at the end (a file's read, as the bundle parser
+        expects), the rate checked after every piece that arrives."""
         if self.length is not None:
             size = min(size, self.length - self.done)
-            if size <= 0:
-                return b""
-        # read1: what has arrived, up to `size` (read() would wait for all of it, and a
-        # trickle would never be measured)
-        data: bytes = self.response.read1(size) if hasattr(self.response, "read1") else self.response.read(size)
-        self.done += len(data)
-        self.sha256.update(data)
-        elapsed = time.monotonic() - self.started
-        if data and elapsed > self.limits.grace and self.done / elapsed < self.limits.min_rate:
-            raise TooSlow(f"{self.url}: {self.done} bytes in {elapsed:.0f} s, under {self.limits.min_rate:.0f} B/s")
-        return data
+        parts: list[bytes] = []
+        wanted = size
+        while wanted > 0:
+            # read1: what has arrived (read() would wait for all of it, and a trickle
+            # would never be measured)
+            data: bytes = self.response.read1(wanted) if hasattr(self.response, "read1") \
+                else self.response.read(wanted)
+            if not data:
+                break
+            parts.append(data)
+            wanted -= len(data)
+            self.done += len(data)
+            self.sha256.update(data)
+            elapsed = time.monotonic() - self.started
+            if elapsed > self.limits.grace and self.done / elapsed < self.limits.min_rate:
+                raise TooSlow(f"{self.url}: {self.done} bytes in {elapsed:.0f} s, "
+                              f"under {self.limits.min_rate:.0f} B/s")
+        return b"".join(parts)
 
     def close(self) -> None:
         self.response.close()
