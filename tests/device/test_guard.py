@@ -88,11 +88,15 @@ def test_drop_all_is_rolled_back_unless_confirmed(device: Device) -> None:
 
 def test_a_ban_survives_a_reboot(device: Device) -> None:
     """One ban from the CLI, one from fail2ban's action (stopping fail2ban at shutdown
-    must not lift it)."""
+    must not lift it); both are in force again before the box has an address."""
     device.check("pbxagent bans add 198.51.100.77 --seconds 3600 2>/dev/null")
     device.check("fail2ban-client set pbx-sip banip 198.51.100.78", timeout=120)
     wait_for(device, "pbxagent bans list 2>/dev/null | grep -q 198.51.100.78", 60)
     device.reboot()
+    # Before the first address: the compiled firewall with both bans, not only the base table.
+    order = device.check("journalctl -b -o cat | grep -E '^pbxfw firewall:|DHCPv4 address' | head -2").splitlines()
+    assert order[0] == "pbxfw firewall: the last compiled ruleset and its 2 ban(s)", order
+    assert "DHCPv4 address" in order[1], order
     device.check("systemctl is-active --wait pbx-guard.service || true", timeout=180)
     wait_for(device, "pbxagent bans list 2>/dev/null | grep -q 198.51.100.78", 60)
     left = json.loads(device.check("pbxagent bans list --json 2>/dev/null"))

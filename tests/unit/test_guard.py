@@ -125,8 +125,9 @@ def in_namespace(script: str) -> subprocess.CompletedProcess[str]:
         pytest.fail("nft and unshare are host requirements (make setup installs nftables)")
     if os.geteuid() != 0:
         pytest.skip("needs root for a network namespace (CI runs as root)")
+    path = os.pathsep.join([str(REPO / "agent"), str(REPO)])  # this checkout's agent, not the venv's
     return subprocess.run(["unshare", "--net", sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": path})
 
 
 def test_ruleset_applies_twice_keeping_bans_and_the_base_table_goes() -> None:
@@ -252,3 +253,28 @@ def test_a_ban_command_names_the_family_set_and_the_timeout() -> None:
 
     assert bans.element_command("add", "203.0.113.9", 3600) == "add element inet pbx ban4 { 203.0.113.9 timeout 3600s }"
     assert bans.element_command("delete", "2001:db8::66") == "delete element inet pbx ban6 { 2001:db8::66 }"
+
+
+def test_the_boot_firewall_loads_alone_with_its_bans_and_no_trusted_lan(tmp_path: Path) -> None:
+    """What nftables.service loads before any interface: the compiled table, the bans,
+    an empty trusted set; written again only when the rules or banned addresses change."""
+    done = in_namespace(f"""
+import os, subprocess
+os.environ["PBXAGENT_ROOT"] = "{tmp_path}"
+from pbxagent.network import bans, boot_firewall, nft
+from pbxagent.network.bans import Ban
+from pbxagent.policy import site
+fw = site.compose(site.DEFAULTS, None)[0].firewall
+subprocess.run(["nft", "-f", "overlay/etc/nftables.conf"], check=True)
+print(boot_firewall.save(fw, [Ban("203.0.113.9", 600), Ban("2001:db8::66", 60), Ban("198.51.100.1", 0)]))
+print(boot_firewall.save(fw, [Ban("203.0.113.9", 540), Ban("2001:db8::66", 1)]))
+print(boot_firewall.save(fw, [Ban("203.0.113.9", 540)]))
+subprocess.run(["nft", "-f", str(boot_firewall.path())], check=True)
+print(subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout.split())
+print([b.address for b in bans.current()], nft.set_elements("inet pbx", "trusted4"))
+""")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:3] == ["True", "False", "True"]  # timeouts alone do not rewrite it
+    assert lines[3] == "['table', 'inet', 'pbx']"  # the base table went with the flush
+    assert lines[4] == "['203.0.113.9'] []"

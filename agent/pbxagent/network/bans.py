@@ -91,28 +91,33 @@ def remove(address: str) -> None:
     save()
 
 
-def save() -> None:
-    """Keep the bans with their wall-clock expiry (kernel timeouts do not survive a reboot)."""
+def save() -> list[Ban]:
+    """Keep the bans with their wall-clock expiry (kernel timeouts do not survive a
+    reboot); returns them."""
     now = int(time.time())
-    data = [{"address": b.address, "expires_at": now + b.expires_in} for b in current()]
+    found = current()
+    data = [{"address": b.address, "expires_at": now + b.expires_in} for b in found]
     atomic.write(store_path(), json.dumps(data, indent=1) + "\n", 0o600)
+    return found
 
 
 def restore(exempt_networks: list[str]) -> int:
-    """Put saved bans back with the time they had left; returns how many."""
+    """Put saved bans back with the time they had left, in place of what the ban sets
+    hold (the boot firewall's copy counts from the boot, and did not know what is
+    trusted now), in one transaction; returns how many."""
     try:
         saved = json.loads(store_path().read_text())
     except (OSError, ValueError):
         return 0
     now = int(time.time())
-    restored = 0
+    commands = [f"flush set {TABLE} ban4", f"flush set {TABLE} ban6"]
     for item in saved:
         left = int(item.get("expires_at", 0)) - now
         address = str(item.get("address", ""))
         try:
             if left > 0 and not exempt(address, exempt_networks):
-                nft.command(element_command("add", address, left))
-                restored += 1
-        except (ValueError, nft.NftError):
+                commands.append(element_command("add", address, left))
+        except ValueError:
             continue
-    return restored
+    nft.execute("\n".join(commands) + "\n")
+    return len(commands) - 2

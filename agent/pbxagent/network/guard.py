@@ -1,7 +1,8 @@
 """`pbxagent guard`: applies the compiled firewall at start, restores saved bans, then
 follows interface address changes over netlink (no polling) and keeps the trusted set,
 and fail2ban's list of what it must never ban, in step. Bans are saved to /data every
-minute and when the guard stops."""
+minute and when the guard stops, and with them the firewall nftables.service loads at
+the next boot (boot_firewall)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from pbxagent.network import ban_exemptions, bans, firewall, lan, nft
+from pbxagent.network import ban_exemptions, bans, boot_firewall, firewall, lan, nft
+from pbxagent.policy import site
 from pbxagent.policy.site import Policy
 
 SAVE_EVERY_S = 60.0
@@ -84,8 +86,14 @@ def serve(policy: Policy, log: Callable[[str], None]) -> None:
         from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 
         _follow(log, IPRoute(), RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR, trusted, told)
-    bans.save()
-    log("bans saved; guard stopped")
+    save_bans(always=True)
+    log("bans and the boot firewall saved; guard stopped")
+
+
+def save_bans(always: bool = False) -> None:
+    """The bans, and the boot firewall from the policy in force now (a `firewall apply`
+    since the guard started included)."""
+    boot_firewall.save(site.load().policy.firewall, bans.save(), always)
 
 
 def _tell_fail2ban(log: Callable[[str], None]) -> str | None:
@@ -101,6 +109,7 @@ def _start(policy: Policy, log: Callable[[str], None]) -> tuple[list[str], str |
     trusted = segments(addresses)
     log(f"firewall applied; trusted LAN: {', '.join(trusted) or 'none'}")
     log(f"{bans.restore(exempt_networks(policy, addresses))} saved ban(s) restored")
+    boot_firewall.save(policy.firewall, bans.current())
     log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
     told = _tell_fail2ban(log)
     _notify("READY=1")
@@ -131,7 +140,7 @@ def _follow(log: Callable[[str], None], events: Any, groups: int, trusted: list[
                     events.get()
                 trusted, told = _retrust(log, trusted, told)
             if time.monotonic() - last_save >= SAVE_EVERY_S:
-                bans.save()
+                save_bans()
                 last_save = time.monotonic()
                 # A fail2ban that (re)started after the last change may have read the jail
                 # file just before that change was written: tell it again.
