@@ -123,6 +123,11 @@ def policy(url: str, **changes: object) -> UpdatePolicy:
     return UpdatePolicy(url, 3600, 0, Window(0, 0), "auto", "")._replace(**changes)  # type: ignore[arg-type]
 
 
+def poll(url: str) -> fleet.Poll:
+    """What the box finds at `url` now."""
+    return fleet.poll(policy(url), board.load(), int(time.time()))
+
+
 def make_bundle(tmp_path: Path, signing: Path, version: str, security: int = 3, compatible: str = COMPATIBLE,
                 build_id: str = "test") -> Path:
     payload = tmp_path / f"payload-{version}-{build_id}"
@@ -152,7 +157,7 @@ def test_a_release_rolled_out_to_the_box_is_installed(repo: repository.Repo, ser
                                                     tmp_path: Path, signing: Path, misbehave: dict[str, str]) -> None:
     bundle = release(repo, tmp_path, signing)
     misbehave[".bundle"] = "chunky"
-    found = fleet.poll(policy(served), board.load(), int(time.time()))
+    found = poll(served)
     assert found.status == "offered", found.detail
     assert "slot B holds 2.0.0" in fleet.apply(found)
     header_and_payload = bundle.read_bytes()
@@ -167,11 +172,11 @@ def test_a_release_rolled_out_to_the_box_is_installed(repo: repository.Repo, ser
 def test_zero_percent_and_a_paused_rollout_install_nothing(repo: repository.Repo, served: str, box: Path,
                                                            tmp_path: Path, signing: Path) -> None:
     release(repo, tmp_path, signing, percent=0)
-    found = fleet.poll(policy(served), board.load(), int(time.time()))
+    found = poll(served)
     assert found.status == "waiting" and "out to 0.0 %" in found.detail and found.decision is not None
     assert found.decision.bucket is not None and 0 <= found.decision.bucket < 10_000
     repository.rollout(repo, BOARD, "2.0.0", 100, paused=True)
-    found = fleet.poll(policy(served), board.load(), int(time.time()))
+    found = poll(served)
     assert found.status == "waiting" and "paused" in found.detail
     untouched()
 
@@ -196,7 +201,7 @@ def test_a_frozen_repository_is_stale_not_up_to_date(repo: repository.Repo, serv
                                                     tmp_path: Path, signing: Path) -> None:
     release(repo, tmp_path, signing)
     repository.timestamp(repo, now=datetime.now(UTC) - timedelta(days=2))  # a mirror replaying old metadata
-    found = fleet.poll(policy(served), board.load(), int(time.time()))
+    found = poll(served)
     assert found.status == "stale" and "expired" in found.detail
     untouched()
 
@@ -211,9 +216,9 @@ def test_rolled_back_metadata_is_refused(repo: repository.Repo, served: str, box
                                          signing: Path) -> None:
     old = (repo.metadata / "timestamp.json").read_bytes()
     release(repo, tmp_path, signing, percent=0)
-    assert fleet.poll(policy(served), board.load(), int(time.time())).status == "waiting"
+    assert poll(served).status == "waiting"
     (repo.metadata / "timestamp.json").write_bytes(old)
-    found = fleet.poll(policy(served), board.load(), int(time.time()))
+    found = poll(served)
     assert found.status == "refused" and "BadVersionNumberError" in found.detail
     untouched()
 
@@ -236,12 +241,12 @@ def publish_rollout(repo: repository.Repo, policy_: Rollout, role_key: str = "ro
 def test_a_rollout_signed_by_the_releases_key_is_not_a_rollout(repo: repository.Repo, served: str, box: Path,
                                                                tmp_path: Path, signing: Path) -> None:
     release(repo, tmp_path, signing, percent=0)
-    assert fleet.poll(policy(served), board.load(), int(time.time())).status == "waiting"
+    assert poll(served).status == "waiting"
     target = repo.load("rollout").signed.targets[f"rollout/{BOARD}.json"]
     current = Rollout.from_json(next((repo.targets / "rollout").glob(f"{target.hashes['sha256']}.*")).read_bytes(),
                                 "rollout")
     publish_rollout(repo, dataclasses.replace(current, percent=100.0), role_key="releases")
-    found = fleet.poll(policy(served), board.load(), int(time.time()))
+    found = poll(served)
     assert found.status == "refused" and "UnsignedMetadataError" in found.detail
     untouched()
 
@@ -253,7 +258,7 @@ def test_a_target_for_another_board_is_refused(repo: repository.Repo, served: st
     path = "qemu-u20/pbxfw-qemu-u20-2.0.0.bundle"
     sha = repo.load("releases").signed.targets[path].hashes["sha256"]
     publish_rollout(repo, Rollout(path, BOARD, path, sha, 100, 0, False))  # a rollout key gone astray
-    found = fleet.poll(policy(served), board.load(), int(time.time()))
+    found = poll(served)
     assert found.status == "refused" and "pbxfw,qemu-u20" in found.detail
     untouched()
 
@@ -265,7 +270,7 @@ def test_a_bundle_that_disagrees_with_its_target_is_refused_before_a_write(
     # Same length, same signing key, another build: its signature is good, its manifest
     # is not the one the releases role signed.
     stored.write_bytes(make_bundle(tmp_path, signing, "2.0.0", build_id="tset").read_bytes())
-    found = fleet.poll(policy(served), board.load(), int(time.time()))
+    found = poll(served)
     assert found.status == "offered"
     with pytest.raises(bundle.Rejected, match="disagrees with its TUF target on build_id, manifest_sha256"):
         fleet.apply(found)
@@ -276,17 +281,17 @@ def test_endless_data_is_cut_at_the_target_length(repo: repository.Repo, served:
                                                   signing: Path, misbehave: dict[str, str]) -> None:
     release(repo, tmp_path, signing)
     misbehave[".bundle"] = "endless"
-    found = fleet.poll(policy(served), board.load(), int(time.time()))
+    found = poll(served)
     assert "slot B holds 2.0.0" in fleet.apply(found)  # the right bytes, and no more were read
     misbehave["timestamp.json"] = "endless"
-    found = fleet.poll(policy(served), board.load(), int(time.time()))
+    found = poll(served)
     assert found.status == "unreachable" and "exceeding the maximum allowed length" in found.detail
 
 
 def test_a_trickling_or_silent_server_times_out(repo: repository.Repo, served: str, box: Path, tmp_path: Path,
                                                 signing: Path, misbehave: dict[str, str]) -> None:
     release(repo, tmp_path, signing)
-    found = fleet.poll(policy(served), board.load(), int(time.time()))
+    found = poll(served)
     misbehave[".bundle"] = "trickle"
     source = TargetSource(found.target_url, PAYLOAD_SIZE * 2, Limits(timeout=2, min_rate=1 << 20, grace=0.5))
     with pytest.raises(OSError, match="B/s"), source.open_at(0) as stream:
