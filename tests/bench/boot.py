@@ -6,14 +6,24 @@ makes the device's secrets). The baseline in the same run boots the same kernel,
 initramfs and slot directly with QEMU's -kernel (no U-Boot, no A/B script), so the ratio
 shows what the boot chain costs. Then systemd-analyze and its three
 slowest units from the booted twin.
+
+Service time (issue 17): QEMU start -> the PBX answering a SIP OPTIONS sent from the host
+(QEMU's hostfwd: the box sees it from its LAN); kamailio starts only once the guard has
+the compiled firewall in force. Against the floor booted in the same run: the same slot
+with every pbx unit, kamailio and fail2ban masked (systemd.mask= on the kernel command
+line) -> login prompt. All three boot with -kernel, so the ratio is the services' own
+cost, not the boot chain's (measured above).
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import re
+import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,11 +33,14 @@ from pbxfw.image import layout
 from pbxfw.image.bootscript import kernel_args
 
 from tests.infra import boards
-from tests.infra.power import QemuPower
+from tests.infra.power import QemuPower, Wiring
 
 REPO = Path(__file__).resolve().parents[2]
 GOAL_LOGIN_S = 20.0
 GOAL_SLOT_MIB = 160.0
+GOAL_SERVICE_RATIO, GOAL_FIRST_SERVICE_RATIO = 1.25, 1.4
+FLOOR_MASKS = ("pbx-provision.service", "pbx-guard.service", "pbx-boot-ok.service", "pbx-root-sync.path",
+               "pbx-update.timer", "kamailio.service", "fail2ban.service")
 
 
 def milestones(console: SerialConsole, marks: list[tuple[str, str]], started: float) -> dict[str, float]:
@@ -44,7 +57,8 @@ def direct_boot_files(out: Path) -> tuple[Path, Path]:
 
 
 def boot(
-    board: config.Board, disk: Path, work: Path, direct: tuple[Path, Path] | None, append: str = ""
+    board: config.Board, disk: Path, work: Path, direct: tuple[Path, Path] | None, append: str = "",
+    wiring: Wiring | None = None,
 ) -> tuple[dict[str, float], SerialConsole, QemuPower]:
     """Boot and time the milestones; `direct` = (kernel, initramfs) boots without U-Boot,
     with `append` added to the kernel command line."""
@@ -55,11 +69,69 @@ def boot(
         cmdline = kernel_args(board, disk_layout, "A", str(disk_layout.get("rootfs_a").number))
         extra = ("-kernel", str(direct[0]), "-initrd", str(direct[1]), "-append", f"{cmdline} {append}".strip())
         marks = [("login prompt", r"login: ?$")]
-    twin = QemuPower(board, disk, work, extra=extra)
+    twin = QemuPower(board, disk, work, wiring, extra=extra)
     twin.on()
     started = time.monotonic()
     console = SerialConsole(twin.console_url, log=(work / "console.log").open("a"))
     return milestones(console, marks, started), console, twin
+
+
+def options(port: int) -> bytes:
+    tag = f"{random.getrandbits(48):x}"
+    lines = ["OPTIONS sip:pbx@127.0.0.1 SIP/2.0", f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{tag};rport",
+             "Max-Forwards: 70", f"From: <sip:bench@127.0.0.1>;tag={tag}", "To: <sip:pbx@127.0.0.1>",
+             f"Call-ID: {tag}@bench", "CSeq: 1 OPTIONS", "Content-Length: 0"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def service_boot(board: config.Board, disk: Path, work: Path, direct: tuple[Path, Path]) -> tuple[float, float]:
+    """One -kernel boot: QEMU start -> login prompt, and -> SIP 200 to an OPTIONS."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        probe.settimeout(0.5)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spare:
+            spare.bind(("127.0.0.1", 0))
+            port = spare.getsockname()[1]
+        wiring = Wiring(netdev=f"user,id=net0,restrict=on,hostfwd=udp:127.0.0.1:{port}-:5060")
+        answered: list[float] = []
+        started = time.monotonic()
+
+        def ask() -> None:
+            while time.monotonic() - started < 600:
+                probe.sendto(options(probe.getsockname()[1]), ("127.0.0.1", port))
+                try:
+                    if probe.recv(65535).startswith(b"SIP/2.0 200"):
+                        answered.append(time.monotonic() - started)
+                        return
+                except OSError:  # no answer yet (a timeout, or refused before slirp listens)
+                    continue
+
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        times, console, twin = boot(board, disk, work, direct, wiring=wiring)
+        asking.join(600)
+        console.close()
+        twin.off()
+    if not answered:
+        raise SystemExit("bench-boot: the PBX never answered OPTIONS")
+    return times["login prompt"], answered[0]
+
+
+def service_time(board: config.Board, image: Path, work: Path, direct: tuple[Path, Path]) -> None:
+    disk, _ = boards.prepare_disk(board, image, work / "service")
+    first_login, first = service_boot(board, disk, work, direct)
+    later_login, later = service_boot(board, disk, work, direct)
+    masks = " ".join(f"systemd.mask={unit}" for unit in FLOOR_MASKS)
+    floor_times, console, twin = boot(board, disk, work, direct, append=masks)
+    console.close()
+    twin.off()
+    floor = floor_times["login prompt"]
+    print("  service time (-kernel boots: QEMU start -> SIP 200 to OPTIONS from the LAN side):")
+    print(f"    floor, pbx units + kamailio + fail2ban masked -> login {floor:6.1f} s")
+    print(f"    later boot  {later:6.1f} s  x{later / floor:.2f} of the floor (goal <= {GOAL_SERVICE_RATIO}); "
+          f"login {later_login:.1f} s")
+    print(f"    first boot  {first:6.1f} s  x{first / floor:.2f} of the floor (goal <= {GOAL_FIRST_SERVICE_RATIO}); "
+          f"login {first_login:.1f} s")
 
 
 def main() -> int:
@@ -91,6 +163,13 @@ def main() -> int:
         base, console, twin = boot(cfg.board, disk, work, direct_boot_files(out))
         console.close()
         twin.off()
+        report_boot(cfg, out, times, first, base, analyze, blame)
+        service_time(cfg.board, out / "disk.img", work, direct_boot_files(out))
+    return 0
+
+
+def report_boot(cfg: config.BuildConfig, out: Path, times: dict[str, float], first: dict[str, float],
+                base: dict[str, float], analyze: str, blame: str) -> None:
 
     slot_mib = (out / "rootfs.slot").stat().st_size / 2**20
     disk_path = out / "disk.img"
@@ -108,8 +187,7 @@ def main() -> int:
     print("  slowest units:\n" + "\n".join(f"    {line.strip()}" for line in blame.splitlines()))
     print(f"  rootfs slot image   {slot_mib:7.1f} MiB   goal {GOAL_SLOT_MIB:.0f} MiB "
           f"(ratio {slot_mib / GOAL_SLOT_MIB:.2f})")
-    print(f"  disk image          {disk_mib:7.1f} MiB   ({disk_alloc_mib:.1f} MiB allocated, sparse)")
-    return 0
+    print(f"  disk image          {disk_mib:7.1f} MiB   ({disk_alloc_mib:.1f} MiB allocated, sparse)", flush=True)
 
 
 if __name__ == "__main__":
