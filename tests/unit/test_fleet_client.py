@@ -340,9 +340,10 @@ class Collector(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.send_response(self.answer)
+        answer = self.answer  # once: the test changes it while this thread may still run
+        self.send_response(answer)
         self.end_headers()
-        if self.answer == 200:
+        if answer == 200:
             self.received.append(json.loads(body))
 
 
