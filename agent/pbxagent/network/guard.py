@@ -109,10 +109,11 @@ def _start(policy: Policy, log: Callable[[str], None]) -> tuple[list[str], str |
     trusted = segments(addresses)
     log(f"firewall applied; trusted LAN: {', '.join(trusted) or 'none'}")
     log(f"{bans.restore(exempt_networks(policy, addresses))} saved ban(s) restored")
-    boot_firewall.save(policy.firewall, bans.current())
     log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
     told = _tell_fail2ban(log)
     _notify("READY=1")
+    # After READY: kamailio and fail2ban need not wait for a file the next boot reads.
+    boot_firewall.save(policy.firewall, bans.current())
     return trusted, told
 
 
