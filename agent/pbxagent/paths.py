@@ -21,5 +21,10 @@ def runtime() -> Path:
     return root() / "run" / "pbx"
 
 
+def update_data() -> Path:
+    """The update state: slots, floor, fleet metadata, reports (survives both slots)."""
+    return data() / "update"
+
+
 def board_info() -> Path:
     return root() / "etc" / "pbxfw" / "board.json"

@@ -191,8 +191,10 @@ def test_the_timer_installs_only_inside_the_window_and_asks_for_the_reboot(
     lines, reboot = fleet.timer(window, now, random.Random(1))
     assert not reboot and "outside the maintenance window" in lines[-1]
     untouched()
+    written = fleet.schedule_path().stat().st_ino  # an atomic write is a new inode
     lines, reboot = fleet.timer(window, now + 60, random.Random(1))
     assert not reboot and lines[-1].startswith("next poll in ")  # polled a minute ago: not due again yet
+    assert fleet.schedule_path().stat().st_ino == written  # an idle wake-up writes nothing
     lines, reboot = fleet.timer(window, now + 2 * 3600 + 60, random.Random(1))  # due: the wait was < 2 h
     assert reboot and "slot B holds 2.0.0" in lines[-1]
 

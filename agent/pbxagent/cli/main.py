@@ -21,6 +21,8 @@ from pbxagent.policy import site
 if TYPE_CHECKING:
     import argparse
 
+    from pbxagent.policy.updates import UpdatePolicy
+
 OK, REJECTED, ERROR = 0, 1, 2
 
 
@@ -61,7 +63,7 @@ def _refused(exc: Exception) -> int:
     from pbxagent.update import bundle
 
     assert isinstance(exc, bundle.Rejected)
-    print(f"pbxagent: update refused ({exc.reason.name.lower().replace('_', ' ')}): {exc}", file=sys.stderr)
+    print(f"pbxagent: {exc.refusal()}", file=sys.stderr)
     return int(exc.reason)
 
 
@@ -97,7 +99,9 @@ def _update_check(args: argparse.Namespace) -> int:
     from pbxagent import system
     from pbxagent.update import fleet
 
-    pol = _policy().update
+    pol = _policy().update if args.timer else _polling_policy()
+    if pol is None:
+        return ERROR
     if args.timer:
         lines, reboot = fleet.timer(pol)
         for line in lines:
@@ -108,16 +112,22 @@ def _update_check(args: argparse.Namespace) -> int:
             print("pbxagent: rebooting into the new slot (maintenance window)", flush=True)
             system.systemctl("reboot", "--no-block")
         return OK
-    if not pol.repository:
-        print("pbxagent: update.repository is not set in the policy: this box does not poll", file=sys.stderr)
-        return ERROR
     found = fleet.check(pol, int(time.time()))
     if args.json:
         _print_json(found.decision._asdict() | {"status": found.status, "detail": found.detail}
                     if found.decision else {"status": found.status, "detail": found.detail})
     else:
         print(f"pbxagent: {found.status}: {found.detail}")
-    return OK if found.status in ("offered", "current", "waiting", "none") else REJECTED
+    return OK if found.status in fleet.FINE else REJECTED
+
+
+def _polling_policy() -> UpdatePolicy | None:
+    """The update policy, if it names a repository to poll (else said on stderr)."""
+    pol = _policy().update
+    if not pol.repository:
+        print("pbxagent: update.repository is not set in the policy: this box does not poll", file=sys.stderr)
+        return None
+    return pol
 
 
 def _update_apply(args: argparse.Namespace) -> int:
@@ -126,14 +136,13 @@ def _update_apply(args: argparse.Namespace) -> int:
 
     from pbxagent.update import bundle, fleet
 
-    pol = _policy().update
-    if not pol.repository:
-        print("pbxagent: update.repository is not set in the policy: this box does not poll", file=sys.stderr)
+    pol = _polling_policy()
+    if pol is None:
         return ERROR
     found = fleet.check(pol, int(time.time()))
     print(f"pbxagent: {found.status}: {found.detail}")
     if found.status != "offered":
-        return OK if found.status in ("current", "waiting", "none") else REJECTED
+        return OK if found.status in fleet.FINE else REJECTED
     try:
         print(f"pbxagent: {fleet.apply(found)}")
     except bundle.Rejected as exc:

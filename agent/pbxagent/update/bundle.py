@@ -79,6 +79,10 @@ class Rejected(Exception):
         super().__init__(message)
         self.reason = reason
 
+    def refusal(self) -> str:
+        """How the device says it: `update refused (bad signature): …`."""
+        return f"update refused ({self.reason.name.lower().replace('_', ' ')}): {self}"
+
 
 @dataclass(frozen=True)
 class Manifest:

@@ -57,8 +57,7 @@ class Bounded:
         while wanted > 0:
             # read1: what has arrived (read() would wait for all of it, and a trickle
             # would never be measured)
-            data: bytes = self.response.read1(wanted) if hasattr(self.response, "read1") \
-                else self.response.read(wanted)
+            data: bytes = self.response.read1(wanted)
             if not data:
                 break
             parts.append(data)
@@ -81,8 +80,8 @@ class Bounded:
         self.close()
 
 
-def _open(url: str, limits: Limits, headers: dict[str, str] | None = None) -> Any:
-    request = urllib.request.Request(url, headers={"User-Agent": "pbxagent", **(headers or {})})
+def _open(url: str, limits: Limits) -> Any:
+    request = urllib.request.Request(url, headers={"User-Agent": "pbxagent"})
     return urllib.request.urlopen(request, timeout=limits.timeout)
 
 
@@ -91,7 +90,6 @@ class Fetcher(FetcherInterface):
 
     def __init__(self, limits: Limits = DEFAULT) -> None:
         self.limits = limits
-        self.received = 0  # bytes, for the bench and `update status`
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         try:
@@ -100,10 +98,10 @@ class Fetcher(FetcherInterface):
             raise exceptions.DownloadHTTPError(f"{url}: HTTP {exc.code}", exc.code) from None
         return self._chunks(Bounded(response, url, self.limits))
 
-    def _chunks(self, stream: Bounded) -> Iterator[bytes]:
+    @staticmethod
+    def _chunks(stream: Bounded) -> Iterator[bytes]:
         with stream:
             while data := stream.read(READ):
-                self.received += len(data)
                 yield data
 
 

@@ -40,7 +40,7 @@ from pbxagent.update.state import Release
 # installer and cryptography are imported only when a poll or an install happens.
 if TYPE_CHECKING:
     from pbxagent.update.bundle import Header
-    from pbxagent.update.fetcher import Limits
+    from pbxagent.update.fetcher import Limits, TargetSource
 
 ROLES = ("root", "timestamp", "snapshot", "targets", "releases", "rollout")
 CUSTOM_FIELDS = ("compatible", "version", "security_version", "build_id", "payload_sha256")
@@ -51,11 +51,11 @@ def anchor() -> Path:
 
 
 def tuf_dir() -> Path:
-    return report.update_dir() / "tuf"
+    return paths.update_data() / "tuf"
 
 
 def schedule_path() -> Path:
-    return report.update_dir() / "fleet.json"
+    return paths.update_data() / "fleet.json"
 
 
 class Candidate(NamedTuple):
@@ -72,6 +72,11 @@ class Decision(NamedTuple):
     status: str  # offered, current, waiting, refused, none
     detail: str
     bucket: int | None = None
+
+
+# What a poll may find without anything being wrong (the rest: refused, stale,
+# unreachable, clock).
+FINE = ("offered", "current", "waiting", "none")
 
 
 def decide(info: BoardInfo, floor: int, running: Release, fell_back_from: str | None, device_id: str, now: int,
@@ -111,7 +116,7 @@ def decide(info: BoardInfo, floor: int, running: Release, fell_back_from: str | 
 class TargetVet:
     """The installer's extra checks for a bundle that came as a TUF target."""
 
-    def __init__(self, candidate: Candidate, source: Any) -> None:
+    def __init__(self, candidate: Candidate, source: TargetSource) -> None:
         self.candidate, self.source = candidate, source
 
     def before_write(self, header: Header) -> None:
@@ -151,8 +156,10 @@ def seed() -> str:
     except (OSError, ValueError, KeyError, TypeError):
         cached = 0
     if shipped >= cached:
-        tuf_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic.write(cache, anchor().read_bytes(), mode=0o644)
+        image_root = anchor().read_bytes()
+        if not cache.exists() or cache.read_bytes() != image_root:  # no flash write per poll
+            tuf_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic.write(cache, image_root, mode=0o644)
         return f"trust anchor: the image's root version {shipped}"
     return f"trust anchor: root version {cached} (rotated since the image's {shipped})"
 
@@ -291,6 +298,10 @@ def record(found: Poll, now: int, schedule: dict[str, Any]) -> None:
     schedule["last_check"] = {"time": now, "status": found.status, "detail": found.detail,
                               "bucket": found.decision.bucket if found.decision else None,
                               "target": found.candidate.path if found.candidate else None}
+    _save_schedule(schedule)
+
+
+def _save_schedule(schedule: dict[str, Any]) -> None:
     atomic.write(schedule_path(), json.dumps(schedule, indent=1, sort_keys=True) + "\n", mode=0o644)
 
 
@@ -305,9 +316,11 @@ def timer(pol: UpdatePolicy, now: int | None = None, rng: random.Random | None =
         return [*lines, "update.repository is not set: this box does not poll"], False
     if not anchor().exists():
         return [*lines, f"{anchor()}: missing: this image trusts no release repository"], False
-    is_due, schedule = due(_load_schedule(), pol, now, rng)
+    saved = _load_schedule()
+    is_due, schedule = due(saved, pol, now, rng)
     if not is_due:
-        atomic.write(schedule_path(), json.dumps(schedule, indent=1, sort_keys=True) + "\n", mode=0o644)
+        if schedule != saved:  # a new boot's first wake-up; later ones write nothing
+            _save_schedule(schedule)
         return [*lines, f"next poll in {schedule['next_poll'] - now} s"], False
     schedule["next_poll"] = now + int(rng.uniform(0, 2 * pol.interval))
     found = poll(pol, board.load(), now)
@@ -322,7 +335,7 @@ def timer(pol: UpdatePolicy, now: int | None = None, rng: random.Random | None =
     try:
         lines.append(apply(found))
     except bundle.Rejected as exc:
-        lines.append(f"update refused ({exc.reason.name.lower().replace('_', ' ')}): {exc}")
+        lines.append(exc.refusal())
         return lines, False
     except OSError as exc:
         lines.append(f"download failed: {exc}")
@@ -333,7 +346,7 @@ def timer(pol: UpdatePolicy, now: int | None = None, rng: random.Random | None =
 def status() -> dict[str, Any]:
     """The fleet part of `update status --json`."""
     schedule = _load_schedule()
-    me = report.identity() if (report.update_dir() / "device-id").exists() else None
+    me = report.identity() if (paths.update_data() / "device-id").exists() else None
     return {
         "anchor": str(anchor()) if anchor().exists() else None,
         "device_id": me.device_id if me else None,

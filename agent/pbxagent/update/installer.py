@@ -33,7 +33,7 @@ SYNC_EVERY = 256
 
 
 def update_dir() -> Path:
-    return paths.data() / "update"
+    return paths.update_data()
 
 
 def trust() -> bundle.Trust:

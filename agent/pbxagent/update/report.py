@@ -35,11 +35,15 @@ KEEP = 50  # reports kept while the collector is away; the oldest go first
 
 
 def update_dir() -> Path:
-    return paths.data() / "update"
+    return paths.update_data()
 
 
 def queue_dir() -> Path:
     return update_dir() / "reports"
+
+
+def _queue_files() -> list[Path]:
+    return sorted(queue_dir().glob("*.json")) if queue_dir().exists() else []
 
 
 class Identity(NamedTuple):
@@ -92,7 +96,7 @@ def enqueue(result: str, from_version: str, to_version: str, when: int, message:
     report = {"id": secrets.token_hex(8), "device_id": ensure_identity(), "board": board.load().board,
               "from_version": from_version, "to_version": to_version, "result": RESULTS[result],
               "time": when, "message": message}
-    queued = sorted(queue_dir().glob("*.json")) if queue_dir().exists() else []
+    queued = _queue_files()
     for old in queued[:max(0, len(queued) - KEEP + 1)]:
         old.unlink()
     path = queue_dir() / f"{when:012d}-{report['id']}.json"
@@ -101,9 +105,7 @@ def enqueue(result: str, from_version: str, to_version: str, when: int, message:
 
 
 def queued() -> list[dict[str, Any]]:
-    if not queue_dir().exists():
-        return []
-    return [json.loads(path.read_text()) for path in sorted(queue_dir().glob("*.json"))]
+    return [json.loads(path.read_text()) for path in _queue_files()]
 
 
 def _post(url: str, body: bytes, timeout: float) -> int:
@@ -125,7 +127,7 @@ def send_due(url: str, now: int, timeout: float = 10, rng: random.Random | None 
     """POST every queued report whose time has come; what happened, one line each."""
     rng = rng or random.Random()
     lines = []
-    for path in sorted(queue_dir().glob("*.json")) if queue_dir().exists() else []:
+    for path in _queue_files():
         entry = json.loads(path.read_text())
         if entry["next_try"] > now:
             continue
