@@ -21,9 +21,25 @@ def runtime() -> Path:
     return root() / "run" / "pbx"
 
 
+def provisioned_marker() -> Path:
+    """Written once the first boot's provisioning has completed."""
+    return data() / "state" / "provisioned.json"
+
+
+def boot_verdict() -> Path:
+    """This boot's health verdict: there once the boot's check has run (tmpfs)."""
+    return runtime() / "health.json"
+
+
 def update_data() -> Path:
     """The update state: slots, floor, fleet metadata, reports (survives both slots)."""
     return data() / "update"
+
+
+def console() -> Path:
+    """The local (serial) console: what a person at the box, or the production line,
+    reads during boot."""
+    return root() / "dev" / "console"
 
 
 def board_info() -> Path:

@@ -1,4 +1,4 @@
-"""`pbxagent provision`: at every boot, before the SIP service and the network. The
+"""Provisioning: at every boot, before the SIP service and the network (pbxagent.daemon). The
 first boot creates everything per-device; later boots only repair. Each step commits
 its files atomically, so after a power cut the next boot finishes the job without
 regenerating what was already committed."""
@@ -6,12 +6,10 @@ regenerating what was already committed."""
 from __future__ import annotations
 
 import json
-import resource
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pbxagent import atomic, paths
+from pbxagent import atomic, paths, system
 from pbxagent.credentials import extensions, root, ssh
 from pbxagent.policy import site
 from pbxagent.update import report
@@ -31,12 +29,8 @@ def ensure_data_layout() -> Path:
     return base
 
 
-def marker() -> Path:
-    return paths.data() / "state" / "provisioned.json"
-
-
 def completed() -> bool:
-    return marker().is_file()
+    return paths.provisioned_marker().is_file()
 
 
 def provision() -> Iterator[str]:
@@ -55,7 +49,6 @@ def provision() -> Iterator[str]:
     yield ssh.repair()
     yield f"device id {report.ensure_identity()} (rollouts, signed update reports)"
     if not completed():
-        atomic.write(marker(), json.dumps({"complete": True}) + "\n", 0o600)
+        atomic.write(paths.provisioned_marker(), json.dumps({"complete": True}) + "\n", 0o600)
         yield "first-boot provisioning complete"
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    yield f"took {time.process_time():.2f} s of CPU, peak RSS {peak_kib / 1024:.1f} MiB"
+    yield system.usage()

@@ -32,6 +32,15 @@ def is_masked(unit: str) -> bool:
     return link.is_symlink() and str(link.readlink()) == "/dev/null"
 
 
+def usage() -> str:
+    """This process's CPU time and peak RSS, in the words the benches read off the journal."""
+    import resource
+    import time
+
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return f"took {time.process_time():.2f} s of CPU, peak RSS {peak_kib / 1024:.1f} MiB"
+
+
 def listening_tcp_ports() -> set[int]:
     """Local TCP ports in LISTEN state, IPv4 and IPv6 (from /proc/net, like ss -ltn)."""
     ports: set[int] = set()

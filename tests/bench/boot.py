@@ -34,13 +34,23 @@ from pbxfw.image.bootscript import kernel_args
 
 from tests.infra import boards
 from tests.infra.power import QemuPower, Wiring
+from tests.infra.twin import BOOT_VERDICT
 
 REPO = Path(__file__).resolve().parents[2]
 GOAL_LOGIN_S = 20.0
 GOAL_SLOT_MIB = 160.0
 GOAL_SERVICE_RATIO, GOAL_FIRST_SERVICE_RATIO = 1.25, 1.4
-FLOOR_MASKS = ("pbx-provision.service", "pbx-guard.service", "pbx-boot-ok.service", "pbx-root-sync.path",
-               "pbx-update.timer", "kamailio.service", "fail2ban.service")
+FLOOR_MASKS = ("pbx-agent.service", "pbx-root-sync.path", "pbx-update.timer", "kamailio.service", "fail2ban.service")
+GOAL_PYTHON_STARTS = 2
+# The kernel records every execve from its start (no tracefs mount needed until it is
+# read), so a boot's interpreter starts are counted without an audit daemon in the image.
+TRACE_EXECS = "trace_event=sched:sched_process_exec trace_buf_size=4M"
+# A Python start: a script whose #! names python, or the interpreter run directly.
+PYTHON_EXECS = (
+    "mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing; "
+    "grep -o 'filename=[^ ]*' /sys/kernel/tracing/trace | sort -u | cut -d= -f2 | while read -r f; do "
+    "case \"$f:$(head -c 64 \"$f\" 2>/dev/null | head -n 1)\" in */python3*:*|*:'#!'*python*) echo \"$f\";; esac; done"
+)
 
 
 def milestones(console: SerialConsole, marks: list[tuple[str, str]], started: float) -> dict[str, float]:
@@ -84,8 +94,25 @@ def options(port: int) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def service_boot(board: config.Board, disk: Path, work: Path, direct: tuple[Path, Path]) -> tuple[float, float]:
-    """One -kernel boot: QEMU start -> login prompt, and -> SIP 200 to an OPTIONS."""
+def python_starts(console: SerialConsole) -> list[tuple[float, str]]:
+    """Every Python start of this boot until the agent's health check reported (the boot's
+    end for the agent), as (seconds since kernel start, what was run), from the kernel's
+    exec trace. The fleet timer's first wake-up comes later (90 s) and is not counted."""
+    console.run(f"for i in $(seq 600); do [ -e {BOOT_VERDICT} ] && break; sleep 0.5; done", timeout=330)
+    verdict = console.run("journalctl -b -u pbx-agent -o short-monotonic | grep -m1 'health check took'").output
+    ended = re.search(r"\[\s*([\d.]+)\]", verdict)
+    scripts = set(console.run(PYTHON_EXECS, timeout=120).output.split())
+    trace = console.run("cat /sys/kernel/tracing/trace", timeout=120).output
+    if ended is None or not scripts:
+        raise SystemExit(f"bench-boot: no health verdict or no Python start traced:\n{verdict}")
+    return [(float(when), name) for when, name in re.findall(r" ([\d.]+): sched_process_exec: filename=(\S+)", trace)
+            if name in scripts and float(when) <= float(ended.group(1))]
+
+
+def service_boot(board: config.Board, disk: Path, work: Path, direct: tuple[Path, Path],
+                 password: str) -> tuple[float, float, list[tuple[float, str]]]:
+    """One -kernel boot: QEMU start -> login prompt, -> SIP 200 to an OPTIONS, and the
+    boot's Python starts."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         probe.settimeout(0.5)
@@ -108,21 +135,25 @@ def service_boot(board: config.Board, disk: Path, work: Path, direct: tuple[Path
 
         asking = threading.Thread(target=ask, daemon=True)
         asking.start()
-        times, console, twin = boot(board, disk, work, direct, wiring=wiring)
+        times, console, twin = boot(board, disk, work, direct, append=TRACE_EXECS, wiring=wiring)
         asking.join(600)
-        console.close()
-        twin.off()
+        try:
+            console.login("root", password, wake=True)  # the prompt was consumed above
+            starts = python_starts(console)
+        finally:
+            console.close()
+            twin.off()
     if not answered:
         raise SystemExit("bench-boot: the PBX never answered OPTIONS")
-    return times["login prompt"], answered[0]
+    return times["login prompt"], answered[0], starts
 
 
 def service_time(board: config.Board, image: Path, work: Path, direct: tuple[Path, Path]) -> None:
-    disk, _ = boards.prepare_disk(board, image, work / "service")
-    first_login, first = service_boot(board, disk, work, direct)
-    later_login, later = service_boot(board, disk, work, direct)
+    disk, password = boards.prepare_disk(board, image, work / "service")
+    first_login, first, first_starts = service_boot(board, disk, work, direct, password)
+    later_login, later, later_starts = service_boot(board, disk, work, direct, password)
     masks = " ".join(f"systemd.mask={unit}" for unit in FLOOR_MASKS)
-    floor_times, console, twin = boot(board, disk, work, direct, append=masks)
+    floor_times, console, twin = boot(board, disk, work, direct, append=f"{masks} {TRACE_EXECS}")
     console.close()
     twin.off()
     floor = floor_times["login prompt"]
@@ -132,6 +163,9 @@ def service_time(board: config.Board, image: Path, work: Path, direct: tuple[Pat
           f"login {later_login:.1f} s")
     print(f"    first boot  {first:6.1f} s  x{first / floor:.2f} of the floor (goal <= {GOAL_FIRST_SERVICE_RATIO}); "
           f"login {first_login:.1f} s")
+    for name, starts in (("later boot", later_starts), ("first boot", first_starts)):
+        print(f"  Python starts until the health verdict, {name}: {len(starts)} (goal <= {GOAL_PYTHON_STARTS})"
+              + "".join(f"\n    {when:6.1f} s  {what}" for when, what in starts))
 
 
 def main() -> int:

@@ -117,7 +117,7 @@ def main() -> int:
         with QemuPower(cfg.board, disk, work) as twin:
             console = SerialConsole(twin.console_url, log=(work / "console.log").open("a"))
             console.login("root", password)
-            console.run("systemctl is-active --wait pbx-guard.service", timeout=300)
+            console.run("systemctl is-active --wait pbx-agent.service", timeout=300)
             for size in SIZES:
                 console.run(FILL.replace("{count}", str(size)), timeout=1800).check()
                 results[size] = [_apply_seconds(console) for _ in range(RUNS)]

@@ -9,7 +9,7 @@ import random
 import time
 from typing import Any
 
-from tests.infra.twin import Device, Twin
+from tests.infra.twin import BOOT_VERDICT, Device, Twin
 
 
 def status(dut: Device) -> dict[str, Any]:
@@ -43,5 +43,6 @@ def trial(twin: Twin, url: str, during_boot: bool, rng: random.Random, attempts:
     if not during_boot and running != before:  # the install had finished: then it must be committed
         last = after["last_result"]
         assert last["result"] == "installed" and last["slot"] == running, f"cut during {what}: {last}"
-    assert dut.run("systemctl is-failed --quiet pbx-boot-ok").status != 0, f"cut during {what}: health check failed"
+    verdict = json.loads(dut.check(f"cat {BOOT_VERDICT}"))
+    assert verdict["healthy"], f"cut during {what}: health check failed: {verdict['lines']}"
     return f"cut during {what}: slot {running} booted and is good"

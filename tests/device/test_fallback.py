@@ -25,6 +25,6 @@ def test_a_kernel_that_does_not_boot_falls_back_and_is_reported_once(twin_consol
     assert after["running_slot"] == running
     assert after["last_result"]["result"] == "failed" and after["last_result"]["version"] == "2.1.0"
     assert after["boot_order"][0] == running
-    assert dut.check("journalctl -b -o cat -u pbx-boot-ok | grep -c 'update FAILED'").strip() == "1"
+    assert dut.check("journalctl -b -o cat -u pbx-agent | grep -c 'update FAILED'").strip() == "1"
     assert "update FAILED" not in dut.check("pbxagent boot check --wait 5")  # reported once only
 

@@ -16,7 +16,7 @@ def wait_for(device: Device, condition: str, seconds: int = 30) -> None:
 
 
 def test_compiled_firewall_replaced_the_base_ruleset(device: Device) -> None:
-    device.check("systemctl is-active --wait pbx-guard.service || systemctl is-active pbx-guard.service", timeout=120)
+    device.check("systemctl is-active --wait pbx-agent.service || systemctl is-active pbx-agent.service", timeout=120)
     assert device.check("nft list tables").split() == ["table", "inet", "pbx"]
     chain = device.check("nft list chain inet pbx input")
     assert "policy drop" in chain and 'comment "refuse AMI"' in chain and "flood over 2000 pps" in chain
@@ -97,7 +97,7 @@ def test_a_ban_survives_a_reboot(device: Device) -> None:
     order = device.check("journalctl -b -o cat | grep -E '^pbxfw firewall:|DHCPv4 address' | head -2").splitlines()
     assert order[0] == "pbxfw firewall: the last compiled ruleset and its 2 ban(s)", order
     assert "DHCPv4 address" in order[1], order
-    device.check("systemctl is-active --wait pbx-guard.service || true", timeout=180)
+    device.check("systemctl is-active --wait pbx-agent.service || true", timeout=180)
     wait_for(device, "pbxagent bans list 2>/dev/null | grep -q 198.51.100.78", 60)
     left = json.loads(device.check("pbxagent bans list --json 2>/dev/null"))
     assert [b["address"] for b in left] == ["198.51.100.77", "198.51.100.78"]

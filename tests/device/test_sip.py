@@ -93,30 +93,25 @@ def test_ten_failures_from_the_internet_ban_it_the_lan_never(device: Device, hos
         device.check(f"pbxagent bans remove {attacker} 2>/dev/null || true")
 
 
-def restart_guard_and_fail2ban(device: Device) -> None:
-    """The guard writes the policy's thresholds when it starts; fail2ban reads them. The
-    unit is active before the server answers on its socket: wait for the answer."""
-    device.check("systemctl restart pbx-guard fail2ban && ( for i in $(seq 120); do "
-                 "fail2ban-client ping >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1 )", timeout=120)
+def restart_agent(device: Device) -> None:
+    """A policy change takes effect with the agent's restart: it writes fail2ban's
+    thresholds and kamailio's tables, and both restart after it (they require it). Their
+    units are active before they answer: wait for fail2ban's socket and the SIP port."""
+    device.check("systemctl restart pbx-agent && ( for i in $(seq 300); do fail2ban-client ping >/dev/null 2>&1 "
+                 "&& ss -Hlun 'sport = :5060' | grep -q . && exit 0; sleep 0.2; done; exit 1 )", timeout=180)
 
 
 def test_ban_thresholds_come_from_the_policy(device: Device) -> None:
     assert device.check("fail2ban-client get pbx-sip maxretry").strip() == "10"  # as booted
     device.check("printf 'bans:\\n  sip: {failures: 6, window: 300, ban: 7200}\\n' > /data/pbx/policy.yaml")
     try:
-        restart_guard_and_fail2ban(device)
+        restart_agent(device)
         assert device.check("fail2ban-client get pbx-sip maxretry").strip() == "6"
         assert device.check("fail2ban-client get pbx-sip bantime").strip() == "7200"
     finally:
         device.check("rm -f /data/pbx/policy.yaml")
-        restart_guard_and_fail2ban(device)
+        restart_agent(device)
     assert device.check("fail2ban-client get pbx-sip maxretry").strip() == "10"
-
-
-def restart_kamailio(device: Device) -> None:
-    """kamailio's start renders its tables from the agent's store and policy."""
-    device.check("systemctl restart kamailio && ( for i in $(seq 300); do ss -Hlun 'sport = :5060' | grep -q . "
-                 "&& exit 0; sleep 0.2; done; exit 1 )", timeout=180)
 
 
 def test_an_extensions_permit_list_refuses_its_secret_from_elsewhere(device: Device,
@@ -125,14 +120,14 @@ def test_an_extensions_permit_list_refuses_its_secret_from_elsewhere(device: Dev
     device.check("printf 'extensions:\\n  permit: {\"804\": [10.9.9.0/24, \"2001:db8::/32\"]}\\n' "
                  "> /data/pbx/policy.yaml")
     try:
-        restart_kamailio(device)
+        restart_agent(device)
         assert register("804", secret) == "SIP/2.0 403 Forbidden"  # the right secret, from 127.0.0.1
         assert register("805", secret_of(device, "805")) == "SIP/2.0 200 OK"  # not listed: from anywhere
         assert "pbx-permit-refused src=127.0.0.1 user=804" in device.check("journalctl -b -o cat -u kamailio")
         device.check("printf 'extensions:\\n  permit: {\"804\": [10.9.9.0/24, 127.0.0.0/8]}\\n' "
                      "> /data/pbx/policy.yaml")
-        restart_kamailio(device)
+        restart_agent(device)
         assert register("804", secret) == "SIP/2.0 200 OK"
     finally:
         device.check("rm -f /data/pbx/policy.yaml")
-        restart_kamailio(device)
+        restart_agent(device)

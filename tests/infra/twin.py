@@ -26,6 +26,8 @@ from pbxfw.production.uboot import AUTOBOOT, PROMPT
 from tests.infra import timing
 from tests.infra.power import Power, QemuPower
 
+# This boot's health verdict, there once the agent's check has run (pbxagent.paths).
+BOOT_VERDICT = "/run/pbx/health.json"
 # The console log of the board a test drives: attached to the test's report when it fails.
 CONSOLE_LOG_KEY = pytest.StashKey[Path]()
 
@@ -41,10 +43,13 @@ class Device:
         self.console = SerialConsole(url, log=self._log)
 
     def login(self, wake: bool = False) -> None:
-        """Log in, then wait until boot has finished: units that start late (boot-ok, the
-        guard) would otherwise write to the console in the middle of a command's output."""
+        """Log in, then wait until boot has finished (units that start late would write
+        to the console in the middle of a command's output) and the agent's health check,
+        which starts then, has judged the slot (pbxagent.paths.boot_verdict)."""
         self.console.login("root", self.password, wake=wake)
-        self.run("systemctl is-system-running --wait >/dev/null", BOOT_TIMEOUT_S)
+        self.run("systemctl is-system-running --wait >/dev/null; "
+                 f"for i in $(seq {BOOT_TIMEOUT_S * 2:.0f}); do [ -e {BOOT_VERDICT} ] && break; sleep 0.5; done",
+                 BOOT_TIMEOUT_S * 2)
 
     def boot(self) -> None:
         """From power-on or a reset: skip U-Boot's autoboot countdown (2 s of nothing a

@@ -154,6 +154,24 @@ print(nft.set_elements("inet pbx", "trusted4"))
     assert "172.16.1.0" in lines[3]
 
 
+def test_an_address_change_wakes_the_guard_and_a_drain_empties_the_queue() -> None:
+    done = in_namespace("""
+import select, subprocess
+from pbxagent.network import guard
+events = guard.address_events()
+print(bool(select.select([events], [], [], 0.5)[0]))
+subprocess.run(["ip", "address", "add", "192.168.77.1/24", "dev", "lo"], check=True)
+subprocess.run(["ip", "address", "add", "fd00:77::1/64", "dev", "lo"], check=True)
+print(bool(select.select([events], [], [], 5)[0]))
+guard.drain(events)
+print(bool(select.select([events], [], [], 0.5)[0]))
+subprocess.run(["ip", "link", "set", "lo", "mtu", "9000"], check=True)  # a link change, not an address
+print(bool(select.select([events], [], [], 0.5)[0]))
+""")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "False", "False"]
+
+
 def test_bans_refuse_trusted_addresses_and_survive_a_save_and_restore(tmp_path: Path) -> None:
     done = in_namespace(f"""
 import os

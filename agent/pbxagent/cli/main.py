@@ -3,8 +3,8 @@
 Exit status: 0 success (accepted, all checks pass), 1 a rejection or a failed check,
 2 an error (bad argument, unreadable file), named in the message.
 
-Each command imports only the modules it uses: `provision` runs on every boot, where
-each imported module costs tens of milliseconds under emulation.
+Each command imports only the modules it uses: under emulation each imported module
+costs tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -35,16 +35,6 @@ def _policy() -> site.Policy:
 
 def _print_json(data: object) -> None:
     print(json.dumps(data, indent=1, sort_keys=True))
-
-
-def _provision(_: object) -> int:
-    from pbxagent import provision
-
-    for step in provision.provision():
-        print(f"pbxagent: {step}", flush=True)
-    # A fixed marker the console tests and the production line wait for.
-    print("pbxagent: provisioned", flush=True)
-    return OK
 
 
 def _boot_check(args: argparse.Namespace) -> int:
@@ -93,7 +83,6 @@ def _update_verify(args: argparse.Namespace) -> int:
 def _update_check(args: argparse.Namespace) -> int:
     """--timer: pbx-update.service (reports, schedule, window, reboot). Without it: poll
     now and say what the box would do, installing nothing."""
-    import resource
     import time
 
     from pbxagent import system
@@ -106,8 +95,7 @@ def _update_check(args: argparse.Namespace) -> int:
         lines, reboot = fleet.timer(pol)
         for line in lines:
             print(f"pbxagent: {line}", flush=True)
-        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(f"pbxagent: took {time.process_time():.2f} s of CPU, peak RSS {peak_kib / 1024:.1f} MiB", flush=True)
+        print(f"pbxagent: {system.usage()}", flush=True)
         if reboot:
             print("pbxagent: rebooting into the new slot (maintenance window)", flush=True)
             system.systemctl("reboot", "--no-block")
@@ -445,10 +433,10 @@ def _sip_render(_: argparse.Namespace) -> int:
     return OK
 
 
-def _guard(_: argparse.Namespace) -> int:
-    from pbxagent.network import guard
+def _run(_: object) -> int:
+    from pbxagent import daemon
 
-    guard.serve(_policy(), lambda line: print(f"pbxagent: {line}", flush=True))
+    daemon.run(lambda line: print(f"pbxagent: {line}", flush=True))
     return OK
 
 
@@ -469,7 +457,8 @@ def _parser() -> argparse.ArgumentParser:
     def group(name: str, text: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
         return sub.add_parser(name, help=text).add_subparsers(dest=f"{name}_command", required=True)
 
-    command(sub, "provision", _provision, "create per-device state on first boot, repair it later")
+    command(sub, "run", _run, "the agent's process (pbx-agent.service): provision, guard the network, "
+            "render the SIP service's inputs, check the boot's health")
     boot_check = command(group("boot", "A/B boot state"), "check", _boot_check,
                          "health check: commit the running slot, or reboot a slot on probation that fails")
     boot_check.add_argument("--wait", type=float, default=90, help="seconds the checks may take to pass")
@@ -553,8 +542,6 @@ def _parser() -> argparse.ArgumentParser:
     sip_group = group("sip", "the SIP service adapter")
     command(sip_group, "render", _sip_render, "write the service's credentials and TLS files to /run/pbx/sip")
 
-    command(sub, "guard", _guard, "apply the firewall and follow address changes (the pbx-guard service)")
-
     aud = command(sub, "audit", _audit, "check every credential rule, with evidence", json_flag=True)
     aud.add_argument("--fix", action="store_true", help="regenerate weak secrets and PINs first")
     return parser
@@ -562,10 +549,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # Every boot runs `provision`; building the parser (argparse) alone would cost it a
-    # third of a second under emulation.
+    # Every boot runs `run`; building the parser (argparse) alone would cost it a third of
+    # a second under emulation.
     args: object = None
-    func = _provision if argv == ["provision"] else None
+    func = _run if argv == ["run"] else None
     if func is None:
         args = _parser().parse_args(argv)
         func = args.func

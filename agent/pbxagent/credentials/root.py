@@ -58,10 +58,6 @@ def record_path() -> Path:
     return paths.data() / "state" / "root.json"
 
 
-def console_path() -> Path:
-    return paths.root() / "dev" / "console"
-
-
 def mac_candidates(mac: str) -> set[str]:
     """Every password an old board could have derived from `mac`: the last 8 or 6 hex
     digits or the whole address, any case, with or without separators."""
@@ -171,7 +167,7 @@ def _assess(crypt_hash: str, origin: str) -> Record:
 def _show_once(password: str, reason: str) -> None:
     """The one place the plaintext goes: the local console, never stdout (journal) or
     the network. The installer reads it there or from root.initial as root."""
-    with console_path().open("a", encoding="utf-8") as console:
+    with paths.console().open("a", encoding="utf-8") as console:
         console.write(
             f"\npbxagent: {reason}\n"
             f"pbxagent: one-time root password: {password}\n"

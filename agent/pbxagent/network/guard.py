@@ -1,21 +1,18 @@
-"""`pbxagent guard`: applies the compiled firewall at start, restores saved bans, then
-follows interface address changes over netlink (no polling) and keeps the trusted set,
-and fail2ban's list of what it must never ban, in step. Bans are saved to /data every
-minute and when the guard stops, and with them the firewall nftables.service loads at
-the next boot (boot_firewall)."""
+"""The network guard (run by the agent's process, pbxagent.daemon): applies the
+compiled firewall, restores saved bans, then follows interface address changes over
+netlink (no polling) and keeps the trusted set, and fail2ban's list of what it must never
+ban, in step. Bans are saved to /data every minute and when the guard stops, and with
+them the firewall nftables.service loads at the next boot (boot_firewall)."""
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import ipaddress
-import os
 import select
-import signal
 import socket
 import time
 from collections.abc import Callable
-from types import FrameType
-from typing import Any
+from typing import NamedTuple
 
 from pbxagent.network import ban_exemptions, bans, boot_firewall, firewall, lan, nft
 from pbxagent.policy import site
@@ -54,42 +51,6 @@ def exempt_sync() -> ban_exemptions.Told:
     return ban_exemptions.sync(ban_exemptions.live_exempt())
 
 
-def _notify(message: str) -> None:
-    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET."""
-    target = os.environ.get("NOTIFY_SOCKET")
-    if not target:
-        return
-    if target.startswith("@"):
-        target = "\0" + target[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(target)
-        sock.send(message.encode())
-
-
-class _Stop(Exception):
-    """Raised by the signal handler: a blocking select() returns at once."""
-
-
-def _stop(_signum: int, _frame: FrameType | None) -> None:
-    raise _Stop
-
-
-def serve(policy: Policy, log: Callable[[str], None]) -> None:
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    with contextlib.suppress(_Stop):
-        trusted, told = _start(policy, log)
-        # pyroute2 costs seconds to import under emulation (4-5 s idle, more in a boot):
-        # the firewall, the bans and READY (which kamailio and fail2ban wait for) do not
-        # wait for it; only following address changes does.
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
-
-        _follow(log, IPRoute(), RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR, trusted, told)
-    save_bans(always=True)
-    log("bans and the boot firewall saved; guard stopped")
-
-
 def save_bans(always: bool = False) -> None:
     """The bans, and the boot firewall from the policy in force now (a `firewall apply`
     since the guard started included)."""
@@ -102,48 +63,73 @@ def _tell_fail2ban(log: Callable[[str], None]) -> str | None:
     return told.pid
 
 
-def _start(policy: Policy, log: Callable[[str], None]) -> tuple[list[str], str | None]:
-    """The compiled firewall, the saved bans, fail2ban's thresholds and exemptions, then
-    READY: the trusted LAN and the pid of the fail2ban that was told."""
+class Following(NamedTuple):
+    trusted: list[str]  # the trusted LAN as applied
+    told: str | None  # the pid of the fail2ban that was told about it
+
+
+def start(policy: Policy, log: Callable[[str], None]) -> Following:
+    """The compiled firewall, the saved bans, fail2ban's thresholds and exemptions: what
+    kamailio and fail2ban wait for."""
     addresses = apply(policy)
     trusted = segments(addresses)
     log(f"firewall applied; trusted LAN: {', '.join(trusted) or 'none'}")
     log(f"{bans.restore(exempt_networks(policy, addresses))} saved ban(s) restored")
     log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
-    told = _tell_fail2ban(log)
-    _notify("READY=1")
-    # After READY: kamailio and fail2ban need not wait for a file the next boot reads.
-    boot_firewall.save(policy.firewall, bans.current())
-    return trusted, told
+    return Following(trusted, _tell_fail2ban(log))
 
 
-def _retrust(log: Callable[[str], None], trusted: list[str], told: str | None) -> tuple[list[str], str | None]:
+def _retrust(log: Callable[[str], None], now: Following) -> Following:
     """The addresses read again; the trusted sets and fail2ban follow when they moved."""
-    now_trusted = segments(lan.read_addresses())
-    if now_trusted == trusted:
-        return trusted, told
-    nft.execute(firewall.trusted_update(now_trusted))
-    log(f"trusted LAN now: {', '.join(now_trusted) or 'none'}")
-    return now_trusted, _tell_fail2ban(log)
+    trusted = segments(lan.read_addresses())
+    if trusted == now.trusted:
+        return now
+    nft.execute(firewall.trusted_update(trusted))
+    log(f"trusted LAN now: {', '.join(trusted) or 'none'}")
+    return Following(trusted, _tell_fail2ban(log))
 
 
-def _follow(log: Callable[[str], None], events: Any, groups: int, trusted: list[str], told: str | None) -> None:
-    with events:
-        events.bind(groups=groups)
-        # A change between the first read (in _start) and the subscription is seen here.
-        trusted, told = _retrust(log, trusted, told)
+# linux/rtnetlink.h: the multicast groups of IPv4 and IPv6 address changes.
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
+
+
+def address_events() -> socket.socket:
+    """A netlink socket that becomes readable when an interface address changes. The
+    messages are only a wake-up (the addresses are then read whole, lan.read_addresses),
+    so no netlink parser is needed: pyroute2's import alone cost 4-5 s at every boot."""
+    events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    events.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+    return events
+
+
+def drain(events: socket.socket) -> None:
+    """Read every queued event. A burst larger than the socket's buffer ends in ENOBUFS:
+    events were lost, which changes nothing here, as the addresses are read whole next."""
+    while select.select([events], [], [], 0)[0]:
+        try:
+            events.recv(65536)
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+
+
+def follow(log: Callable[[str], None], now: Following) -> None:
+    """Until stopped (an exception from a signal handler): the trusted sets after every
+    burst of address changes, the bans and the boot firewall saved every minute."""
+    with address_events() as events:
+        # A change between the first read (in start) and the subscription is seen here.
+        now = _retrust(log, now)
         last_save = time.monotonic()
         while True:
-            ready, _, _ = select.select([events], [], [], SAVE_EVERY_S)
-            if ready:
+            if select.select([events], [], [], SAVE_EVERY_S)[0]:
                 time.sleep(SETTLE_S)
-                while select.select([events], [], [], 0)[0]:
-                    events.get()
-                trusted, told = _retrust(log, trusted, told)
+                drain(events)
+                now = _retrust(log, now)
             if time.monotonic() - last_save >= SAVE_EVERY_S:
                 save_bans()
                 last_save = time.monotonic()
                 # A fail2ban that (re)started after the last change may have read the jail
                 # file just before that change was written: tell it again.
-                if ban_exemptions.running_pid() not in (told, None):
-                    told = _tell_fail2ban(log)
+                if ban_exemptions.running_pid() not in (now.told, None):
+                    now = Following(now.trusted, _tell_fail2ban(log))

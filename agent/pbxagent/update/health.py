@@ -1,4 +1,5 @@
-"""The boot health check that commits a slot (`pbxagent boot check`, pbx-boot-ok.service).
+"""The boot health check that commits a slot: run once per boot by the agent's process
+when the boot has finished (pbxagent.daemon), and by hand with `pbxagent boot check`.
 
 A boot is good when the agent provisioned, the compiled firewall is loaded, the SIP
 service runs and /data is mounted writable. A good boot gets its attempts back, and a
@@ -9,6 +10,7 @@ old slot comes back; the old slot then reports the failed update, once.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import NamedTuple
 
-from pbxagent import board, paths, provision
+from pbxagent import atomic, board, paths
 from pbxagent.update import bootstate, installer, report
 from pbxagent.update.state import Pending, Result, UpdateState
 
@@ -34,7 +36,7 @@ class Probe(NamedTuple):
 
 
 def _provisioned() -> Probe:
-    return Probe(provision.completed(), "provisioning marker on /data")
+    return Probe(paths.provisioned_marker().is_file(), "provisioning marker on /data")
 
 
 def _firewall() -> Probe:
@@ -111,6 +113,21 @@ class Verdict(NamedTuple):
     healthy: bool
     reboot: bool  # an unhealthy slot on probation: reboot so U-Boot's attempts run out
     lines: list[str]  # what to report
+
+
+def record(verdict: Verdict) -> None:
+    atomic.write(paths.boot_verdict(), json.dumps(verdict._asdict(), indent=1) + "\n", 0o644)
+
+
+def wait_for_boot(timeout: float) -> str:
+    """Block until systemd has finished starting the boot's units (the check's subjects),
+    or `timeout`: the state it reached (running, degraded, ...), which the checks judge."""
+    try:
+        done = subprocess.run(["systemctl", "is-system-running", "--wait"], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"still starting after {timeout:.0f} s"
+    return done.stdout.strip() or "unknown"
 
 
 def check_boot(wait: float = 90) -> Verdict:

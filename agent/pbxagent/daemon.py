@@ -1,0 +1,159 @@
+"""`pbxagent run` (pbx-agent.service): the agent's one process, started once per boot.
+It does in order what four units did, each its own CPython start of a second or more
+under emulation (issue 17):
+
+1. provisioning, then the SIP service's inputs (/run/pbx/sip), in a forked copy of this
+   process: the first boot's secrets, keys and certificate need cryptography and the
+   password checks, whose memory leaves with the copy; a failure there leaves the guard
+   running and the SIP service stopped (it starts only with rendered inputs);
+2. the guard's start (compiled firewall, saved bans, fail2ban's thresholds), then READY:
+   the network, the logins, kamailio and fail2ban are ordered after this unit;
+3. the boot health check in another forked copy, once systemd has finished the boot;
+4. the guard, following address changes until the unit stops.
+
+A fork is not a new interpreter: nothing is loaded or imported again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from types import FrameType
+
+from pbxagent import paths
+from pbxagent.network import bans, boot_firewall, guard
+from pbxagent.policy import site
+
+Log = Callable[[str], None]
+# The health check judges what systemd reached by then: a unit still starting after this
+# long is as bad as a failed one.
+BOOT_WAIT_S = 240.0
+
+
+def notify(message: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    if target.startswith("@"):
+        target = "\0" + target[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(target)
+        sock.send(message.encode())
+
+
+def fork(work: Callable[[], int]) -> int:
+    """Run `work` in a forked copy of this process; its pid. The copy exits with what
+    `work` returns, 1 if it raises."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    code = 1
+    try:
+        code = work()
+    except Exception:  # the copy reports anything and exits; the parent goes on
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def exit_code(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def to_console(log: Log) -> Log:
+    """`log`, and the same line on the local console: provisioning's progress is what a
+    person at the box and the production line watch (the marker lines they wait for)."""
+    try:
+        console = paths.console().open("a", encoding="utf-8")
+    except OSError:
+        return log
+
+    def both(line: str) -> None:
+        log(line)
+        console.write(f"pbxagent: {line}\n")
+        console.flush()
+
+    return both
+
+
+def prepare(log: Log) -> int:
+    """Provisioning, then the SIP service's inputs; 0 when both are done."""
+    from pbxagent import provision, sip
+
+    say = to_console(log)
+    try:
+        for step in provision.provision():
+            say(step)
+    except (OSError, ValueError) as exc:
+        say(f"provisioning FAILED: {exc}; the SIP service stays stopped, the health check fails")
+        return 1
+    say("provisioned")  # the fixed marker the console tests and the production line wait for
+    for step in sip.write_inputs():
+        log(step)
+    return 0
+
+
+def check_health(log: Log) -> int:
+    """The boot's health check, once systemd has finished starting the boot's units."""
+    from pbxagent import system
+    from pbxagent.update import health
+
+    log(f"boot finished ({health.wait_for_boot(BOOT_WAIT_S)}): health check")
+    verdict = health.check_boot()
+    for line in verdict.lines:
+        log(line)
+    health.record(verdict)
+    log(f"health check {system.usage()}")
+    notify(f"STATUS=guarding; this boot {'healthy' if verdict.healthy else 'UNHEALTHY'}: {verdict.lines[-1]}")
+    if verdict.reboot:
+        system.systemctl("reboot", "--no-block")
+    return 0 if verdict.healthy else 1
+
+
+def _reap(pid: int, log: Log) -> None:
+    code = exit_code(pid)
+    log("health check done" if code == 0 else f"health check failed (exit {code})")
+
+
+class _Stop(Exception):
+    """Raised by the signal handler: a blocking select() returns at once."""
+
+
+def _stop(_signum: int, _frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def run(log: Log) -> None:
+    """Until SIGTERM. A provisioning failure does not end it: the guard keeps the box
+    safe and the health check reports the failure (and falls back from an update)."""
+    exit_code(fork(lambda: prepare(log)))
+    loaded = site.load()
+    if loaded.error:
+        log(f"policy override not applied, the {loaded.origin} policy is in force: {loaded.error}")
+    policy = loaded.policy
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with contextlib.suppress(_Stop):
+        now = guard.start(policy, log)
+        notify("READY=1\nSTATUS=guarding; health check when the boot has finished")
+        # After READY: nothing that starts after this unit needs the file the next boot reads.
+        boot_firewall.save(policy.firewall, bans.current())
+        if not paths.boot_verdict().exists():  # once per boot, not at every restart
+            health = fork(lambda: check_health(log))
+            threading.Thread(target=_reap, args=(health, log), daemon=True).start()
+        guard.follow(log, now)
+    guard.save_bans(always=True)
+    log("bans and the boot firewall saved; agent stopped")
