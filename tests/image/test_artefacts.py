@@ -135,6 +135,17 @@ def test_agent_runs_from_bytecode_with_its_pinned_wheel(rootfs: Path) -> None:
     assert list(dist.glob("zxcvbn-4.5.0.dist-info"))
 
 
+def test_the_numbering_plans_ship_compiled_without_place_names(rootfs: Path) -> None:
+    """The call policy reads numbers with phonenumbers' plans (data/) and short numbers;
+    its 20 MiB of geocoding, carrier and time-zone data stay out of the slot."""
+    package = rootfs / "usr/lib/python3/dist-packages/phonenumbers"
+    for folder in ("data", "shortdata"):
+        sources = sorted(p.stem for p in (package / folder).glob("*.py"))
+        compiled = sorted(p.name.split(".")[0] for p in (package / folder / "__pycache__").glob("*.pyc"))
+        assert len(sources) > 100 and sources == compiled, folder
+    assert not [name for name in ("geodata", "carrierdata", "tzdata") if (package / name).exists()]
+
+
 def test_root_password_sync_is_enabled(rootfs: Path) -> None:
     link = rootfs / "etc/systemd/system/multi-user.target.wants/pbx-root-sync.path"
     assert link.is_symlink()

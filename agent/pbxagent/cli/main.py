@@ -433,6 +433,28 @@ def _sip_render(_: argparse.Namespace) -> int:
     return OK
 
 
+def _calls_check(args: argparse.Namespace) -> int:
+    import datetime
+
+    from pbxagent.calls import dialplan
+
+    pol = _policy()
+    try:
+        at = datetime.datetime.fromisoformat(args.at) if args.at else datetime.datetime.now()
+    except ValueError:
+        print(f"pbxagent: error: --at: {args.at!r} is not a time like 2026-12-04T09:30", file=sys.stderr)
+        return ERROR
+    decision = dialplan.decide(args.number, args.extension, at, pol.calls, pol.extensions)
+    if args.json:
+        _print_json(decision._asdict())
+    else:
+        print(f"{'allowed' if decision.allowed else 'REFUSED'}: {decision.dialled} -> {decision.number} "
+              f"({decision.kind}) from extension {args.extension} at {at:%a %Y-%m-%d %H:%M}")
+        for reason in decision.reasons:
+            print(f"  {reason}")
+    return OK if decision.allowed else REJECTED
+
+
 def _run(_: object) -> int:
     from pbxagent import daemon
 
@@ -540,6 +562,12 @@ def _parser() -> argparse.ArgumentParser:
     jails.add_argument("--write", action="store_true", help="write them to /etc/fail2ban/jail.d for fail2ban")
 
     sip_group = group("sip", "the SIP service adapter")
+    calls_group = group("calls", "the call policy (toll-fraud controls)")
+    calls_check = command(calls_group, "check", _calls_check, "what the policy does with a dialled number, "
+                          "and why (no call is placed)", json_flag=True)
+    calls_check.add_argument("number", help="as dialled, e.g. 0044..., +33..., *7<PIN>*00...")
+    calls_check.add_argument("--extension", required=True, help="the calling extension")
+    calls_check.add_argument("--at", help="local time to judge, e.g. 2026-12-04T21:30 (default: now)")
     command(sip_group, "render", _sip_render, "write the service's credentials and TLS files to /run/pbx/sip")
 
     aud = command(sub, "audit", _audit, "check every credential rule, with evidence", json_flag=True)

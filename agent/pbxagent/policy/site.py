@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from pbxagent import atomic, paths
 from pbxagent.credentials.passwords import Rules
 from pbxagent.errors import PolicyError as PolicyError
-from pbxagent.policy import network, updates
+from pbxagent.policy import calls, network, updates
 from pbxagent.policy.network import Firewall
 from pbxagent.settings import Setting, Surface, flatten
 
@@ -28,6 +28,7 @@ class Policy(NamedTuple):
     firewall: Firewall
     jails: dict[str, network.Jail]
     update: updates.UpdatePolicy
+    calls: calls.CallPolicy
 
 
 _JAIL_HELP = {
@@ -77,6 +78,27 @@ SETTINGS = Surface([
             "any time", 0, 11, parse=updates.window),
     Setting("update.mode", str, "auto: install in the window; check: only find and report", choices=updates.MODES),
     Setting("update.report_url", str, "where update reports are POSTed; \"\" = nowhere", 0, 512, parse=updates.url),
+    Setting("calls.country", str, "the site's country, a region code (GB, DE, US): how numbers are read; "
+            "\"\" = no external calls", 0, 2, parse=calls.country),
+    Setting("calls.default_class", str, "what an extension may call unless calls.classes says otherwise",
+            choices=calls.CLASSES),
+    Setting("calls.classes", dict, 'per extension, its class ({"801": international})', parse=calls.classes),
+    Setting("calls.window_national", str, "when national calls may be made: \"mon-fri 08:00-18:00\", "
+            "\"\" = any time", 0, 64, parse=calls.hours),
+    Setting("calls.window_international", str, "when international calls may be made (always with the "
+            "extension's call PIN)", 0, 64, parse=calls.hours),
+    Setting("calls.allowed_countries", list, "calling codes (+33) international calls may reach besides the "
+            "site's own", 0, 300, parse=calls.calling_codes),
+    Setting("calls.blocked", list, "E.164 prefixes refused (premium, shared-cost and no country's numbers are "
+            "refused anyway)", 0, 10_000, parse=calls.prefixes),
+    Setting("calls.allowed", list, "E.164 prefixes let through every block above", 0, 10_000,
+            parse=calls.prefixes),
+    Setting("calls.concurrent", int, "calls at once per extension", 1, 50),
+    Setting("calls.max_duration", int, "seconds an external call may last", 60, 86400),
+    Setting("calls.daily_external", int, "external calls per extension per day", 0, 10_000),
+    Setting("calls.daily_international", int, "international calls per extension per day", 0, 10_000),
+    Setting("calls.rate_lock", int, "more external calls than this in a minute lock the extension until "
+            "`pbxagent calls unlock`", 1, 60),
 ], PolicyError)
 
 
@@ -162,6 +184,7 @@ def _build(source: Path, flat: dict[str, Any]) -> Policy:
             mode=flat["update.mode"],
             report_url=updates.url(source, "update.report_url", flat["update.report_url"]),
         ),
+        calls=calls.build(source, flat),
     )
 
 

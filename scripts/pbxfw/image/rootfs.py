@@ -36,6 +36,11 @@ UNSHIPPED = (
     # The sources of udev's hardware database (9 MiB): its compiled hwdb.bin ships, and
     # a read-only root never recompiles it (/etc/.updated keeps systemd-hwdb-update off).
     "usr/lib/udev/hwdb.d",
+    # phonenumbers' place names, carriers and time zones (20 MiB): the call policy needs
+    # only the numbering plans (data/) and short numbers (shortdata/).
+    "usr/lib/python3/dist-packages/phonenumbers/geodata",
+    "usr/lib/python3/dist-packages/phonenumbers/carrierdata",
+    "usr/lib/python3/dist-packages/phonenumbers/tzdata",
 )
 # Keep what licences and locale lookups need even though their directories are excluded.
 INCLUDES = ("/usr/share/doc/*/copyright", "/usr/share/locale/locale.alias")
