@@ -97,8 +97,8 @@ SETTINGS = Surface([
     Setting("calls.max_duration", int, "seconds an external call may last", 60, 86400),
     Setting("calls.daily_external", int, "external calls per extension per day", 0, 10_000),
     Setting("calls.daily_international", int, "international calls per extension per day", 0, 10_000),
-    Setting("calls.rate_lock", int, "more external calls than this in a minute lock the extension until "
-            "`pbxagent calls unlock`", 1, 60),
+    Setting("calls.rate_lock", int, "more external calls than this in a minute lock the extension's external "
+            "calling until an administrator lifts it", 1, 60),
 ], PolicyError)
 
 
