@@ -104,6 +104,12 @@ def _pins_strong(pol: site.Policy) -> Check:
                  evidence or "all PINs pass the policy")
 
 
+def _call_pins_strong(pol: site.Policy) -> Check:
+    ok, evidence = _extension_findings(pol, "call_pin")
+    return Check("call-pins", "call PINs: as strong as a voicemail PIN and not the same as it", ok,
+                 evidence or "all call PINs pass the policy")
+
+
 def _policy(_: site.Policy) -> Check:
     loaded = site.load()
     return Check("policy", "the site policy is valid and in force", loaded.error is None,
@@ -118,7 +124,7 @@ def _provisioned(_: site.Policy) -> Check:
 
 CHECKS: tuple[Callable[[site.Policy], Check], ...] = (
     _provisioned, _policy, _ssh, _no_image_host_keys, _root, _secrets_private, _extensions_present,
-    _secrets_strong, _pins_strong,
+    _secrets_strong, _pins_strong, _call_pins_strong,
 )
 
 
@@ -133,7 +139,7 @@ def fix(pol: site.Policy) -> list[str]:
     weak = sorted({f.number for f in extensions.audit(extensions.load(), pol.rules, pol.company)})
     if weak:
         extensions.rotate(weak, pol.rules, pol.secret_length)
-        done.append(f"new secret and PIN for extension(s) {', '.join(weak)}")
+        done.append(f"new secret and PINs for extension(s) {', '.join(weak)}")
     if root.status() in (root.Status.DEFAULT, root.Status.DERIVED):
         done.append(root.rotate_now(pol.rules))
     return done

@@ -59,7 +59,7 @@ def test_every_extension_gets_its_own_secret_once(tree: Path) -> None:
     assert extensions.ensure(numbers, Rules(), 16) == list(numbers)
     store = extensions.load()
     assert len({e.secret for e in store.values()}) == 10
-    assert all(e.number not in e.pin for e in store.values())
+    assert all(e.number not in e.pin and e.call_pin.isdigit() and e.call_pin != e.pin for e in store.values())
     assert stat.S_IMODE(extensions.store_path().stat().st_mode) == 0o600
     before = extensions.store_path().read_bytes()
     assert extensions.ensure(numbers, Rules(), 16) == []
@@ -72,11 +72,12 @@ def test_add_rotate_and_audit_weak_or_shared(tree: Path) -> None:
     with pytest.raises(extensions.ExtensionError, match="extension 901 already exists"):
         extensions.add("901", 1, Rules(), 16)
     store = extensions.load()
-    weak = {**store, "901": extensions.Extension("901", store["900"].secret, "901901"),
-            "902": extensions.Extension("902", "secret", "135790")}
+    weak = {**store, "901": extensions.Extension("901", store["900"].secret, "901901", "538217"),
+            "902": extensions.Extension("902", "secret", "538217", "538217")}
     found = {(f.number, f.what): {v.rule for v in f.problems} for f in extensions.audit(weak, Rules())}
     assert "shared" in found[("900", "secret")] and "shared" in found[("901", "secret")]
-    assert "account" in found[("901", "pin")]
+    assert "account" in found[("901", "pin")] and ("901", "call_pin") not in found
+    assert found[("902", "call_pin")] == {"shared"}  # the voicemail PIN must not open international calls
     assert {"length", "upper", "digits", "common"} <= found[("902", "secret")]
     extensions.save(weak)
     old = extensions.load()["900"].secret
@@ -85,6 +86,20 @@ def test_add_rotate_and_audit_weak_or_shared(tree: Path) -> None:
     assert extensions.load()["900"].secret == old
     with pytest.raises(extensions.ExtensionError, match="extension 555: no such extension"):
         extensions.rotate(["555"], Rules(), 16)
+
+
+def test_a_store_from_before_call_pins_gets_them_and_keeps_its_secrets(tree: Path) -> None:
+    extensions.ensure(("800", "801"), Rules(), 16)
+    old = json.loads(extensions.store_path().read_text())
+    for item in old["extensions"].values():
+        del item["call_pin"]
+    extensions.store_path().write_text(json.dumps(old))
+    assert {e.call_pin for e in extensions.load().values()} == {""}
+    assert extensions.ensure(("800", "801"), Rules(), 16) == []  # none created, but both completed
+    store = extensions.load()
+    assert all(e.call_pin.isdigit() for e in store.values())
+    assert {n: (e.secret, e.pin) for n, e in store.items()} == {
+        n: (item["secret"], item["pin"]) for n, item in old["extensions"].items()}
 
 
 def test_first_boot_creates_later_boots_repair(tree: Path) -> None:

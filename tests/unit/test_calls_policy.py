@@ -34,10 +34,13 @@ def policy(**changes: Any) -> tuple[CallPolicy, tuple[str, ...]]:
     return pol.calls._replace(country="FR", **changes), pol.extensions
 
 
-def decide(dialled: str, extension: str = "801", at: datetime.datetime = WEEKDAY_NOON,
+CALL_PIN = "482913"  # extension 801's in these tests
+
+
+def decide(dialled: str, extension: str = "801", at: datetime.datetime = WEEKDAY_NOON, call_pin: str = CALL_PIN,
            **changes: Any) -> dialplan.Decision:
     calls, extensions = policy(**changes)
-    return dialplan.decide(dialled, extension, at, calls, extensions)
+    return dialplan.decide(dialled, extension, at, calls, extensions, call_pin)
 
 
 def test_extensions_and_emergency_numbers_always_connect() -> None:
@@ -49,7 +52,8 @@ def test_extensions_and_emergency_numbers_always_connect() -> None:
 
 def test_without_the_sites_country_no_external_number_is_read() -> None:
     calls, extensions = policy()
-    found = dialplan.decide(example("FR", T.FIXED_LINE), "801", WEEKDAY_NOON, calls._replace(country=""), extensions)
+    found = dialplan.decide(example("FR", T.FIXED_LINE), "801", WEEKDAY_NOON, calls._replace(country=""), extensions,
+                             CALL_PIN)
     assert not found.allowed and "calls.country is not set" in found.reasons[0]
 
 
@@ -75,6 +79,10 @@ def test_international_needs_the_class_the_country_the_window_and_the_pin() -> N
     assert allowed.dialled == f"*7<PIN>*{dialled}"  # the PIN is never shown back
     no_pin = decide(dialled, classes=cls, allowed_countries=(49,))
     assert not no_pin.allowed and "need extension 801's call PIN" in no_pin.reasons[-1]
+    wrong = decide(f"*7482914*{dialled}", classes=cls, allowed_countries=(49,))
+    assert not wrong.allowed and wrong.reasons == ("wrong call PIN for extension 801 (an authentication failure)",)
+    none_yet = decide(f"*7{CALL_PIN}*{dialled}", classes=cls, allowed_countries=(49,), call_pin="")
+    assert not none_yet.allowed and "wrong call PIN" in none_yet.reasons[0]  # no PIN matches an empty one
     for at in (SATURDAY_NOON, WEEKDAY_NIGHT):
         late = decide(with_pin, classes=cls, allowed_countries=(49,), at=at)
         assert not late.allowed and "allowed only mon,tue,wed,thu,fri 08:00-18:00" in late.reasons[0], late

@@ -15,6 +15,7 @@ audio to prompt for one.
 from __future__ import annotations
 
 import datetime
+import hmac
 import re
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -51,7 +52,8 @@ def _masked(dialled: str, pin: str | None) -> str:
 
 
 def decide(dialled: str, extension: str, at: datetime.datetime, policy: CallPolicy,
-           extensions: tuple[str, ...]) -> Decision:
+           extensions: tuple[str, ...], call_pin: str) -> Decision:
+    """`call_pin`: the calling extension's own ("" if it has none: no PIN matches)."""
     compact = "".join(dialled.split())
     pin, number = split_pin(compact)
     shown = _masked(compact, pin)
@@ -64,7 +66,7 @@ def decide(dialled: str, extension: str, at: datetime.datetime, policy: CallPoli
     if not policy.country:
         return Decision(shown, number, "invalid", False, False, pin is not None,
                         ("calls.country is not set: without the site's country no external number can be read",))
-    return _external(shown, number, pin, extension, at, policy)
+    return _external(shown, number, pin, extension, at, policy, call_pin)
 
 
 def _emergency(number: str, country: str) -> bool:
@@ -78,7 +80,7 @@ def _emergency(number: str, country: str) -> bool:
 
 
 def _external(shown: str, number: str, pin: str | None, extension: str, at: datetime.datetime,
-              policy: CallPolicy) -> Decision:
+              policy: CallPolicy, call_pin: str) -> Decision:
     import phonenumbers
 
     try:
@@ -101,8 +103,10 @@ def _external(shown: str, number: str, pin: str | None, extension: str, at: date
     needs_pin = kind == "international"
     if needs_pin and pin is None:
         refusals.append(f"international calls need extension {extension}'s call PIN, dialled *7<PIN>*<number>")
+    elif needs_pin and not (call_pin and hmac.compare_digest(pin or "", call_pin)):
+        refusals.append(f"wrong call PIN for extension {extension} (an authentication failure)")
     reasons = refusals or [f"{e164}: {kind}, allowed for extension {extension} (class {cls})"
-                           + (", if the PIN dialled is the extension's call PIN" if needs_pin else "")]
+                           + (" with its call PIN" if needs_pin else "")]
     return Decision(shown, e164, kind, not refusals, needs_pin, pin is not None, tuple(reasons))
 
 

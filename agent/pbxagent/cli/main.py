@@ -228,15 +228,15 @@ def _extensions_list(args: argparse.Namespace) -> int:
         return ERROR
     rows = []
     for ext in extensions.load().values():
-        row: dict[str, object] = {"extension": ext.number, "secret": "set", "pin": "set"}
+        row: dict[str, object] = {"extension": ext.number, "secret": "set", "pin": "set", "call_pin": "set"}
         if args.show_secrets:
-            row.update(secret=ext.secret, pin=ext.pin)
+            row.update(secret=ext.secret, pin=ext.pin, call_pin=ext.call_pin)
         rows.append(row)
     if args.json:
         _print_json(rows)
     else:
         for row in rows:
-            print(f"{row['extension']}\tsecret {row['secret']}\tpin {row['pin']}")
+            print(f"{row['extension']}\tsecret {row['secret']}\tpin {row['pin']}\tcall pin {row['call_pin']}")
     return OK
 
 
@@ -437,6 +437,7 @@ def _calls_check(args: argparse.Namespace) -> int:
     import datetime
 
     from pbxagent.calls import dialplan
+    from pbxagent.credentials import extensions
 
     pol = _policy()
     try:
@@ -444,7 +445,13 @@ def _calls_check(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"pbxagent: error: --at: {args.at!r} is not a time like 2026-12-04T09:30", file=sys.stderr)
         return ERROR
-    decision = dialplan.decide(args.number, args.extension, at, pol.calls, pol.extensions)
+    try:
+        calling = extensions.load().get(args.extension)
+    except extensions.ExtensionError as exc:
+        print(f"pbxagent: error: {exc}", file=sys.stderr)
+        return ERROR
+    call_pin = calling.call_pin if calling else ""
+    decision = dialplan.decide(args.number, args.extension, at, pol.calls, pol.extensions, call_pin)
     if args.json:
         _print_json(decision._asdict())
     else:

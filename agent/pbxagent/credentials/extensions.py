@@ -1,5 +1,6 @@
-"""Extensions and their per-device secrets: one random SIP secret and voicemail PIN
-each, never shared, kept for the SIP service in one root-only file on /data."""
+"""Extensions and their per-device secrets: one random SIP secret, voicemail PIN and
+call PIN (dialled for international calls, docs/calls.md) each, never shared, kept for
+the SIP service in one root-only file on /data."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class Extension(NamedTuple):
     number: str
     secret: str
     pin: str
+    call_pin: str  # "" in a store written before call PINs: `ensure` gives it one
 
 
 def store_path() -> Path:
@@ -31,7 +33,8 @@ def load() -> dict[str, Extension]:
         return {}
     try:
         data = json.loads(path.read_text())
-        return {num: Extension(num, item["secret"], item["pin"]) for num, item in data["extensions"].items()}
+        return {num: Extension(num, item["secret"], item["pin"], item.get("call_pin", ""))
+                for num, item in data["extensions"].items()}
     except (ValueError, KeyError, TypeError) as exc:
         raise ExtensionError(f"{path}: unreadable extension store ({exc.__class__.__name__}: {exc})") from None
 
@@ -39,8 +42,18 @@ def load() -> dict[str, Extension]:
 def save(extensions: dict[str, Extension]) -> None:
     """One atomic write for the whole set: a power cut keeps the old set or the new one."""
     ordered = dict(sorted(extensions.items(), key=lambda item: (len(item[0]), item[0])))
-    data = {"version": 1, "extensions": {n: {"secret": e.secret, "pin": e.pin} for n, e in ordered.items()}}
+    data = {"version": 1, "extensions": {n: {"secret": e.secret, "pin": e.pin, "call_pin": e.call_pin}
+                                         for n, e in ordered.items()}}
     atomic.write(store_path(), json.dumps(data, indent=1) + "\n", 0o600)
+
+
+def _call_pin(number: str, voicemail_pin: str, rules: Rules) -> str:
+    """A call PIN under the voicemail PIN's rules, never the same as that PIN: one
+    overheard at the voicemail prompt must not open international calls."""
+    while True:
+        pin = generate(Kind.PIN, Account(extension=number), rules)
+        if pin != voicemail_pin:
+            return pin
 
 
 def _fresh(number: str, rules: Rules, secret_length: int, taken: set[str]) -> Extension:
@@ -48,7 +61,8 @@ def _fresh(number: str, rules: Rules, secret_length: int, taken: set[str]) -> Ex
     while True:
         secret = generate(Kind.SECRET, account, rules, secret_length)
         if secret not in taken:
-            return Extension(number, secret, generate(Kind.PIN, account, rules))
+            pin = generate(Kind.PIN, account, rules)
+            return Extension(number, secret, pin, _call_pin(number, pin, rules))
 
 
 def _valid_number(number: str) -> str:
@@ -58,12 +72,17 @@ def _valid_number(number: str) -> str:
 
 
 def ensure(numbers: tuple[str, ...], rules: Rules, secret_length: int) -> list[str]:
-    """Give every declared extension that has none its secret and PIN; committed
-    secrets are never regenerated. Returns the numbers that were created."""
+    """Give every declared extension that has none its secret and PINs, and a call PIN
+    to any extension from a store older than call PINs; committed secrets are never
+    regenerated. Returns the numbers that were created."""
     current = load()
     missing = [n for n in numbers if n not in current]
-    if not missing:
+    without_call_pin = [n for n, e in current.items() if not e.call_pin]
+    if not missing and not without_call_pin:
         return []
+    for number in without_call_pin:
+        ext = current[number]
+        current[number] = ext._replace(call_pin=_call_pin(number, ext.pin, rules))
     taken = {e.secret for e in current.values()}
     for number in missing:
         current[number] = _fresh(_valid_number(number), rules, secret_length, taken)
@@ -90,7 +109,7 @@ def add(first: str, count: int, rules: Rules, secret_length: int) -> list[str]:
 
 
 def rotate(numbers: list[str] | None, rules: Rules, secret_length: int) -> list[str]:
-    """New secret and PIN for `numbers` (None: all)."""
+    """New secret and PINs for `numbers` (None: all)."""
     current = load()
     chosen = list(current) if numbers is None else numbers
     unknown = [n for n in chosen if n not in current]
@@ -106,12 +125,13 @@ def rotate(numbers: list[str] | None, rules: Rules, secret_length: int) -> list[
 
 class Finding(NamedTuple):
     number: str
-    what: str  # "secret" or "pin"
+    what: str  # "secret", "pin" or "call_pin"
     problems: tuple[Violation, ...]
 
 
 def audit(extensions: dict[str, Extension], rules: Rules, company: str = "") -> list[Finding]:
-    """Every weak or shared secret and weak PIN (evidence names rules, never values)."""
+    """Every weak or shared secret and weak PIN, and a call PIN that is the voicemail
+    PIN (evidence names rules, never values)."""
     findings: list[Finding] = []
     owners: dict[str, list[str]] = {}
     for ext in extensions.values():
@@ -127,4 +147,9 @@ def audit(extensions: dict[str, Extension], rules: Rules, company: str = "") -> 
         pin_problems = check(ext.pin, Kind.PIN, account, rules)
         if pin_problems:
             findings.append(Finding(ext.number, "pin", tuple(pin_problems)))
+        call_pin_problems = list(check(ext.call_pin, Kind.PIN, account, rules))
+        if ext.call_pin == ext.pin:
+            call_pin_problems.append(Violation("shared", "same as the extension's voicemail PIN"))
+        if call_pin_problems:
+            findings.append(Finding(ext.number, "call_pin", tuple(call_pin_problems)))
     return findings
