@@ -7,6 +7,7 @@ tests reboot it for real.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from pbxfw.image.layout import ENV_COPIES, ENV_SIZE
@@ -65,6 +66,26 @@ def test_input_is_dropped_unless_accepted(device: Device) -> None:
     # The base table at boot, then the guard's compiled table (tests/device/test_guard.py).
     hooks = device.check("nft list ruleset | grep 'hook input'")
     assert hooks.strip() and all("policy drop" in line for line in hooks.splitlines())
+
+
+def test_the_compiled_firewall_with_the_saved_bans_is_in_force_before_the_first_address(device: Device) -> None:
+    # This boot's journal (the snapshot's first boot): the agent applies the compiled
+    # table and restores the bans, then systemd-networkd starts and takes its lease, and
+    # only then does the trusted LAN fill in.
+    journal = device.check("journalctl -b -o short-monotonic --no-pager | grep -E 'pbxagent: (firewall applied|"
+                           "[0-9]+ saved ban|trusted LAN now)|Starting systemd-networkd|DHCPv4 address'", timeout=120)
+
+    def first(pattern: str) -> float:
+        found = re.search(r"^\[\s*([\d.]+)\] .*" + pattern, journal, re.MULTILINE)
+        assert found, f"not in this boot's journal: {pattern}"
+        return float(found[1])
+
+    applied = first(r"pbxagent: firewall applied; trusted LAN: none")
+    restored = first(r"pbxagent: \d+ saved ban\(s\) restored")
+    networkd = first(r"Starting systemd-networkd\.service")
+    lease = first(r"eth0: DHCPv4 address 10\.0\.2\.15/24")
+    trusted = first(r"pbxagent: trusted LAN now: 10\.0\.2\.0/24")
+    assert applied <= restored < networkd < lease <= trusted, (applied, restored, networkd, lease, trusted)
 
 
 def test_boot_marked_good_in_redundant_state(device: Device) -> None:
