@@ -36,20 +36,21 @@ USAGE = re.compile(r"^(health check )?took [\d.]+ s of CPU, peak RSS ([\d.]+) Mi
 
 def _agent_figures(console: SerialConsole) -> dict[str, float]:
     console.run(f"for i in $(seq 600); do [ -e {BOOT_VERDICT} ] && break; sleep 0.5; done", timeout=330)
-    # One property per call: `systemctl show --value` prints several in its own order.
-    unit = [console.run(f"systemctl show pbx-agent -p {name} --value").output.strip()
-            for name in ("ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic", "MainPID")]
+    # As Key=value lines: systemctl prints properties in its own order, not the asked one.
+    unit = {key: int(value) for key, value in re.findall(r"^(\w+)=(\d+)\s*$", console.run(
+        "systemctl show pbx-agent -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic -p MainPID"
+    ).output, re.MULTILINE)}
     journal = console.run("journalctl -b -u pbx-agent -o short-monotonic --no-pager").output
     provisioned = re.search(r"\[\s*([\d.]+)\] .*pbxagent: provisioned", journal)
     peaks = {bool(m.group(1)): float(m.group(2))
              for m in USAGE.finditer(console.run("journalctl -b -u pbx-agent -o cat | sed 's/^pbxagent: //'").output)}
-    status = console.run(f"grep -E '^Vm(HWM|RSS):' /proc/{unit[-1] if unit else 0}/status").output
+    status = console.run(f"grep -E '^Vm(HWM|RSS):' /proc/{unit.get('MainPID', 0)}/status").output
     memory = {k: int(v) / 1024 for k, v in re.findall(r"^(VmHWM|VmRSS):\s+(\d+) kB", status, re.MULTILINE)}
-    if provisioned is None or len(peaks) != 2 or not all(v.isdigit() for v in unit) or len(memory) != 2:
+    if provisioned is None or len(peaks) != 2 or len(unit) != 3 or len(memory) != 2:
         raise SystemExit(f"bench-agent: the agent did not report as expected:\n{journal}\n{status}")
     return {
         "kernel->provisioned": float(provisioned.group(1)),
-        "ready": (int(unit[1]) - int(unit[0])) / 1e6,
+        "ready": (unit["ActiveEnterTimestampMonotonic"] - unit["ExecMainStartTimestampMonotonic"]) / 1e6,
         "provisioning": peaks[False],
         "health": peaks[True],
         "peak": memory["VmHWM"],

@@ -33,7 +33,7 @@ from pbxfw.image import layout
 from pbxfw.image.bootscript import kernel_args
 
 from tests.infra import boards
-from tests.infra.power import QemuPower, Wiring
+from tests.infra.power import QemuPower, Wiring, free_port
 from tests.infra.twin import BOOT_VERDICT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,9 +130,7 @@ def service_boot(board: config.Board, disk: Path, work: Path, direct: tuple[Path
                  password: str) -> tuple[float, float, list[tuple[float, str]]]:
     """One -kernel boot: QEMU start -> login prompt, -> SIP 200 to an OPTIONS, and the
     boot's Python starts."""
-    with socket.socket() as spare:
-        spare.bind(("127.0.0.1", 0))
-        port = spare.getsockname()[1]
+    port = free_port()
     wiring = Wiring(netdev=f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:5060")
     answered: list[float] = []
     asking = threading.Thread(target=ask_options, args=(port, time.monotonic(), answered), daemon=True)
