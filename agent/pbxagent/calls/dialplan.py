@@ -103,7 +103,7 @@ def _external(shown: str, number: str, pin: str | None, extension: str, at: date
     needs_pin = kind == "international"
     if needs_pin and pin is None:
         refusals.append(f"international calls need extension {extension}'s call PIN, dialled *7<PIN>*<number>")
-    elif needs_pin and not (call_pin and hmac.compare_digest(pin or "", call_pin)):
+    elif needs_pin and not (pin and call_pin and hmac.compare_digest(pin, call_pin)):
         refusals.append(f"wrong call PIN for extension {extension} (an authentication failure)")
     reasons = refusals or [f"{e164}: {kind}, allowed for extension {extension} (class {cls})"
                            + (" with its call PIN" if needs_pin else "")]
