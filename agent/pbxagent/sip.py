@@ -15,6 +15,7 @@ from pathlib import Path
 from pbxagent import atomic, paths
 from pbxagent.credentials import extensions
 from pbxagent.policy import site
+from pbxagent.policy.calls import CallPolicy
 
 REALM = "pbx"
 SERVICE_GROUP = "kamailio"
@@ -34,16 +35,18 @@ def ha1(user: str, secret: str, realm: str = REALM) -> str:
     return hashlib.md5(f"{user}:{realm}:{secret}".encode(), usedforsecurity=False).hexdigest()
 
 
-def subscriber_table(store: dict[str, extensions.Extension], permit: dict[str, tuple[str, ...]]) -> str:
+def subscriber_table(store: dict[str, extensions.Extension], permit: dict[str, tuple[str, ...]],
+                     calls: CallPolicy) -> str:
     """db_text's file format: a typed header line, then one colon-separated row each
-    (':' inside a value, as in IPv6 networks, escaped). `permit` is the comma-separated
-    list of networks the extension may use, empty (null) for anywhere; kamailio loads it
-    with the credentials and checks the packet's source against it."""
-    rows = ["id(int,auto) username(string) domain(string,null) ha1(string) ha1b(string) permit(string,null)"]
+    (':' inside a value, as in IPv6 networks, escaped). kamailio loads the extension's
+    row with its credentials: `permit`, the comma-separated networks it may use (empty,
+    null: anywhere), checked against the packet's source; `concurrent`, its calls at once."""
+    rows = ["id(int,auto) username(string) domain(string,null) ha1(string) ha1b(string) permit(string,null) "
+            "concurrent(int)"]
     for index, ext in enumerate(store.values(), start=1):
         nets = ",".join(permit.get(ext.number, ())).replace(":", "\\:")
         rows.append(f"{index}:{ext.number}:{REALM}:{ha1(ext.number, ext.secret)}:"
-                    f"{ha1(f'{ext.number}@{REALM}', ext.secret)}:{nets}")
+                    f"{ha1(f'{ext.number}@{REALM}', ext.secret)}:{nets}:{calls.concurrent}")
     return "\n".join(rows) + "\n"
 
 
@@ -108,10 +111,10 @@ def write_inputs() -> list[str]:
 
             os.chown(directory, *owner)
     store = extensions.load()
-    permit = site.load().policy.permit
+    policy = site.load().policy
     atomic.write(base / "db" / "version", f"table_name(string) table_version(int)\nsubscriber:{SUBSCRIBER_VERSION}\n",
                  0o640, owner)
-    atomic.write(base / "db" / "subscriber", subscriber_table(store, permit), 0o640, owner)
+    atomic.write(base / "db" / "subscriber", subscriber_table(store, policy.permit, policy.calls), 0o640, owner)
     for name in ("cert.pem", "key.pem"):
         atomic.write(base / name, (tls_dir() / name).read_bytes(), 0o640, owner)
     atomic.write(base / "tls.cfg", tls_config(base / "cert.pem", base / "key.pem"), 0o640, owner)

@@ -12,6 +12,7 @@ import pytest
 from pbxfw.config import BuildConfig
 
 from tests.device.fleetlab import collector, fleet_twin, mirror, releases  # noqa: F401  (fleet fixtures)
+from tests.device.netlab import lab  # noqa: F401  (the test network)
 from tests.device.updates import bundles, dev_key, server, twin, twin_console  # noqa: F401  (update fixtures)
 from tests.infra import boards, timing
 from tests.infra.twin import CONSOLE_LOG_KEY, Device

@@ -1,7 +1,8 @@
 """A test network of network namespaces on the host around a twin on a tap device:
 
     internet host 203.0.113.50 ── router ── bridge ── tap ── twin 192.168.50.10
-                        (203.0.113.1 | 192.168.50.1)   └──── LAN host 192.168.50.20
+                        (203.0.113.1 | 192.168.50.1)   ├──── LAN host 192.168.50.20
+                                                       └──── LAN host 192.168.50.21
 
 The router forwards between a public-looking segment (TEST-NET-3) and the twin's private
 LAN; nothing is routed anywhere else, and every address lives only inside these
@@ -20,15 +21,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from pbxfw.config import Board
+import pytest
+from pbxfw.config import Board, BuildConfig
 
 from tests.infra import boards
 from tests.infra.power import Wiring
 from tests.infra.twin import Device
 
-ROUTER, LAN, INTERNET = "pbx-rtr", "pbx-lan", "pbx-inet"
+ROUTER, LAN, LAN2, INTERNET = "pbx-rtr", "pbx-lan", "pbx-lan2", "pbx-inet"
 TAP = "pbxtap0"
-TWIN, LAN_HOST, ROUTER_LAN = "192.168.50.10", "192.168.50.20", "192.168.50.1"
+TWIN, LAN_HOST, LAN2_HOST, ROUTER_LAN = "192.168.50.10", "192.168.50.20", "192.168.50.21", "192.168.50.1"
 INTERNET_HOST, ROUTER_INTERNET = "203.0.113.50", "203.0.113.1"
 PREFIX = 24
 
@@ -40,13 +42,14 @@ def ip(*args: str) -> None:
 class NetLab:
     def __enter__(self) -> NetLab:
         self.close()  # what an interrupted run left behind
-        for ns in (ROUTER, LAN, INTERNET):
+        for ns in (ROUTER, LAN, LAN2, INTERNET):
             ip("netns", "add", ns)
             ip("-n", ns, "link", "set", "lo", "up")
         ip("-n", ROUTER, "link", "add", "br0", "type", "bridge")
         ip("-n", ROUTER, "addr", "add", f"{ROUTER_LAN}/{PREFIX}", "dev", "br0")
         ip("-n", ROUTER, "link", "set", "br0", "up")
         self._veth(LAN, "lan", LAN_HOST, ROUTER_LAN, bridge=True)
+        self._veth(LAN2, "lan2", LAN2_HOST, ROUTER_LAN, bridge=True)
         self._veth(INTERNET, "inet", INTERNET_HOST, ROUTER_INTERNET, bridge=False)
         subprocess.run(["ip", "netns", "exec", ROUTER, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
         return self
@@ -88,7 +91,7 @@ class NetLab:
         ip("-n", ns, "addr", "add", f"{address}/{PREFIX}", "dev", "eth0")
 
     def close(self) -> None:
-        for ns in (ROUTER, LAN, INTERNET):
+        for ns in (ROUTER, LAN, LAN2, INTERNET):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -129,3 +132,12 @@ def lab_twin(board: Board, image: Path, work: Path) -> Iterator[tuple[NetLab, De
             yield net, dev
         finally:
             twin.power_off()
+
+
+@pytest.fixture(scope="module")
+def lab(build_config: BuildConfig, out_dir: Path, tmp_path_factory: pytest.TempPathFactory) \
+        -> Iterator[tuple[NetLab, Device]]:
+    """The lab and its twin, shared by a module's tests (a restore and a network move)."""
+    work = tmp_path_factory.mktemp("netlab")
+    with lab_twin(build_config.board, out_dir / "disk.img", work) as (net, dev):
+        yield net, dev

@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-from pbxfw.config import BuildConfig
 
 from tests.device.netlab import (
     INTERNET,
@@ -28,7 +24,6 @@ from tests.device.netlab import (
     LAN_HOST,
     TWIN,
     NetLab,
-    lab_twin,
     secret_of,
 )
 from tests.infra.twin import Device
@@ -39,14 +34,6 @@ OPEN_TO_ANY = [5060, 5061]  # firewall.services from `any`, tcp (default policy)
 # fail2ban finds the first failures ~20 s late right after boot (docs/agent.md, network guard).
 BAN_WAIT_S = 60
 ALLOWED_HOST = "203.0.113.51"  # a second address of the internet host, allow-listed by the test
-
-
-@pytest.fixture(scope="module")
-def lab(build_config: BuildConfig, out_dir: Path, tmp_path_factory: pytest.TempPathFactory) \
-        -> Iterator[tuple[NetLab, Device]]:
-    work = tmp_path_factory.mktemp("netlab")
-    with lab_twin(build_config.board, out_dir / "disk.img", work) as (net, dev):
-        yield net, dev
 
 
 def register(net: NetLab, ns: str, user: str, secret: str, source: str = "") -> str:

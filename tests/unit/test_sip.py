@@ -10,6 +10,7 @@ import pytest
 from pbxagent import sip
 from pbxagent.credentials import extensions
 from pbxagent.credentials.passwords import Rules
+from pbxagent.policy import site
 
 
 @pytest.fixture
@@ -27,13 +28,14 @@ def test_ha1_is_rfc2617s() -> None:
 def test_subscriber_table_holds_digests_not_secrets(tree: Path) -> None:
     extensions.ensure(("800", "801"), Rules(), 16)
     store = extensions.load()
-    table = sip.subscriber_table(store, {"801": ("192.168.1.0/24", "2001:db8::/32")}).splitlines()
+    calls = site.compose(site.DEFAULTS, None)[0].calls._replace(concurrent=3)
+    table = sip.subscriber_table(store, {"801": ("192.168.1.0/24", "2001:db8::/32")}, calls).splitlines()
     assert table[0] == ("id(int,auto) username(string) domain(string,null) ha1(string) ha1b(string) "
-                        "permit(string,null)")
+                        "permit(string,null) concurrent(int)")
     assert table[1].split(":")[:3] == ["1", "800", "pbx"]
     assert table[1].split(":")[3] == sip.ha1("800", store["800"].secret)
-    assert table[1].endswith(":")  # no permit list: null, SIP from anywhere
-    assert table[2].endswith(":192.168.1.0/24,2001\\:db8\\:\\:/32")  # db_text escapes ':' in values
+    assert table[1].endswith("::3")  # no permit list: null, SIP from anywhere; 3 calls at once
+    assert table[2].endswith(":192.168.1.0/24,2001\\:db8\\:\\:/32:3")  # db_text escapes ':' in values
     assert all(e.secret not in "\n".join(table) for e in store.values())
 
 

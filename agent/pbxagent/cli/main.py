@@ -21,6 +21,7 @@ from pbxagent.policy import site
 if TYPE_CHECKING:
     import argparse
 
+    from pbxagent.calls.records import Cdr
     from pbxagent.policy.updates import UpdatePolicy
 
 OK, REJECTED, ERROR = 0, 1, 2
@@ -462,6 +463,53 @@ def _calls_check(args: argparse.Namespace) -> int:
     return OK if decision.allowed else REJECTED
 
 
+def _call_records(since: str | None) -> list[Cdr] | None:
+    from pbxagent.calls import records
+
+    try:
+        lines = records.journal_lines(since)
+    except ValueError as exc:
+        print(f"pbxagent: error: {exc}", file=sys.stderr)
+        return None
+    found = [records.parse(line) for line in lines]
+    if None in found:
+        print(f"pbxagent: {found.count(None)} damaged record line(s) in the journal left out", file=sys.stderr)
+    return [cdr for cdr in found if cdr is not None]
+
+
+def _calls_list(args: argparse.Namespace) -> int:
+    import datetime
+
+    cdrs = _call_records(args.since)
+    if cdrs is None:
+        return ERROR
+    if args.json:
+        _print_json([{**cdr._asdict(), "duration": cdr.duration} for cdr in cdrs])
+        return OK
+    for cdr in cdrs:
+        start = datetime.datetime.fromtimestamp(cdr.start)
+        print(f"{start:%Y-%m-%d %H:%M:%S}  {cdr.caller:>6} -> {cdr.dialled:<16} {cdr.kind:<13} {cdr.code}  "
+              f"{cdr.duration:>5} s  {cdr.trunk or '-'}  {cdr.source}")
+    return OK
+
+
+def _calls_stats(args: argparse.Namespace) -> int:
+    from pbxagent.calls import records
+
+    cdrs = _call_records(args.since)
+    if cdrs is None:
+        return ERROR
+    table = records.stats(cdrs)
+    if args.json:
+        _print_json([{"day": day, "extension": ext, "class": kind, **tally._asdict()}
+                     for (day, ext, kind), tally in table.items()])
+        return OK
+    for (day, ext, kind), tally in table.items():
+        print(f"{day}  {ext:>6}  {kind:<13} {tally.attempts:>4} calls  {tally.answered:>4} answered  "
+              f"{tally.seconds:>6} s")
+    return OK
+
+
 def _run(_: object) -> int:
     from pbxagent import daemon
 
@@ -575,6 +623,11 @@ def _parser() -> argparse.ArgumentParser:
     calls_check.add_argument("number", help="as dialled, e.g. 0044..., +33..., *7<PIN>*00...")
     calls_check.add_argument("--extension", required=True, help="the calling extension")
     calls_check.add_argument("--at", help="local time to judge, e.g. 2026-12-04T21:30 (default: now)")
+    for name, handler, text in (("list", _calls_list, "the call records: one per call attempt, from the journal"),
+                                ("stats", _calls_stats, "calls, answered calls and talk time per day, extension "
+                                                        "and class")):
+        cmd = command(calls_group, name, handler, text, json_flag=True)
+        cmd.add_argument("--since", help="from this time on, as journalctl reads it: 2026-12-04, today, \"1h ago\"")
     command(sip_group, "render", _sip_render, "write the service's credentials and TLS files to /run/pbx/sip")
 
     aud = command(sub, "audit", _audit, "check every credential rule, with evidence", json_flag=True)

@@ -1,0 +1,94 @@
+"""Phones on the test network (tests/device/netlab.py): sipp, Debian's sip-tester, run in
+the lab's host namespaces with the scenarios in tests/device/sipp/ — registering, calling
+with G.711 audio from sip-tester's own recording, answering with the audio echoed back,
+and a guest call without credentials.
+
+Each run gets a Call-ID tag of its own (`tag`), so a test finds its own call records in
+the box's journal whatever ran before it on the same twin.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.device.netlab import TWIN
+
+SCENARIOS = Path(__file__).parent / "sipp"
+AUDIO_PACKETS = 102  # RTP packets in /usr/share/sip-tester/g711a.pcap (20 ms each)
+
+
+def sipp(ns: str, address: str, port: int, scenario: str, *args: str, remote: bool = True) -> list[str]:
+    return ["ip", "netns", "exec", ns, "sipp", *([TWIN] if remote else []), "-sf", str(SCENARIOS / scenario),
+            "-i", address, "-p", str(port), "-nostdin", "-timeout", "60", "-timeout_error", *args]
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+def register(ns: str, address: str, port: int, extension: str, secret: str) -> None:
+    done = run(sipp(ns, address, port, "register.xml", "-s", extension, "-au", extension, "-ap", secret, "-m", "1"))
+    assert done.returncode == 0, f"{extension} did not register from {address}:{port}: {done.stdout[-2000:]}"
+
+
+@contextmanager
+def answering(ns: str, address: str, port: int, extension: str, calls: int = 1,
+              media_port: int = 6000) -> Iterator[subprocess.Popen[str]]:
+    """A phone at address:port that answers `calls` calls and echoes their audio."""
+    argv = sipp(ns, address, port, "answer.xml", "-s", extension, "-mi", address, "-mp", str(media_port),
+                "-rtp_echo", "-m", str(calls), remote=False)
+    phone = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield phone
+    finally:
+        try:
+            phone.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            phone.kill()
+            phone.wait()
+
+
+def call(ns: str, address: str, port: int, caller: str, secret: str, callee: str, tag: str, calls: int = 1,
+         hold_ms: int = 3000, media_port: int = 6100) -> subprocess.CompletedProcess[str]:
+    """`calls` calls at once from `caller` to `callee`, each held `hold_ms` with audio;
+    sipp exits 0 only if every one was answered and hung up cleanly."""
+    return run(sipp(ns, address, port, "call.xml", "-s", callee, "-key", "from", caller, "-au", caller,
+                    "-ap", secret, "-mi", address, "-mp", str(media_port), "-d", str(hold_ms), "-m", str(calls),
+                    "-l", str(calls), "-r", str(calls), "-cid_str", f"%u-%p-{tag}"))
+
+
+def guest_call(ns: str, address: str, port: int, claimed: str, callee: str,
+               tag: str) -> subprocess.CompletedProcess[str]:
+    """An INVITE without credentials whose From claims `claimed`: exits 0 only if challenged."""
+    return run(sipp(ns, address, port, "guest.xml", "-s", callee, "-key", "from", claimed, "-m", "1",
+                    "-cid_str", f"%u-%p-{tag}"))
+
+
+class UdpCounter:
+    """An nftables counter of the UDP packets arriving at a port in a host namespace."""
+
+    def __init__(self, ns: str, port: int) -> None:
+        self.ns, self.table = ns, f"pbxtest_{port}"
+        rule = (f"table ip {self.table} {{ chain in {{ type filter hook input priority 0; "
+                f"udp dport {port} counter; }}; }}")
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rule, text=True, check=True)
+
+    def packets(self) -> int:
+        listing = subprocess.run(["ip", "netns", "exec", self.ns, "nft", "list", "table", "ip", self.table],
+                                 capture_output=True, text=True, check=True).stdout
+        return int(listing.split("packets ")[1].split()[0])
+
+    def remove(self) -> None:
+        subprocess.run(["ip", "netns", "exec", self.ns, "nft", "delete", "table", "ip", self.table], check=True)
+
+
+@contextmanager
+def udp_arrivals(ns: str, port: int) -> Iterator[UdpCounter]:
+    counter = UdpCounter(ns, port)
+    try:
+        yield counter
+    finally:
+        counter.remove()
