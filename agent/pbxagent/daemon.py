@@ -6,7 +6,8 @@ under emulation (issue 17):
    process: the first boot's secrets, keys and certificate need cryptography and the
    password checks, whose memory leaves with the copy; a failure there leaves the guard
    running and the SIP service stopped (it starts only with rendered inputs);
-2. the guard's start (compiled firewall, saved bans, fail2ban's thresholds), then READY:
+2. the guard's start (compiled firewall, saved bans, fail2ban's thresholds) and the call
+   policy's decision point for kamailio (pbxagent.calls.redirect, a thread), then READY:
    the network, the logins, kamailio and fail2ban are ordered after this unit;
 3. the boot health check in another forked copy, once systemd has finished the boot;
 4. the guard, following address changes until the unit stops.
@@ -136,6 +137,21 @@ def _stop(_signum: int, _frame: FrameType | None) -> None:
     raise _Stop
 
 
+def _start_call_policy(log: Log) -> None:
+    """Without it kamailio's question times out and every external call is refused."""
+    from pbxagent.calls import redirect
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(redirect.ADDRESS)
+    except OSError as exc:
+        sock.close()
+        log(f"call policy not served, external calls are refused: {redirect.ADDRESS}: {exc.strerror}")
+        return
+    server = redirect.Server(sock, redirect.decide_from_files, log)
+    threading.Thread(target=server.serve, daemon=True).start()
+
+
 def run(log: Log) -> None:
     """Until SIGTERM. A provisioning failure does not end it: the guard keeps the box
     safe and the health check reports the failure (and falls back from an update)."""
@@ -148,6 +164,7 @@ def run(log: Log) -> None:
     signal.signal(signal.SIGINT, _stop)
     with contextlib.suppress(_Stop):
         now = guard.start(policy, log)
+        _start_call_policy(log)
         notify("READY=1\nSTATUS=guarding; health check when the boot has finished")
         # After READY: nothing that starts after this unit needs the file the next boot reads.
         boot_firewall.save(policy.firewall, bans.current())

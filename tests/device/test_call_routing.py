@@ -8,7 +8,10 @@ by sipp in the host namespaces (tests/device/phones.py):
   its record and an alert;
 - a guest call from the internet whose From claims a local extension is challenged and
   never reaches a phone;
-- a call to no extension is 404, to one that is not registered 480, each with a record.
+- a call to an extension no phone registered is 480;
+- a number that is no extension is decided by the agent's call policy: refused (no PIN,
+  a wrong one, a satellite number) with a 403, its record and an alert, a wrong PIN also
+  counted as an authentication failure; allowed, it has nowhere to go yet (503, no trunk).
 """
 
 from __future__ import annotations
@@ -79,12 +82,46 @@ def test_a_guest_call_claiming_a_local_extension_is_challenged_and_never_rings(l
         f"journalctl -u kamailio -o cat --since today | grep 'src={INTERNET_HOST} ' | tail -3")
 
 
-def test_a_call_to_no_extension_is_404_and_to_one_not_registered_480(lab: tuple[NetLab, Device]) -> None:
+def test_an_extension_with_no_phone_is_480_and_no_extension_is_for_the_policy(lab: tuple[NetLab, Device]) -> None:
     _, dev = lab
     tag = uuid.uuid4().hex[:8]
     secret = secret_of(dev, "801")
-    for dialled in ("899", "805"):  # no such extension; an extension with no phone registered
+    for dialled in ("805", "899"):  # an extension no phone registered; no extension's number
         done = phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret, dialled, tag)
         assert done.returncode != 0
-    codes = {r["dialled"]: r["code"] for r in records_of(dev, tag)}
-    assert codes == {"899": 404, "805": 480}
+    codes = {r["dialled"]: (r["kind"], r["code"]) for r in records_of(dev, tag)}
+    assert codes == {"805": ("internal", 480), "899": ("invalid", 403)}  # the defaults: no calls.country
+
+
+def test_the_call_policy_decides_external_numbers_with_records_and_alerts(lab: tuple[NetLab, Device]) -> None:
+    _, dev = lab
+    rows = json.loads(dev.check("pbxagent extensions list --json --show-secrets 2>/dev/null"))
+    call_pin = next(r["call_pin"] for r in rows if r["extension"] == "801")  # made on this box
+    wrong_pin = call_pin[:-1] + str((int(call_pin[-1]) + 1) % 10)
+    dev.check("printf 'calls:\\n  country: FR\\n  classes: {\"801\": international}\\n"
+              "  allowed_countries: [\"+49\"]\\n  window_international: \"\"\\n' > /data/pbx/policy.yaml")
+    tag = uuid.uuid4().hex[:8]
+    secret = secret_of(dev, "801")
+    try:
+        for dialled in ("0123456789", "0049301234567", f"*7{wrong_pin}*0049301234567",
+                        f"*7{call_pin}*00881612345678", f"*7{call_pin}*0049301234567"):
+            assert phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret, dialled, tag).returncode != 0
+    finally:
+        dev.check("rm -f /data/pbx/policy.yaml")
+    got = [(r["dialled"], r["kind"], r["code"]) for r in records_of(dev, tag)]
+    assert sorted(got) == sorted([
+        ("0123456789", "national", 503),  # allowed: no trunk to take it yet
+        ("0049301234567", "international", 403),  # no PIN
+        ("*7<PIN>*0049301234567", "international", 403),  # the wrong PIN
+        ("*7<PIN>*00881612345678", "international", 403),  # satellite
+        ("*7<PIN>*0049301234567", "international", 503),  # the right PIN: allowed
+    ])
+    alerts = dev.check(f"journalctl -u pbx-agent -o cat --since today | grep 'pbx-alert call-refused call=.*-{tag} '")
+    assert len(alerts.splitlines()) == 3  # one per refused call, none for kamailio's ACKs
+    assert "international calls need extension 801's call PIN" in alerts
+    assert "wrong call PIN for extension 801" in alerts
+    assert "+881 is no country's code" in alerts
+    assert call_pin not in alerts and wrong_pin not in alerts
+    failures = dev.check("journalctl -u kamailio -o cat --since today | "
+                         f"grep -c 'pbx-auth-failure src={LAN_HOST} ' || true")
+    assert int(failures) >= 1
