@@ -110,6 +110,18 @@ def _call_pins_strong(pol: site.Policy) -> Check:
                  evidence or "all call PINs pass the policy")
 
 
+def _call_locks(_: site.Policy) -> Check:
+    """Not fixed by --fix: lifting a rate lock is an administrator's decision."""
+    from pbxagent.calls import limits
+
+    try:
+        found = limits.locked()
+    except ValueError as exc:
+        return Check("call-locks", "no extension's external calls are locked", False, str(exc))
+    evidence = "; ".join(f"{ext}: {why} (`pbxagent calls unlock {ext}`)" for ext, why in sorted(found.items()))
+    return Check("call-locks", "no extension's external calls are locked", not found, evidence or "none locked")
+
+
 def _policy(_: site.Policy) -> Check:
     loaded = site.load()
     return Check("policy", "the site policy is valid and in force", loaded.error is None,
@@ -124,7 +136,7 @@ def _provisioned(_: site.Policy) -> Check:
 
 CHECKS: tuple[Callable[[site.Policy], Check], ...] = (
     _provisioned, _policy, _ssh, _no_image_host_keys, _root, _secrets_private, _extensions_present,
-    _secrets_strong, _pins_strong, _call_pins_strong,
+    _secrets_strong, _pins_strong, _call_pins_strong, _call_locks,
 )
 
 

@@ -11,7 +11,9 @@ by sipp in the host namespaces (tests/device/phones.py):
 - a call to an extension no phone registered is 480;
 - a number that is no extension is decided by the agent's call policy: refused (no PIN,
   a wrong one, a satellite number) with a 403, its record and an alert, a wrong PIN also
-  counted as an authentication failure; allowed, it has nowhere to go yet (503, no trunk).
+  counted as an authentication failure; allowed, it has nowhere to go yet (503, no trunk);
+- six external calls within a minute lock the extension's external calls (an alert, a
+  failed audit check) until `pbxagent calls unlock`.
 """
 
 from __future__ import annotations
@@ -85,9 +87,9 @@ def test_a_guest_call_claiming_a_local_extension_is_challenged_and_never_rings(l
 def test_an_extension_with_no_phone_is_480_and_no_extension_is_for_the_policy(lab: tuple[NetLab, Device]) -> None:
     _, dev = lab
     tag = uuid.uuid4().hex[:8]
-    secret = secret_of(dev, "801")
+    secret = secret_of(dev, "804")  # a caller of its own: external attempts count toward its rate lock
     for dialled in ("805", "899"):  # an extension no phone registered; no extension's number
-        done = phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret, dialled, tag)
+        done = phones.call(LAN, LAN_HOST, CALLER_PORT, "804", secret, dialled, tag)
         assert done.returncode != 0
     codes = {r["dialled"]: (r["kind"], r["code"]) for r in records_of(dev, tag)}
     assert codes == {"805": ("internal", 480), "899": ("invalid", 403)}  # the defaults: no calls.country
@@ -125,3 +127,25 @@ def test_the_call_policy_decides_external_numbers_with_records_and_alerts(lab: t
     failures = dev.check("journalctl -u kamailio -o cat --since today | "
                          f"grep -c 'pbx-auth-failure src={LAN_HOST} ' || true")
     assert int(failures) >= 1
+
+
+def test_six_external_calls_in_a_minute_lock_the_extension_until_unlocked(lab: tuple[NetLab, Device]) -> None:
+    _, dev = lab
+    dev.check("printf 'calls:\\n  country: FR\\n' > /data/pbx/policy.yaml")
+    tag = uuid.uuid4().hex[:8]
+    secret = secret_of(dev, "803")
+    try:
+        phones.call(LAN, LAN_HOST, CALLER_PORT, "803", secret, "0123456789", tag, calls=6)  # calls.rate_lock 5
+        phones.call(LAN, LAN_HOST, CALLER_PORT, "803", secret, "0123456780", tag)
+        audit = dev.run("pbxagent audit | grep call-locks")
+        unlocked = dev.check("pbxagent calls unlock 803")
+        phones.call(LAN, LAN_HOST, CALLER_PORT, "803", secret, "0123456781", tag)
+    finally:
+        dev.check("rm -f /data/pbx/policy.yaml; pbxagent calls unlock 803")
+    codes = [r["code"] for r in sorted(records_of(dev, tag), key=lambda r: (r["end"], r["dialled"]))]
+    assert sorted(codes[:6]) == [403] + [503] * 5  # the sixth locked it; the others had no trunk to go to
+    assert codes[6:] == [403, 503]  # locked; then unlocked
+    assert audit.output.startswith("FAIL  call-locks") and "pbxagent calls unlock 803" in audit.output
+    assert "803's external calls unlocked" in unlocked
+    assert "pbx-alert rate-lock from=803: 6 external calls within a minute" in dev.check(
+        "journalctl -u pbx-agent -o cat --since today | grep 'pbx-alert rate-lock from=803'")

@@ -79,16 +79,24 @@ def alert(call: str, caller: str, decision: Decision) -> str:
             + "; ".join(decision.reasons))
 
 
-def decide_from_files(dialled: str, caller: str, now: datetime.datetime) -> Decision:
-    """The decision with the policy in force and the caller's call PIN, read at each call:
-    a policy or a PIN changed since the agent started counts at once."""
-    from pbxagent.calls import dialplan
+def decide_from_files(dialled: str, caller: str, now: datetime.datetime, log: Callable[[str], None]) -> Decision:
+    """The decision with the policy and the caller's call PIN in force, read at each call
+    (a change since the agent started counts at once), then the counting rules
+    (pbxagent.calls.limits) with the caller's usage on /data."""
+    from pbxagent.calls import dialplan, limits
     from pbxagent.credentials import extensions
     from pbxagent.policy import site
 
     policy = site.load().policy
     calling = extensions.load().get(caller)
-    return dialplan.decide(dialled, caller, now, policy.calls, policy.extensions, calling.call_pin if calling else "")
+    decision = dialplan.decide(dialled, caller, now, policy.calls, policy.extensions,
+                               calling.call_pin if calling else "")
+    with limits.usage_table() as table:
+        decision, table[caller], locked = limits.judge(decision, table.get(caller, limits.Usage()), now,
+                                                       policy.calls)
+    if locked:
+        log(f"pbx-alert rate-lock from={caller}: {locked}; lift with `pbxagent calls unlock {caller}`")
+    return decision
 
 
 class Server:

@@ -510,6 +510,19 @@ def _calls_stats(args: argparse.Namespace) -> int:
     return OK
 
 
+def _calls_unlock(args: argparse.Namespace) -> int:
+    from pbxagent.calls import limits
+
+    try:
+        lifted = limits.unlock(args.extension)
+    except (ValueError, OSError) as exc:
+        print(f"pbxagent: error: {exc}", file=sys.stderr)
+        return ERROR
+    print(f"pbxagent: extension {args.extension}'s external calls "
+          + ("unlocked" if lifted else "were not locked"))
+    return OK
+
+
 def _run(_: object) -> int:
     from pbxagent import daemon
 
@@ -623,6 +636,8 @@ def _parser() -> argparse.ArgumentParser:
     calls_check.add_argument("number", help="as dialled, e.g. 0044..., +33..., *7<PIN>*00...")
     calls_check.add_argument("--extension", required=True, help="the calling extension")
     calls_check.add_argument("--at", help="local time to judge, e.g. 2026-12-04T21:30 (default: now)")
+    unlock = command(calls_group, "unlock", _calls_unlock, "lift an extension's rate lock on external calls")
+    unlock.add_argument("extension")
     for name, handler, text in (("list", _calls_list, "the call records: one per call attempt, from the journal"),
                                 ("stats", _calls_stats, "calls, answered calls and talk time per day, extension "
                                                         "and class")):
