@@ -88,7 +88,7 @@ qemu: setup
 	$(VENV)/bin/pbxfw qemu $(CONFIG) --disk $(OUT)/disk.img $(if $(FRESH),--fresh)
 
 lint: venv
-	$(VENV)/bin/ruff check scripts agent tests
+	$(VENV)/bin/ruff check scripts agent tests overlay
 	$(VENV)/bin/mypy
 
 # The box runs Debian 13's python-tuf 5.1; the venv has 7.x for `pbxfw repo`. The box's

@@ -3,6 +3,8 @@
 # itself. It runs in fail2ban's process through libnftables (python3-nftables): the shell
 # and nft process a command action forks cost ~0.5 s per ban under emulation.
 
+import contextlib
+
 import nftables
 from fail2ban.server.action import ActionBase
 from pbxagent.network.bans import element_command
@@ -24,10 +26,8 @@ class PbxNft(ActionBase):
 
     def unban(self, aInfo):
         # The element's own timeout usually lifted it already; `unbanip` lifts it early.
-        try:
+        with contextlib.suppress(RuntimeError):
             self._run(element_command("delete", str(aInfo["ip"])))
-        except RuntimeError:
-            pass
 
     def flush(self):
         # Stopping fail2ban must not lift bans: the guard owns the set, saves it and puts
