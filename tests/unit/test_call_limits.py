@@ -89,3 +89,15 @@ def test_a_damaged_state_file_is_named_and_nothing_is_unlocked(tree: Path, capsy
     assert main(["calls", "unlock", "801"]) == 2
     assert "calls.json: damaged" in capsys.readouterr().err
     assert limits.state_path().read_text() == '{"801": {"locked": '
+
+
+def test_calls_check_shows_a_lock_without_counting_the_check(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tree / "data" / "pbx").mkdir(parents=True)
+    (tree / "data" / "pbx" / "policy.yaml").write_text("calls:\n  country: FR\n")
+    check = ["calls", "check", "0123456789", "--extension", "801", "--at", "2026-12-02T12:00"]
+    assert main(check) == 0 and capsys.readouterr().out.startswith("allowed: ")
+    assert limits.usage_of("801") == limits.Usage()  # a check places no call
+    with limits.usage_table() as table:
+        table["801"] = limits.Usage(locked="6 external calls within a minute")
+    assert main(check) == 1
+    assert "external calls are locked: 6 external calls within a minute" in capsys.readouterr().out

@@ -109,6 +109,12 @@ def _read(path: Path) -> dict[str, Usage]:
                          "or removed (removing it lifts every lock)") from exc
 
 
+def usage_of(extension: str) -> Usage:
+    """An extension's usage as it stands (nothing written)."""
+    with usage_table() as table:
+        return table.get(extension, Usage())
+
+
 def locked() -> dict[str, str]:
     """Extensions whose external calls are locked, and why."""
     with usage_table() as table:

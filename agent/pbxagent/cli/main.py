@@ -437,7 +437,7 @@ def _sip_render(_: argparse.Namespace) -> int:
 def _calls_check(args: argparse.Namespace) -> int:
     import datetime
 
-    from pbxagent.calls import dialplan
+    from pbxagent.calls import dialplan, limits
     from pbxagent.credentials import extensions
 
     pol = _policy()
@@ -453,6 +453,11 @@ def _calls_check(args: argparse.Namespace) -> int:
         return ERROR
     call_pin = calling.call_pin if calling else ""
     decision = dialplan.decide(args.number, args.extension, at, pol.calls, pol.extensions, call_pin)
+    try:  # the counting rules as they stand, as if this call were placed now (nothing counted)
+        decision = limits.judge(decision, limits.usage_of(args.extension), at, pol.calls)[0]
+    except ValueError as exc:
+        print(f"pbxagent: error: {exc}", file=sys.stderr)
+        return ERROR
     if args.json:
         _print_json(decision._asdict())
     else:
