@@ -27,7 +27,7 @@ HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata 
 	dpkg-dev diffoscope-minimal nginx-light apache2-utils sip-tester
 
 .PHONY: all setup host-packages binfmt venv keys lock image repro sbom bundle qemu test test-all lint unit image-test \
-	device-test device-test-all bench-boot bench-agent bench-memory bench-guard bench-update bench-build bench-flash \
+	device-test device-test-all bench-boot bench-agent bench-memory bench-guard bench-update bench-build bench-flash bench-calls \
 	bench-fleet clean
 
 all: image
@@ -160,6 +160,10 @@ bench-memory: setup keys
 bench-fleet: image
 	$(PY) -m tests.bench.fleet
 	$(PY) -m tests.bench.fleetbox --board $(BOARD) --keys $(KEYS) --releases $(RELEASES) --repo-keys $(REPO_KEYS)
+
+# Call setups between extensions through the twin against sipp alone (test network).
+bench-calls: image
+	$(PY) -m tests.bench.calls --board $(BOARD)
 
 # Production line: blank twins flashed over their console, time per step.
 bench-flash: image

@@ -16,7 +16,6 @@ they differ only in what the agent does. Figures, from the journal's monotonic c
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 from pbxfw import config
 from pbxfw.console import SerialConsole
 
-from tests.bench.boot import REPO, boot, direct_boot_files
+from tests.bench.boot import REPO, boot, build_config, direct_boot_files
 from tests.infra import boards
 from tests.infra.twin import BOOT_VERDICT
 
@@ -69,11 +68,7 @@ def _measured_boot(cfg: config.BuildConfig, disk: Path, work: Path, password: st
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--board", default="qemu-u50")
-    parser.add_argument("--recipe", default="recipes/pbx.yml")
-    args = parser.parse_args()
-    cfg = config.load(config.board_spec(REPO, args.board, args.recipe))
+    cfg = build_config(__doc__)
     out = REPO / "out" / cfg.board.name
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -168,12 +168,17 @@ def service_time(board: config.Board, image: Path, work: Path, direct: tuple[Pat
               + "".join(f"\n    {when:6.1f} s  {what}" for when, what in starts))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def build_config(description: str | None) -> config.BuildConfig:
+    """A bench's one choice: the board (and recipe) whose built image it measures."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--board", default="qemu-u50")
     parser.add_argument("--recipe", default="recipes/pbx.yml")
     args = parser.parse_args()
-    cfg = config.load(config.board_spec(REPO, args.board, args.recipe))
+    return config.load(config.board_spec(REPO, args.board, args.recipe))
+
+
+def main() -> int:
+    cfg = build_config(__doc__)
     out = REPO / "out" / cfg.board.name
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

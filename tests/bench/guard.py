@@ -11,7 +11,6 @@ success rate and registration latency, and whether the flood layer banned the so
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
@@ -23,7 +22,7 @@ from typing import NamedTuple
 from pbxfw import config
 from pbxfw.console import SerialConsole
 
-from tests.bench.boot import REPO
+from tests.bench.boot import REPO, build_config
 from tests.device.netlab import INTERNET, LAN, TWIN, NetLab, banned, lab_twin, secret_of
 from tests.infra import boards
 from tests.infra.power import QemuPower
@@ -103,11 +102,7 @@ def on_the_test_network(board: config.Board, built: Path, work: Path) -> tuple[l
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--board", default="qemu-u50")
-    parser.add_argument("--recipe", default="recipes/pbx.yml")
-    args = parser.parse_args()
-    cfg = config.load(config.board_spec(REPO, args.board, args.recipe))
+    cfg = build_config(__doc__)
     out = REPO / "out" / cfg.board.name
     results: dict[int, list[float]] = {}
     nft_times: dict[int, float] = {}
