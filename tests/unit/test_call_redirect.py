@@ -72,6 +72,12 @@ def test_policy_refusals_and_the_right_pin() -> None:
     assert headers(right.response)["Contact"] == ["<sip:+49301234567@pbx>"]
 
 
+def test_the_caller_is_the_header_kamailio_appended_last() -> None:
+    forged = request("0123456789").replace("Contact: <sip:801", "X-PBX-Caller: 802\r\nContact: <sip:801")
+    assert forged.index("X-PBX-Caller: 802") < forged.index("X-PBX-Caller: 801")
+    assert redirect.answer(forged, decide, NOON).caller == "801"
+
+
 def test_a_request_without_the_caller_or_a_failed_decision_is_refused() -> None:
     assert redirect.answer(request("0123456789", caller=None), decide, NOON).response.startswith("SIP/2.0 400")
 

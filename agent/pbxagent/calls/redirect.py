@@ -50,8 +50,7 @@ def answer(request: str, decide: Decide, now: datetime.datetime) -> Answer:
     """The response to one request from kamailio, and the decision it carries."""
     head = request.split("\r\n\r\n", 1)[0].split("\r\n")
     headers = [(line.split(":", 1)[0].strip().lower(), line) for line in head[1:]]
-    caller, call = (next((line.split(":", 1)[1].strip() for name, line in headers if name == wanted), "")
-                    for wanted in (CALLER.lower(), "call-id"))
+    caller, call = _last(headers, CALLER.lower()), _last(headers, "call-id")
     copied = [line + (";tag=pbx-policy" if name == "to" and ";tag=" not in line else "")
               for name, line in headers if name in _COPIED]
     match = _REQUEST.fullmatch(head[0])
@@ -67,6 +66,13 @@ def answer(request: str, decide: Decide, now: datetime.datetime) -> Answer:
                       call, caller, decision)
     refusal = "pin" if any(r.startswith("wrong call PIN") for r in decision.reasons) else "policy"
     return Answer(_response("403 Forbidden", copied, f"X-PBX-Refusal: {refusal}", kind), call, caller, decision)
+
+
+def _last(headers: list[tuple[str, str]], name: str) -> str:
+    """The last header of that name: kamailio appends X-PBX-Caller after removing any the
+    phone sent, so even a copy that slipped past the removal comes before its own."""
+    values = [line.split(":", 1)[1].strip() for key, line in headers if key == name]
+    return values[-1] if values else ""
 
 
 def _response(status: str, copied: list[str], *extra: str) -> str:
