@@ -19,11 +19,15 @@ import fcntl
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from pbxagent import atomic, paths
+from pbxagent.calls import dialplan
 from pbxagent.calls.dialplan import Decision
 from pbxagent.policy.calls import CallPolicy
+
+if TYPE_CHECKING:
+    from pbxagent.policy.site import Policy
 
 COUNTED = ("national", "international", "invalid")  # external attempts
 RATE_WINDOW_S = 60.0
@@ -109,10 +113,25 @@ def _read(path: Path) -> dict[str, Usage]:
                          "or removed (removing it lifts every lock)") from exc
 
 
-def usage_of(extension: str) -> Usage:
-    """An extension's usage as it stands (nothing written)."""
+def decide(dialled: str, caller: str, at: datetime.datetime, policy: Policy,
+           count: bool) -> tuple[Decision, str | None]:
+    """The whole decision for a call from `caller`: the number judged with the caller's
+    call PIN (pbxagent.calls.dialplan), then the counting rules with its usage on /data —
+    recorded when `count` (a call the SIP service asks about), only read for a check.
+    Returns the decision and the alert if this attempt locked the extension. Raises
+    ValueError for a damaged state file, ExtensionError for a damaged store."""
+    from pbxagent.credentials import extensions
+
+    calling = extensions.load().get(caller)
+    decision = dialplan.decide(dialled, caller, at, policy.calls, policy.extensions,
+                               calling.call_pin if calling else "")
+    if decision.kind not in COUNTED:
+        return decision, None
     with usage_table() as table:
-        return table.get(extension, Usage())
+        decision, usage, locked_now = judge(decision, table.get(caller, Usage()), at, policy.calls)
+        if count:
+            table[caller] = usage
+    return decision, locked_now
 
 
 def locked() -> dict[str, str]:

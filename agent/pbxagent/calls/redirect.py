@@ -86,20 +86,12 @@ def alert(call: str, caller: str, decision: Decision) -> str:
 
 
 def decide_from_files(dialled: str, caller: str, now: datetime.datetime, log: Callable[[str], None]) -> Decision:
-    """The decision with the policy and the caller's call PIN in force, read at each call
-    (a change since the agent started counts at once), then the counting rules
-    (pbxagent.calls.limits) with the caller's usage on /data."""
-    from pbxagent.calls import dialplan, limits
-    from pbxagent.credentials import extensions
+    """The decision with the policy, the caller's call PIN and its usage in force at each
+    call (a change since the agent started counts at once); the attempt is counted."""
+    from pbxagent.calls import limits
     from pbxagent.policy import site
 
-    policy = site.load().policy
-    calling = extensions.load().get(caller)
-    decision = dialplan.decide(dialled, caller, now, policy.calls, policy.extensions,
-                               calling.call_pin if calling else "")
-    with limits.usage_table() as table:
-        decision, table[caller], locked = limits.judge(decision, table.get(caller, limits.Usage()), now,
-                                                       policy.calls)
+    decision, locked = limits.decide(dialled, caller, now, site.load().policy, count=True)
     if locked:
         log(f"pbx-alert rate-lock from={caller}: {locked}; lift with `pbxagent calls unlock {caller}`")
     return decision

@@ -437,8 +437,7 @@ def _sip_render(_: argparse.Namespace) -> int:
 def _calls_check(args: argparse.Namespace) -> int:
     import datetime
 
-    from pbxagent.calls import dialplan, limits
-    from pbxagent.credentials import extensions
+    from pbxagent.calls import limits
 
     pol = _policy()
     try:
@@ -446,16 +445,9 @@ def _calls_check(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"pbxagent: error: --at: {args.at!r} is not a time like 2026-12-04T09:30", file=sys.stderr)
         return ERROR
-    try:
-        calling = extensions.load().get(args.extension)
-    except extensions.ExtensionError as exc:
-        print(f"pbxagent: error: {exc}", file=sys.stderr)
-        return ERROR
-    call_pin = calling.call_pin if calling else ""
-    decision = dialplan.decide(args.number, args.extension, at, pol.calls, pol.extensions, call_pin)
-    try:  # the counting rules as they stand, as if this call were placed now (nothing counted)
-        decision = limits.judge(decision, limits.usage_of(args.extension), at, pol.calls)[0]
-    except ValueError as exc:
+    try:  # with the rate lock and daily counts as they stand; a check counts nothing
+        decision = limits.decide(args.number, args.extension, at, pol, count=False)[0]
+    except ValueError as exc:  # a damaged extension store or call state file, named
         print(f"pbxagent: error: {exc}", file=sys.stderr)
         return ERROR
     if args.json:
