@@ -33,7 +33,7 @@ from tests.device import phones
 from tests.device.netlab import LAN, LAN2, LAN2_HOST, LAN_HOST, TWIN, lab_twin, secret_of
 from tests.infra.twin import Device
 
-RATES = (2, 5, 10, 20, 40)  # call setups per second
+RATES = (5, 10, 20, 40, 80, 160)  # call setups per second
 STEP_S = 15
 GOAL_ANSWERED = 0.99
 CALLEE_PORT, CALLER_PORT = 5070, 5080
@@ -56,19 +56,13 @@ class Step(NamedTuple):
 
 
 @contextmanager
-def callee(through_pbx: bool, secret: str, work: Path) -> Iterator[None]:
-    """802's phone on the second LAN host, answering every call (no -m: until stopped)."""
+def callee(through_pbx: bool, secret: str) -> Iterator[None]:
+    """802's phone on the second LAN host, answering every call until the block ends."""
     if through_pbx:
         phones.register(LAN2, LAN2_HOST, CALLEE_PORT, "802", secret)
-    argv = phones.sipp(LAN2, LAN2_HOST, CALLEE_PORT, "answer.xml", "-s", "802", "-mi", LAN2_HOST, "-mp", "6000",
-                       remote=False)
-    phone = subprocess.Popen(argv, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with phones.answering(LAN2, LAN2_HOST, CALLEE_PORT, "802", calls=None):
         time.sleep(1)
         yield
-    finally:
-        phone.terminate()
-        phone.wait(timeout=30)
 
 
 def step(rate: int, through_pbx: bool, secret: str, work: Path, during: float | None = None,
@@ -78,15 +72,15 @@ def step(rate: int, through_pbx: bool, secret: str, work: Path, during: float | 
     work = Path(tempfile.mkdtemp(dir=work))  # sipp's screen and response-time files, this step's only
     target = TWIN if through_pbx else f"{LAN2_HOST}:{CALLEE_PORT}"
     scenario = "setup.xml" if through_pbx else "direct.xml"
-    argv = ["ip", "netns", "exec", LAN, "sipp", target, "-sf", str(phones.SCENARIOS / scenario), "-i", LAN_HOST,
-            "-p", str(CALLER_PORT), "-nostdin", "-s", "802", "-key", "from", "801", "-au", "801", "-ap", secret,
-            "-d", str(HOLD_MS), "-r", str(rate), "-m", str(calls), "-l", str(rate * 10), "-trace_rtt", "-rtt_freq", "1",
-            "-timeout", str(STEP_S * 4), "-recv_timeout", "5000", "-trace_screen", "-trace_err"]
+    argv = phones.sipp(LAN, LAN_HOST, CALLER_PORT, scenario, "-s", "802", "-key", "from", "801", "-au", "801",
+                       "-ap", secret, "-d", str(HOLD_MS), "-r", str(rate), "-m", str(calls), "-l", str(rate * 10),
+                       "-trace_rtt", "-rtt_freq", "1", "-recv_timeout", "5000", "-trace_screen", "-trace_err",
+                       target=target, timeout_s=STEP_S * 4)
     run = subprocess.Popen(argv, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rss = None
+    pss = None
     if during is not None and dev is not None:
         time.sleep(during)
-        rss = int(dev.check(KAMAILIO_PSS).strip() or 0)
+        pss = int(dev.check(KAMAILIO_PSS).strip() or 0)
     run.wait(timeout=STEP_S * 6)
     answered = max((_stat(path.read_text(), "Successful call") for path in work.glob("*_screen.log")), default=0)
     latencies = [float(row[1]) for path in work.glob("*_rtt.csv")
@@ -96,7 +90,7 @@ def step(rate: int, through_pbx: bool, secret: str, work: Path, during: float | 
                   if "Aborting" in line or "timeout" in line.lower()]
         first = errors[0][:300] if errors else "no sipp error logged"
         print(f"    {calls - answered} not answered at {rate}/s; first: {first}")
-    return Step(rate, calls, answered, latencies), rss
+    return Step(rate, calls, answered, latencies), pss
 
 
 def _stat(screen: str, name: str) -> int:
@@ -106,17 +100,17 @@ def _stat(screen: str, name: str) -> int:
 
 def ramp(through_pbx: bool, secret: str, work: Path, dev: Device | None) -> tuple[list[Step], int | None]:
     steps: list[Step] = []
-    rss = None
+    pss = None
     for rate in RATES:
         result, sampled = step(rate, through_pbx, secret, work, STEP_S / 2 if through_pbx else None, dev)
         steps.append(result)
-        rss = sampled if sampled is not None else rss
+        pss = sampled if sampled is not None else pss
         label = "twin" if through_pbx else "baseline"
         print(f"  {label} {rate:3d}/s: {result.answered}/{result.placed} answered "
               f"({result.share:.1%})", flush=True)
         if result.share < GOAL_ANSWERED:
             break
-    return steps, rss
+    return steps, pss
 
 
 def sustained(steps: list[Step]) -> int:
@@ -142,9 +136,9 @@ def main() -> int:
         secret, callee_secret = secret_of(dev, "801"), secret_of(dev, "802")
         memory = dev.check("ps -C kamailio -o args= | head -1").strip()
         idle = int(dev.check(KAMAILIO_PSS).strip() or 0)
-        with callee(False, callee_secret, work):
+        with callee(False, callee_secret):
             base_steps, _ = ramp(False, secret, work, None)
-        with callee(True, callee_secret, work):
+        with callee(True, callee_secret):
             twin_steps, loaded = ramp(True, secret, work, dev)
         best = sustained(twin_steps)
         half = max(1, best // 2)
@@ -152,9 +146,9 @@ def main() -> int:
         # 801's places (calls.concurrent) until they time out.
         dev.check("systemctl restart kamailio && ( for i in $(seq 600); do ss -Hlun 'sport = :5060' | grep -q . "
                   "&& exit 0; sleep 0.2; done; exit 1 )", timeout=180)
-        with callee(True, callee_secret, work):
+        with callee(True, callee_secret):
             at_half, _ = step(half, True, secret, work)
-        with callee(False, callee_secret, work):
+        with callee(False, callee_secret):
             base_half, _ = step(half, False, secret, work)
     base_best = sustained(base_steps)
     harness_bound = len(base_steps) <= len(twin_steps) and base_steps[-1].share < GOAL_ANSWERED

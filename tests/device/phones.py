@@ -20,9 +20,13 @@ SCENARIOS = Path(__file__).parent / "sipp"
 AUDIO_PACKETS = 102  # RTP packets in /usr/share/sip-tester/g711a.pcap (20 ms each)
 
 
-def sipp(ns: str, address: str, port: int, scenario: str, *args: str, remote: bool = True) -> list[str]:
-    return ["ip", "netns", "exec", ns, "sipp", *([TWIN] if remote else []), "-sf", str(SCENARIOS / scenario),
-            "-i", address, "-p", str(port), "-nostdin", "-timeout", "60", "-timeout_error", *args]
+def sipp(ns: str, address: str, port: int, scenario: str, *args: str, target: str | None = TWIN,
+         timeout_s: int | None = 60) -> list[str]:
+    """sipp's command line in a host namespace, sending to `target` (None: a phone that
+    waits for calls); `timeout_s` ends the whole run as an error."""
+    limit = ["-timeout", str(timeout_s), "-timeout_error"] if timeout_s else []
+    return ["ip", "netns", "exec", ns, "sipp", *([target] if target else []), "-sf", str(SCENARIOS / scenario),
+            "-i", address, "-p", str(port), "-nostdin", *limit, *args]
 
 
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -35,15 +39,20 @@ def register(ns: str, address: str, port: int, extension: str, secret: str) -> N
 
 
 @contextmanager
-def answering(ns: str, address: str, port: int, extension: str, calls: int = 1,
-              media_port: int = 6000) -> Iterator[subprocess.Popen[str]]:
-    """A phone at address:port that answers `calls` calls and echoes their audio."""
+def answering(ns: str, address: str, port: int, extension: str, calls: int | None = 1,
+              media_port: int = 6000) -> Iterator[subprocess.Popen[bytes]]:
+    """A phone at address:port that answers `calls` calls (None: every call until the
+    block ends, with no time limit) and echoes their audio."""
+    count = ["-m", str(calls)] if calls else []
     argv = sipp(ns, address, port, "answer.xml", "-s", extension, "-mi", address, "-mp", str(media_port),
-                "-rtp_echo", "-m", str(calls), remote=False)
-    phone = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                "-rtp_echo", *count, target=None, timeout_s=60 if calls else None)
+    # Its screen is not read: a pipe nobody reads would stop it once full.
+    phone = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield phone
     finally:
+        if calls is None:
+            phone.terminate()
         try:
             phone.wait(timeout=30)
         except subprocess.TimeoutExpired:
