@@ -148,8 +148,9 @@ def _start_call_policy(log: Log) -> None:
         sock.close()
         log(f"call policy not served, external calls are refused: {redirect.ADDRESS}: {exc.strerror}")
         return
-    server = redirect.Server(sock, lambda dialled, caller, now: redirect.decide_from_files(dialled, caller, now, log),
-                             log)
+    server = redirect.Server(
+        sock, lambda dialled, caller, now, policy: redirect.decide_from_files(dialled, caller, now, policy, log),
+        lambda: site.load().policy, log)
     threading.Thread(target=server.serve, daemon=True).start()
 
 

@@ -1,9 +1,11 @@
 """The adapter to the SIP service (kamailio): before each start it gets the
-extensions' credentials and the TLS files in /run/pbx/sip (tmpfs, readable by the
-service's group only). Other back ends would get an adapter of their own.
+extensions' credentials, the trunks and the TLS files in /run/pbx/sip (tmpfs, readable
+by the service's group only). Other back ends would get an adapter of their own.
 
-Credentials go over as digest HA1 values (md5 of user:realm:secret) for the realm the
-configuration uses, so the service never holds the secrets themselves.
+Extension credentials go over as digest HA1 values (md5 of user:realm:secret) for the
+realm the configuration uses, so the service never holds those secrets themselves. A
+trunk's secret must go over as it is (the provider's realm is known only from its
+challenge), in the same group-readable directory.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from pathlib import Path
 
 from pbxagent import atomic, paths
 from pbxagent.credentials import extensions
+from pbxagent.credentials import trunks as trunk_secrets
 from pbxagent.policy import site
 from pbxagent.policy.calls import CallPolicy
+from pbxagent.policy.trunks import Trunk
 
 REALM = "pbx"
 SERVICE_GROUP = "kamailio"
-# kamailio's subscriber table schema version for auth_db.
-SUBSCRIBER_VERSION = 7
+# kamailio's table schema versions: auth_db's subscriber, uac's uacreg, permissions' address.
+VERSIONS = {"subscriber": 7, "uacreg": 5, "address": 6}
+TRUNK_GROUP = 1  # the address table's group of trunk addresses
 
 
 def run_dir() -> Path:
@@ -44,9 +49,43 @@ def subscriber_table(store: dict[str, extensions.Extension], permit: dict[str, t
     rows = ["id(int,auto) username(string) domain(string,null) ha1(string) ha1b(string) permit(string,null) "
             "concurrent(int)"]
     for index, ext in enumerate(store.values(), start=1):
-        nets = ",".join(permit.get(ext.number, ())).replace(":", "\\:")
+        nets = _field(",".join(permit.get(ext.number, ())))
         rows.append(f"{index}:{ext.number}:{REALM}:{ha1(ext.number, ext.secret)}:"
                     f"{ha1(f'{ext.number}@{REALM}', ext.secret)}:{nets}:{calls.concurrent}")
+    return "\n".join(rows) + "\n"
+
+
+def _field(value: str) -> str:
+    """A value as db_text reads it back: its separator and escape character escaped."""
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def uacreg_table(trunks: tuple[Trunk, ...], secrets: dict[str, str]) -> str:
+    """uac's table, one row per trunk, keyed by its name: where its calls go (auth_proxy)
+    and the digest credentials for the provider's challenge. Registration is off
+    (flags 1): the row is only what `uac_reg_request_to` reads. An empty realm (null)
+    takes the one in the provider's challenge."""
+    rows = ["id(int,auto) l_uuid(string) l_username(string) l_domain(string) r_username(string) r_domain(string) "
+            "realm(string,null) auth_username(string,null) auth_password(string,null) auth_ha1(string,null) "
+            "auth_proxy(string) expires(int) flags(int) reg_delay(int) contact_addr(string,null) socket(string,null)"]
+    for index, trunk in enumerate(trunks, start=1):
+        if trunk.username and trunk.name not in secrets:
+            continue  # no row: kamailio refuses its calls rather than send the provider a wrong digest
+        # uac ignores a row without a password; a trunk the provider does not challenge gets "-".
+        fields = [trunk.name, trunk.name, REALM, trunk.username or trunk.name, trunk.host, "", trunk.username,
+                  secrets.get(trunk.name, "-"), "", trunk.uri]
+        rows.append(f"{index}:" + ":".join(_field(f) for f in fields) + ":0:1:0::")
+    return "\n".join(rows) + "\n"
+
+
+def address_table(trunks: tuple[Trunk, ...]) -> str:
+    """permissions' table: the networks each trunk's calls come from, tagged with its name."""
+    import ipaddress
+
+    rows = ["id(int,auto) grp(int) ip_addr(string) mask(int) port(int) tag(string,null)"]
+    for trunk in trunks:
+        for net in map(ipaddress.ip_network, trunk.addresses):
+            rows.append(f"{len(rows)}:{TRUNK_GROUP}:{_field(str(net.network_address))}:{net.prefixlen}:0:{trunk.name}")
     return "\n".join(rows) + "\n"
 
 
@@ -112,11 +151,18 @@ def write_inputs() -> list[str]:
             os.chown(directory, *owner)
     store = extensions.load()
     policy = site.load().policy
-    atomic.write(base / "db" / "version", f"table_name(string) table_version(int)\nsubscriber:{SUBSCRIBER_VERSION}\n",
-                 0o640, owner)
-    atomic.write(base / "db" / "subscriber", subscriber_table(store, policy.permit, policy.calls), 0o640, owner)
+    secrets = trunk_secrets.load()
+    tables = {"subscriber": subscriber_table(store, policy.permit, policy.calls),
+              "uacreg": uacreg_table(policy.calls.trunks, secrets), "address": address_table(policy.calls.trunks)}
+    atomic.write(base / "db" / "version", "table_name(string) table_version(int)\n"
+                 + "".join(f"{name}:{version}\n" for name, version in VERSIONS.items()), 0o640, owner)
+    for name, text in tables.items():
+        atomic.write(base / "db" / name, text, 0o640, owner)
     for name in ("cert.pem", "key.pem"):
         atomic.write(base / name, (tls_dir() / name).read_bytes(), 0o640, owner)
     atomic.write(base / "tls.cfg", tls_config(base / "cert.pem", base / "key.pem"), 0o640, owner)
-    done.append(f"{len(store)} extensions and the TLS files written for the SIP service")
+    done.append(f"{len(store)} extensions, {len(policy.calls.trunks)} trunks and the TLS files written for the "
+                "SIP service")
+    done.extend(f"trunk {t.name} has no secret: set it with `pbxagent trunks secret {t.name}`"
+                for t in policy.calls.trunks if t.username and t.name not in secrets)
     return done

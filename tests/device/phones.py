@@ -1,7 +1,8 @@
 """Phones on the test network (tests/device/netlab.py): sipp, Debian's sip-tester, run in
 the lab's host namespaces with the scenarios in tests/device/sipp/ — registering, calling
 with G.711 audio from sip-tester's own recording, answering with the audio echoed back,
-and a guest call without credentials.
+a guest call without credentials, and a SIP provider on a trunk: taking calls after its
+digest challenge, and bringing calls in.
 
 Each run gets a Call-ID tag of its own (`tag`), so a test finds its own call records in
 the box's journal whatever ran before it on the same twin.
@@ -61,12 +62,13 @@ def answering(ns: str, address: str, port: int, extension: str, calls: int | Non
 
 
 def call(ns: str, address: str, port: int, caller: str, secret: str, callee: str, tag: str, calls: int = 1,
-         hold_ms: int = 3000, media_port: int = 6100) -> subprocess.CompletedProcess[str]:
-    """`calls` calls at once from `caller` to `callee`, each held `hold_ms` with audio;
-    sipp exits 0 only if every one was answered and hung up cleanly."""
+         hold_ms: int = 3000, media_port: int = 6100, at_once: int | None = None) -> subprocess.CompletedProcess[str]:
+    """`calls` calls from `caller` to `callee`, all at once (or at most `at_once` at a
+    time), each held `hold_ms` with audio; sipp exits 0 only if every one was answered
+    and hung up cleanly."""
     return run(sipp(ns, address, port, "call.xml", "-s", callee, "-key", "from", caller, "-au", caller,
                     "-ap", secret, "-mi", address, "-mp", str(media_port), "-d", str(hold_ms), "-m", str(calls),
-                    "-l", str(calls), "-r", str(calls), "-cid_str", f"%u-%p-{tag}"))
+                    "-l", str(at_once or calls), "-r", str(calls), "-cid_str", f"%u-%p-{tag}"))
 
 
 def guest_call(ns: str, address: str, port: int, claimed: str, callee: str,
@@ -74,6 +76,33 @@ def guest_call(ns: str, address: str, port: int, claimed: str, callee: str,
     """An INVITE without credentials whose From claims `claimed`: exits 0 only if challenged."""
     return run(sipp(ns, address, port, "guest.xml", "-s", callee, "-key", "from", claimed, "-m", "1",
                     "-cid_str", f"%u-%p-{tag}"))
+
+
+@contextmanager
+def provider(ns: str, address: str, port: int, user: str, secret: str, work: Path,
+             calls: int = 1) -> Iterator[subprocess.Popen[bytes]]:
+    """A SIP provider at address:port that challenges each call from a trunk and answers
+    it only if the digest matches user and secret; exits 0 only if every call passed."""
+    credentials = work / "provider.csv"  # the test's own secret, in its temporary directory
+    credentials.write_text(f"SEQUENTIAL\n{user};{secret};\n")
+    argv = sipp(ns, address, port, "provider.xml", "-inf", str(credentials), "-mi", address, "-mp", "6200",
+                "-m", str(calls), target=None)
+    phone = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield phone
+    finally:
+        try:
+            phone.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            phone.kill()
+            phone.wait()
+
+
+def inbound_call(ns: str, address: str, port: int, caller: str, did: str, tag: str,
+                 hold_ms: int = 2000) -> subprocess.CompletedProcess[str]:
+    """A call a provider brings in from `caller` to `did`, no credentials: exits 0 only if answered."""
+    return run(sipp(ns, address, port, "inbound.xml", "-s", did, "-key", "from", caller, "-mi", address,
+                    "-mp", "6300", "-d", str(hold_ms), "-m", "1", "-cid_str", f"%u-%p-{tag}"))
 
 
 class UdpCounter:

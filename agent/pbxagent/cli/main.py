@@ -520,6 +520,42 @@ def _calls_unlock(args: argparse.Namespace) -> int:
     return OK
 
 
+def _trunks_list(args: argparse.Namespace) -> int:
+    from pbxagent.credentials import trunks
+
+    secrets = trunks.load()
+    rows = [{**t._asdict(), "uri": t.uri, "secret": "set" if t.name in secrets else "not set", "outbound": i == 0}
+            for i, t in enumerate(_policy().calls.trunks)]
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(f"{row['name']}\t{row['uri']}\tuser {row['username'] or '-'}\tsecret {row['secret']}\t"
+                  f"limit {row['limit']}\tfrom {','.join(row['addresses']) or 'nowhere'}"
+                  + ("\toutbound" if row["outbound"] else ""))
+    return OK
+
+
+def _trunks_secret(args: argparse.Namespace) -> int:
+    """The secret from stdin (a prompt on a terminal): an argument would show in `ps`."""
+    import getpass
+
+    from pbxagent import sip, system
+    from pbxagent.credentials import trunks
+
+    if args.name not in {t.name for t in _policy().calls.trunks}:
+        print(f"pbxagent: error: trunk {args.name!r}: not in the policy's calls.trunks", file=sys.stderr)
+        return ERROR
+    secret = getpass.getpass(f"secret for trunk {args.name}: ") if sys.stdin.isatty() else sys.stdin.readline()
+    trunks.set_secret(args.name, secret.rstrip("\n"))
+    print(f"pbxagent: trunk {args.name}'s secret stored")
+    if sip.run_dir().exists():  # a running box: the SIP service reads its tables at start
+        sip.write_inputs()
+        system.systemctl("try-restart", "kamailio.service")
+        print("pbxagent: the SIP service restarted with it")
+    return OK
+
+
 def _run(_: object) -> int:
     from pbxagent import daemon
 
@@ -641,6 +677,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd = command(calls_group, name, handler, text, json_flag=True)
         cmd.add_argument("--since", help="from this time on, as journalctl reads it: 2026-12-04, today, \"1h ago\"")
     command(sip_group, "render", _sip_render, "write the service's credentials and TLS files to /run/pbx/sip")
+
+    trunk_group = group("trunks", "SIP trunks (the policy's calls.trunks) and their secrets")
+    command(trunk_group, "list", _trunks_list, "trunks, where their calls go and come from, whether a secret is set",
+            json_flag=True)
+    secret = command(trunk_group, "secret", _trunks_secret, "store a trunk's digest secret, read from stdin, "
+                     "and restart the SIP service with it")
+    secret.add_argument("name", help="the trunk's name in calls.trunks")
 
     aud = command(sub, "audit", _audit, "check every credential rule, with evidence", json_flag=True)
     aud.add_argument("--fix", action="store_true", help="regenerate weak secrets and PINs first")

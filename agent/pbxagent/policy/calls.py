@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pbxagent.errors import PolicyError
+from pbxagent.policy import trunks as trunk_policy
+from pbxagent.policy.trunks import DidRange, Trunk
 from pbxagent.policy.updates import Window, window
 
 CLASSES = ("internal", "national", "international")  # what an extension may call, widening
@@ -46,6 +48,8 @@ class CallPolicy(NamedTuple):
     daily_external: int  # external calls per extension per day
     daily_international: int  # of which international
     rate_lock: int  # more external calls than this in a minute locks the extension
+    trunks: tuple[Trunk, ...] = ()  # external calls leave through the first
+    dids: tuple[DidRange, ...] = ()  # numbers the trunks bring in -> extensions
 
     def class_of(self, extension: str) -> str:
         return self.classes.get(extension, self.default_class)
@@ -127,4 +131,6 @@ def build(source: Path, flat: dict[str, Any]) -> CallPolicy:
         daily_external=flat["calls.daily_external"],
         daily_international=flat["calls.daily_international"],
         rate_lock=flat["calls.rate_lock"],
+        trunks=trunk_policy.trunks(source, "calls.trunks", flat["calls.trunks"]),
+        dids=trunk_policy.dids(source, "calls.dids", flat["calls.dids"]),
     )

@@ -93,7 +93,7 @@ def permits(path: Path, key: str, value: Any) -> dict[str, tuple[str, ...]]:
     return found
 
 
-def _mapping(path: Path, key: str, item: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:
+def mapping(path: Path, key: str, item: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise _fail(path, key, "must be a mapping")
     unknown = sorted(set(item) - allowed)
@@ -105,7 +105,7 @@ def _mapping(path: Path, key: str, item: Any, allowed: set[str], required: set[s
     return item
 
 
-def _choice(path: Path, key: str, value: Any, choices: tuple[str, ...]) -> str:
+def choice(path: Path, key: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise _fail(path, key, f"{value!r} is not one of {', '.join(choices)}")
     return str(value)
@@ -115,10 +115,10 @@ def services(path: Path, key: str, value: Any) -> tuple[Service, ...]:
     found = []
     for i, raw in enumerate(value):
         where = f"{key}[{i}]"
-        item = _mapping(path, where, raw, {"name", "proto", "ports", "from"}, {"name", "proto", "ports"})
-        found.append(Service(str(item["name"]), _choice(path, f"{where}.proto", item["proto"], PROTOS),
+        item = mapping(path, where, raw, {"name", "proto", "ports", "from"}, {"name", "proto", "ports"})
+        found.append(Service(str(item["name"]), choice(path, f"{where}.proto", item["proto"], PROTOS),
                              ports(path, f"{where}.ports", item["ports"]),
-                             _choice(path, f"{where}.from", item.get("from", "any"), ("any", "lan"))))
+                             choice(path, f"{where}.from", item.get("from", "any"), ("any", "lan"))))
     return tuple(found)
 
 
@@ -126,8 +126,8 @@ def rules(path: Path, key: str, value: Any) -> tuple[Rule, ...]:
     found = []
     for i, raw in enumerate(value):
         where = f"{key}[{i}]"
-        item = _mapping(path, where, raw, {"action", "proto", "ports", "source", "mac"}, {"action"})
-        proto = _choice(path, f"{where}.proto", item.get("proto", "any"), (*PROTOS, "any"))
+        item = mapping(path, where, raw, {"action", "proto", "ports", "source", "mac"}, {"action"})
+        proto = choice(path, f"{where}.proto", item.get("proto", "any"), (*PROTOS, "any"))
         port_range = ports(path, f"{where}.ports", item["ports"]) if "ports" in item else None
         if port_range and proto == "any":
             raise _fail(path, f"{where}.ports", "a port needs proto tcp or udp")
@@ -135,7 +135,7 @@ def rules(path: Path, key: str, value: Any) -> tuple[Rule, ...]:
         if mac is not None and not MAC.match(mac):
             raise _fail(path, f"{where}.mac", f"{item['mac']!r} is not a MAC address")
         source = network(path, f"{where}.source", item["source"]) if "source" in item else None
-        found.append(Rule(_choice(path, f"{where}.action", item["action"], ("accept", "drop")), proto, port_range,
+        found.append(Rule(choice(path, f"{where}.action", item["action"], ("accept", "drop")), proto, port_range,
                           source, mac))
     return tuple(found)
 
@@ -144,7 +144,7 @@ def rate_limits(path: Path, key: str, value: Any) -> tuple[RateLimit, ...]:
     found = []
     for i, raw in enumerate(value):
         where = f"{key}[{i}]"
-        item = _mapping(path, where, raw, {"proto", "port", "packets", "seconds"}, {"proto", "port", "packets",
+        item = mapping(path, where, raw, {"proto", "port", "packets", "seconds"}, {"proto", "port", "packets",
                                                                                    "seconds"})
         low, high = ports(path, f"{where}.port", item["port"])
         if low != high:
@@ -153,7 +153,7 @@ def rate_limits(path: Path, key: str, value: Any) -> tuple[RateLimit, ...]:
             number = item[field]
             if isinstance(number, bool) or not isinstance(number, int) or not lowest <= number <= highest:
                 raise _fail(path, f"{where}.{field}", f"{number!r} is outside {lowest}..{highest}")
-        found.append(RateLimit(_choice(path, f"{where}.proto", item["proto"], PROTOS), low, item["packets"],
+        found.append(RateLimit(choice(path, f"{where}.proto", item["proto"], PROTOS), low, item["packets"],
                                item["seconds"]))
     return tuple(found)
 

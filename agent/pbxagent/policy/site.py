@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from pbxagent import atomic, paths
 from pbxagent.credentials.passwords import Rules
 from pbxagent.errors import PolicyError as PolicyError
-from pbxagent.policy import calls, network, updates
+from pbxagent.policy import calls, network, trunks, updates
 from pbxagent.policy.network import Firewall
 from pbxagent.settings import Setting, Surface, flatten
 
@@ -99,6 +99,11 @@ SETTINGS = Surface([
     Setting("calls.daily_international", int, "international calls per extension per day", 0, 10_000),
     Setting("calls.rate_lock", int, "more external calls than this in a minute lock the extension's external "
             "calling until an administrator lifts it", 1, 60),
+    Setting("calls.trunks", list, "SIP trunks: {name, host, port, transport: udp|tcp|tls, username, addresses, "
+            "limit}; external calls leave through the first, calls come in only from their addresses; a "
+            "secret is set with `pbxagent trunks secret NAME`", 0, 16, parse=trunks.trunks),
+    Setting("calls.dids", dict, 'numbers the trunks bring in, to extensions: {"+442079460000": "801", '
+            '"+442079460100-+442079460199": "802"}', parse=trunks.dids),
 ], PolicyError)
 
 

@@ -1,0 +1,110 @@
+"""Trunks and DIDs: their policy keys (pbxagent.policy.trunks), the DID lookup
+(pbxagent.calls.dids), the secrets' store and `pbxagent trunks`, and the tables the SIP
+service reads them from (pbxagent.sip)."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from pbxagent import sip
+from pbxagent.calls import dids
+from pbxagent.cli.main import main
+from pbxagent.credentials import trunks as secrets
+from pbxagent.policy import site
+
+PROVIDER = ("calls:\n  country: GB\n  trunks:\n"
+            "    - {name: provider, host: 198.51.100.7, username: '4420794600', limit: 3}\n"
+            "    - {name: backup, host: sip.example.net, transport: tls, addresses: ['2001:db8::/48']}\n"
+            "  dids: {'+442079460000': '801', '+442079460100-+442079460199': '802'}\n")
+
+
+@pytest.fixture
+def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PBXAGENT_ROOT", str(tmp_path))
+    return tmp_path
+
+
+def compose(tmp_path: Path, text: str) -> site.Policy:
+    override = tmp_path / "policy.yaml"
+    override.write_text(text)
+    return site.compose(site.DEFAULTS, override)[0]
+
+
+def test_trunks_have_safe_defaults_and_an_address_only_when_the_host_is_one(tmp_path: Path) -> None:
+    provider, backup = compose(tmp_path, PROVIDER).calls.trunks
+    assert (provider.port, provider.transport, provider.addresses, provider.limit) == \
+        (5060, "udp", ("198.51.100.7/32",), 3)
+    assert provider.uri == "sip:198.51.100.7:5060;transport=udp"
+    assert (backup.port, backup.username, backup.addresses, backup.limit) == (5061, "", ("2001:db8::/48",), 4)
+    assert site.compose(site.DEFAULTS, None)[0].calls.trunks == ()  # none by default: no external calls leave
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("calls:\n  trunks: [{name: Provider, host: 198.51.100.7}]\n", r"calls\.trunks\[0\]\.name: 'Provider' is not"),
+    ("calls:\n  trunks: [{name: p, host: 'bad host'}]\n", r"calls\.trunks\[0\]\.host: 'bad host' is not a host"),
+    ("calls:\n  trunks: [{name: p, host: h.example, transport: sctp}]\n",
+     r"calls\.trunks\[0\]\.transport: 'sctp' is not one of udp, tcp, tls"),
+    ("calls:\n  trunks: [{name: p, host: h.example, limit: 0}]\n", r"calls\.trunks\[0\]\.limit: 0 is not"),
+    ("calls:\n  trunks: [{name: p, host: h.example, secret: x}]\n", r"calls\.trunks\[0\]\.secret: unknown key"),
+    ("calls:\n  trunks: [{name: p, host: h.example}, {name: p, host: i.example}]\n",
+     r"calls\.trunks\[1\]\.name: 'p' names two trunks"),
+    ("calls:\n  trunks: [{name: p, host: h.example, addresses: [nowhere]}]\n",
+     r"calls\.trunks\[0\]\.addresses\[0\]: 'nowhere' is not an address"),
+    ("calls:\n  dids: {'02079460000': '801'}\n", r"calls\.dids\.02079460000: is not an E\.164 number"),
+    ("calls:\n  dids: {'+442079460000': 'reception'}\n", r"calls\.dids\.\+442079460000: 'reception' is not an"),
+    ("calls:\n  dids: {'+442079460100-+442079460199': '802', '+442079460150': '803'}\n",
+     r"calls\.dids\.\+442079460150: overlaps calls\.dids\.\+442079460100-\+442079460199"),
+    ("calls:\n  dids: {'+442079460199-+442079460100': '802'}\n", r"ascending range"),
+])
+def test_a_bad_trunk_or_did_is_named_by_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(site.PolicyError, match=message):
+        compose(tmp_path, text)
+
+
+@pytest.mark.parametrize(("called", "extension"), [
+    ("+442079460000", "801"), ("442079460000", "801"), ("02079460000", "801"),  # however the provider writes it
+    ("+442079460150", "802"), ("+442079460200", None), ("+4420794601000", None), ("anonymous", None),
+])
+def test_a_did_rings_its_extension(tmp_path: Path, called: str, extension: str | None) -> None:
+    assert dids.route(called, compose(tmp_path, PROVIDER).calls).extension == extension
+
+
+def test_the_sip_service_gets_each_trunks_route_credentials_and_addresses(tree: Path) -> None:
+    calls = compose(tree, PROVIDER).calls
+    uacreg = sip.uacreg_table(calls.trunks, {"provider": "s3cr:t\\x"}).splitlines()
+    assert uacreg[1] == ("1:provider:provider:pbx:4420794600:198.51.100.7::4420794600:s3cr\\:t\\\\x::"
+                         "sip\\:198.51.100.7\\:5060;transport=udp:0:1:0::")
+    assert uacreg[2].startswith("2:backup:backup:pbx:backup:sip.example.net:::-::sip\\:sip.example.net\\:5061;")
+    # provider's secret missing: no row, so no wrong digest is ever sent
+    assert len(sip.uacreg_table(calls.trunks, {}).splitlines()) == 2
+    assert sip.address_table(calls.trunks).splitlines()[1:] == ["1:1:198.51.100.7:32:0:provider",
+                                                               "2:1:2001\\:db8\\:\\::48:0:backup"]
+
+
+def test_a_trunks_secret_comes_from_stdin_and_is_rendered_for_the_sip_service_only(
+        tree: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    (tree / "data" / "pbx").mkdir(parents=True)
+    site.override_path().write_text(PROVIDER)
+    assert any("trunk provider has no secret" in step for step in sip.write_inputs())
+    monkeypatch.setattr("sys.stdin", io.StringIO("pr0vider-secret\n"))
+    monkeypatch.setattr("pbxagent.system.systemctl", lambda *args: "")
+    assert main(["trunks", "secret", "provider"]) == 0
+    assert secrets.load() == {"provider": "pr0vider-secret"}
+    assert stat.S_IMODE(secrets.store_path().stat().st_mode) == 0o600
+    assert "pr0vider-secret" in (sip.run_dir() / "db" / "uacreg").read_text()
+    assert stat.S_IMODE((sip.run_dir() / "db" / "uacreg").stat().st_mode) == 0o640
+    capsys.readouterr()
+    assert main(["trunks", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(t["name"], t["secret"], t["outbound"]) for t in listed] == \
+        [("provider", "set", True), ("backup", "not set", False)]
+    assert "pr0vider-secret" not in json.dumps(listed)
+    monkeypatch.setattr("sys.stdin", io.StringIO("x\n"))
+    assert main(["trunks", "secret", "nosuch"]) == 2
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert main(["trunks", "secret", "provider"]) == 2  # empty: refused, the old one kept
+    assert secrets.load() == {"provider": "pr0vider-secret"}
