@@ -2,10 +2,11 @@
 It does in order what four units did, each its own CPython start of a second or more
 under emulation (issue 17):
 
-1. provisioning, then the SIP service's inputs (/run/pbx/sip), in a forked copy of this
-   process: the first boot's secrets, keys and certificate need cryptography and the
-   password checks, whose memory leaves with the copy; a failure there leaves the guard
-   running and the SIP service stopped (it starts only with rendered inputs);
+1. provisioning, then the inputs of the SIP service and the media relay (/run/pbx/sip,
+   /run/pbx/relay), in a forked copy of this process: the first boot's secrets, keys and
+   certificate need cryptography and the password checks, whose memory leaves with the
+   copy; a failure there leaves the guard running and the SIP service and relay stopped
+   (they start only with rendered inputs);
 2. the guard's start (compiled firewall, saved bans, fail2ban's thresholds) and the call
    policy's decision point for kamailio (pbxagent.calls.redirect, a thread), then READY:
    the network, the logins, kamailio and fail2ban are ordered after this unit;
@@ -92,7 +93,7 @@ def to_console(log: Log) -> Log:
 
 def prepare(log: Log) -> int:
     """Provisioning, then the SIP service's inputs; 0 when both are done."""
-    from pbxagent import provision, sip
+    from pbxagent import media, provision, sip
 
     say = to_console(log)
     try:
@@ -102,7 +103,7 @@ def prepare(log: Log) -> int:
         say(f"provisioning FAILED: {exc}; the SIP service stays stopped, the health check fails")
         return 1
     say("provisioned")  # the fixed marker the console tests and the production line wait for
-    for step in sip.write_inputs():
+    for step in [*sip.write_inputs(), *media.write_inputs()]:
         log(step)
     return 0
 

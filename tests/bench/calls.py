@@ -8,10 +8,12 @@ calls 802 on another, the box challenging every INVITE (auth included in each se
 - the baseline in the same run: the same calls from the same sipp straight to the
   callee's sipp, no PBX in between;
 - kamailio's memory (PSS of all its processes) idle and under the highest rate, and its
-  memory settings.
-
-No media goes through the box (phones on the LAN send it directly): rtpengine, and the
-relayed-call figure, come with remote phones (issue 19).
+  memory settings;
+- relayed calls: a remote phone behind NAT (803 on the home host) places N calls at once
+  to 802, each with the 102 packets of sip-tester's G.711 recording echoed back, so the
+  audio of each passes the box's media relay (rtpengine) twice each way; the most calls
+  at once with < 1 % of the audio lost, against the same calls from a LAN phone whose
+  audio goes directly (the baseline, same run); rtpengine's RSS idle and under load.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +33,7 @@ from typing import NamedTuple
 
 from tests.bench.boot import REPO, build_config
 from tests.device import phones
-from tests.device.netlab import LAN, LAN2, LAN2_HOST, LAN_HOST, TWIN, lab_twin, secret_of
+from tests.device.netlab import HOME, HOME_HOST, LAN, LAN2, LAN2_HOST, LAN_HOST, TWIN, lab_twin, secret_of
 from tests.infra.twin import Device
 
 RATES = (5, 10, 20, 40, 80, 160)  # call setups per second
@@ -42,6 +45,10 @@ CALLEE_PORT, CALLER_PORT = 5070, 5080
 KAMAILIO_PSS = ("for p in $(pgrep -x kamailio); do awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup; done | "
                 "awk '{s+=$1} END {print s}'")
 HOLD_MS = 200  # between the ACK and the BYE, so they cannot overtake each other on the way
+AT_ONCE = (5, 10, 20, 40)  # relayed calls at once (calls.concurrent's ceiling is 50)
+GOAL_DELIVERED = 0.99
+AUDIO_HOLD_MS = 3000  # past the recording's 2.04 s
+RELAY_RSS = "ps -C rtpengine -o rss= | awk '{s+=$1} END {print s+0}'"
 
 
 class Step(NamedTuple):
@@ -113,6 +120,50 @@ def ramp(through_pbx: bool, secret: str, work: Path, dev: Device | None) -> tupl
     return steps, pss
 
 
+class Media(NamedTuple):
+    calls: int
+    answered: bool
+    there: float  # share of the audio that reached the callee
+    back: float  # share of the echo that came back to the caller
+    rss_kib: int | None
+
+    @property
+    def delivered(self) -> float:
+        return min(self.there, self.back)
+
+
+def media_step(dev: Device, calls: int, relayed: bool, secret: str) -> Media:
+    """`calls` calls at once to 802 with audio: from 803 behind NAT (relayed) or from 801
+    on the LAN (direct); rtpengine's RSS sampled while they talk."""
+    ns, host, caller = (HOME, HOME_HOST, "803") if relayed else (LAN, LAN_HOST, "801")
+    expected = calls * phones.AUDIO_PACKETS
+    sampled: list[int] = []
+    sampler = threading.Timer(AUDIO_HOLD_MS / 2000 + 1, lambda: sampled.append(int(dev.check(RELAY_RSS).strip())))
+    with phones.udp_arrivals(LAN2, 6000) as at_callee, phones.udp_arrivals(ns, 6100) as at_caller:
+        sampler.start()
+        done = phones.call(ns, host, CALLER_PORT, caller, secret, "802", f"bench{calls}", calls=calls,
+                           hold_ms=AUDIO_HOLD_MS)
+        sampler.join()
+        there, back = at_callee.packets() / expected, at_caller.packets() / expected
+    return Media(calls, done.returncode == 0, there, back, sampled[0] if sampled else None)
+
+
+def media_ramp(dev: Device, relayed: bool, secret: str) -> list[Media]:
+    results = []
+    for calls in AT_ONCE:
+        result = media_step(dev, calls, relayed, secret)
+        results.append(result)
+        print(f"  {'relayed' if relayed else 'direct'} {calls:2d} at once: {'all' if result.answered else 'not all'}"
+              f" answered, audio there {result.there:.1%}, back {result.back:.1%}", flush=True)
+        if not result.answered or result.delivered < GOAL_DELIVERED:
+            break
+    return results
+
+
+def most_at_once(results: list[Media]) -> int:
+    return max((r.calls for r in results if r.answered and r.delivered >= GOAL_DELIVERED), default=0)
+
+
 def sustained(steps: list[Step]) -> int:
     return max((s.rate for s in steps if s.share >= GOAL_ANSWERED), default=0)
 
@@ -150,6 +201,10 @@ def main() -> int:
             at_half, _ = step(half, True, secret, work)
         with callee(False, callee_secret):
             base_half, _ = step(half, False, secret, work)
+        relay_idle = int(dev.check(RELAY_RSS).strip())
+        with callee(True, callee_secret):
+            relayed = media_ramp(dev, True, secret_of(dev, "803"))
+            direct = media_ramp(dev, False, secret)
     base_best = sustained(base_steps)
     harness_bound = len(base_steps) <= len(twin_steps) and base_steps[-1].share < GOAL_ANSWERED
     print(f"\nbench-calls: {cfg.board.name} ({cfg.board.qemu.cpu}, TCG, no KVM), extension to extension on the "
@@ -168,6 +223,13 @@ def main() -> int:
               f"x{statistics.median(at_half.latencies_ms) / base_ms:.0f}")
     print(f"  kamailio PSS (all processes): idle {idle / 1024:.1f} MiB, under {twin_steps[-1].rate}/s "
           f"{(loaded or 0) / 1024:.1f} MiB; started as `{memory}`")
+    most, base_most = most_at_once(relayed), most_at_once(direct)
+    top = f" or more (the ramp top, {AT_ONCE[-1]})"
+    print(f"  relayed calls at once with < {1 - GOAL_DELIVERED:.0%} audio lost (20 ms packets, echoed): {most}"
+          f"{top if most == AT_ONCE[-1] else ''}; direct media baseline: {base_most}"
+          f"{top if base_most == AT_ONCE[-1] else ''}; ratio {most / base_most if base_most else float('nan'):.2f}")
+    print(f"  rtpengine RSS: idle {relay_idle / 1024:.1f} MiB, with {relayed[-1].calls} relayed calls "
+          f"{(relayed[-1].rss_kib or 0) / 1024:.1f} MiB")
     return 0
 
 

@@ -1,12 +1,13 @@
 """A test network of network namespaces on the host around a twin on a tap device:
 
-    internet host 203.0.113.50 ── router ── bridge ── tap ── twin 192.168.50.10
-                        (203.0.113.1 | 192.168.50.1)   ├──── LAN host 192.168.50.20
-                                                       └──── LAN host 192.168.50.21
+    home host 10.77.0.2 ── internet host 203.0.113.50 ── router ── bridge ── tap ── twin 192.168.50.10
+             (NAT: 10.77.0.1 | 203.0.113.50)  (203.0.113.1 | 192.168.50.1)  ├──── LAN host 192.168.50.20
+                                                                            └──── LAN host 192.168.50.21
 
 The router forwards between a public-looking segment (TEST-NET-3) and the twin's private
-LAN; nothing is routed anywhere else, and every address lives only inside these
-namespaces. QEMU creates the tap in the host's namespace when it starts (after the
+LAN; the internet host is also a home router that masquerades its home host (a remote
+phone behind NAT) as 203.0.113.50. Nothing is routed anywhere else, and every address
+lives only inside these namespaces. QEMU creates the tap in the host's namespace when it starts (after the
 console is attached); `attach_tap` then moves it into the router's, where it joins the
 bridge. Built with iproute2, the tool an installer would use to reproduce it.
 """
@@ -28,10 +29,11 @@ from tests.infra import boards
 from tests.infra.power import Wiring
 from tests.infra.twin import Device
 
-ROUTER, LAN, LAN2, INTERNET = "pbx-rtr", "pbx-lan", "pbx-lan2", "pbx-inet"
+ROUTER, LAN, LAN2, INTERNET, HOME = "pbx-rtr", "pbx-lan", "pbx-lan2", "pbx-inet", "pbx-home"
 TAP = "pbxtap0"
 TWIN, LAN_HOST, LAN2_HOST, ROUTER_LAN = "192.168.50.10", "192.168.50.20", "192.168.50.21", "192.168.50.1"
 INTERNET_HOST, ROUTER_INTERNET = "203.0.113.50", "203.0.113.1"
+HOME_HOST, HOME_ROUTER = "10.77.0.2", "10.77.0.1"
 PREFIX = 24
 
 
@@ -42,7 +44,7 @@ def ip(*args: str) -> None:
 class NetLab:
     def __enter__(self) -> NetLab:
         self.close()  # what an interrupted run left behind
-        for ns in (ROUTER, LAN, LAN2, INTERNET):
+        for ns in (ROUTER, LAN, LAN2, INTERNET, HOME):
             ip("netns", "add", ns)
             ip("-n", ns, "link", "set", "lo", "up")
         ip("-n", ROUTER, "link", "add", "br0", "type", "bridge")
@@ -52,7 +54,21 @@ class NetLab:
         self._veth(LAN2, "lan2", LAN2_HOST, ROUTER_LAN, bridge=True)
         self._veth(INTERNET, "inet", INTERNET_HOST, ROUTER_INTERNET, bridge=False)
         subprocess.run(["ip", "netns", "exec", ROUTER, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+        self._home()
         return self
+
+    def _home(self) -> None:
+        """The home host behind the internet host, which masquerades it as its own address."""
+        ip("-n", INTERNET, "link", "add", "home0", "type", "veth", "peer", "name", "eth0", "netns", HOME)
+        ip("-n", INTERNET, "addr", "add", f"{HOME_ROUTER}/{PREFIX}", "dev", "home0")
+        ip("-n", INTERNET, "link", "set", "home0", "up")
+        ip("-n", HOME, "addr", "add", f"{HOME_HOST}/{PREFIX}", "dev", "eth0")
+        ip("-n", HOME, "link", "set", "eth0", "up")
+        ip("-n", HOME, "route", "add", "default", "via", HOME_ROUTER)
+        subprocess.run(["ip", "netns", "exec", INTERNET, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+        nat = (f"table ip home {{ chain out {{ type nat hook postrouting priority srcnat; "
+               f"ip saddr {HOME_HOST}/{PREFIX} oif \"eth0\" masquerade; }}; }}")
+        subprocess.run(["ip", "netns", "exec", INTERNET, "nft", "-f", "-"], input=nat, text=True, check=True)
 
     def _veth(self, ns: str, name: str, address: str, gateway: str, bridge: bool) -> None:
         """A host namespace's link to the router: on the bridge (LAN) or routed (internet)."""
@@ -91,7 +107,7 @@ class NetLab:
         ip("-n", ns, "addr", "add", f"{address}/{PREFIX}", "dev", "eth0")
 
     def close(self) -> None:
-        for ns in (ROUTER, LAN, LAN2, INTERNET):
+        for ns in (ROUTER, LAN, LAN2, INTERNET, HOME):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -115,7 +131,8 @@ def lab_twin(board: Board, image: Path, work: Path) -> Iterator[tuple[NetLab, De
     """The lab with a logged-in twin on it, restored from the image's booted snapshot (its
     NIC's backend is now the lab's tap: a backend is not part of the saved machine), then
     moved to the lab: a static LAN address (the lab has no DHCP server; an installer would
-    set one the same way), which the guard follows into the trusted set; fail2ban ready."""
+    set one the same way), which the guard follows into the trusted set and the media
+    relay's addresses; fail2ban ready."""
     tap = f"tap,id=net0,ifname={TAP},script=no,downscript=no"
     with NetLab() as net:
         twin = boards.booted_twin(board, image, work, Wiring(netdev=tap))
@@ -127,6 +144,10 @@ def lab_twin(board: Board, image: Path, work: Path) -> Iterator[tuple[NetLab, De
                       f"$nic {TWIN}/{PREFIX} {ROUTER_LAN} > /run/systemd/network/10-lab.network && networkctl reload")
             dev.check(f"( for i in $(seq 300); do nft list set inet pbx trusted4 | grep -q '192.168.50.0/{PREFIX}' "
                       "&& exit 0; sleep 0.2; done; exit 1 )", timeout=90)
+            # The guard restarts the media relay on the new address (it reads them at start).
+            dev.check("( for i in $(seq 300); do systemctl is-active -q rtpengine-daemon && "
+                      "[ -z \"$(systemctl list-jobs --no-legend rtpengine-daemon.service)\" ] && exit 0; "
+                      "sleep 0.2; done; exit 1 )", timeout=90)
             dev.check("( for i in $(seq 300); do fail2ban-client status pbx-sip >/dev/null 2>&1 && exit 0; "
                       "sleep 0.5; done; exit 1 )", timeout=200)
             yield net, dev

@@ -80,19 +80,20 @@ def guest_call(ns: str, address: str, port: int, claimed: str, callee: str,
 
 @contextmanager
 def provider(ns: str, address: str, port: int, user: str, secret: str, work: Path,
-             calls: int = 1) -> Iterator[subprocess.Popen[bytes]]:
+             calls: int = 1, timeout_s: int = 60) -> Iterator[subprocess.Popen[bytes]]:
     """A SIP provider at address:port that challenges each call from a trunk and answers
-    it only if the digest matches user and secret; exits 0 only if every call passed."""
+    it only if the digest matches user and secret; exits 0 only if every call passed
+    within `timeout_s`."""
     credentials = work / "provider.csv"  # the test's own secret, in its temporary directory
     credentials.write_text(f"SEQUENTIAL\n{user};{secret};\n")
     argv = sipp(ns, address, port, "provider.xml", "-inf", str(credentials), "-mi", address, "-mp", "6200",
-                "-m", str(calls), target=None)
+                "-m", str(calls), target=None, timeout_s=timeout_s)
     phone = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield phone
     finally:
         try:
-            phone.wait(timeout=30)
+            phone.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             phone.kill()
             phone.wait()
@@ -106,12 +107,14 @@ def inbound_call(ns: str, address: str, port: int, caller: str, did: str, tag: s
 
 
 class UdpCounter:
-    """An nftables counter of the UDP packets arriving at a port in a host namespace."""
+    """An nftables counter of the UDP packets arriving at a port in a host namespace, from
+    anywhere or only from `source`'s `sports` (a port or a range like 10000-10500)."""
 
-    def __init__(self, ns: str, port: int) -> None:
+    def __init__(self, ns: str, port: int, source: str = "", sports: str = "") -> None:
         self.ns, self.table = ns, f"pbxtest_{port}"
+        match = " ".join([f"ip saddr {source}" if source else "", f"udp sport {sports}" if sports else ""])
         rule = (f"table ip {self.table} {{ chain in {{ type filter hook input priority 0; "
-                f"udp dport {port} counter; }}; }}")
+                f"{match} udp dport {port} counter; }}; }}")
         subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rule, text=True, check=True)
 
     def packets(self) -> int:
@@ -124,8 +127,8 @@ class UdpCounter:
 
 
 @contextmanager
-def udp_arrivals(ns: str, port: int) -> Iterator[UdpCounter]:
-    counter = UdpCounter(ns, port)
+def udp_arrivals(ns: str, port: int, source: str = "", sports: str = "") -> Iterator[UdpCounter]:
+    counter = UdpCounter(ns, port, source, sports)
     try:
         yield counter
     finally:

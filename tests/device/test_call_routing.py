@@ -4,6 +4,10 @@ by sipp in the host namespaces (tests/device/phones.py):
 - extension to extension: the caller answers the box's challenge, the callee rings at
   the contact it registered, the call is record-routed through the box and the audio
   flows both ways directly between the phones; one call record for it;
+- a remote phone behind NAT (the home host) calls an extension on the LAN with its audio
+  flowing both ways through the box's media relay, from the relay's ports
+  (calls.relay_ports), which the firewall opens only while the relay runs; it is called
+  through the address its registration came from;
 - a third call at once from one extension is refused busy (calls.concurrent, 2), with
   its record and an alert;
 - a guest call from the internet whose From claims a local extension is challenged and
@@ -23,10 +27,23 @@ import uuid
 from typing import Any
 
 from tests.device import phones
-from tests.device.netlab import INTERNET, INTERNET_HOST, LAN, LAN2, LAN2_HOST, LAN_HOST, NetLab, secret_of
+from tests.device.netlab import (
+    HOME,
+    HOME_HOST,
+    INTERNET,
+    INTERNET_HOST,
+    LAN,
+    LAN2,
+    LAN2_HOST,
+    LAN_HOST,
+    TWIN,
+    NetLab,
+    secret_of,
+)
 from tests.infra.twin import Device
 
 CALLEE_PORT, CALLER_PORT = 5070, 5080
+RELAY_PORTS = "10000-10500"  # calls.relay_ports, the default
 
 
 def records_of(dev: Device, tag: str) -> list[dict[str, Any]]:
@@ -55,6 +72,49 @@ def test_an_extension_calls_another_with_audio_both_ways_and_one_record(lab: tup
     assert (record["caller"], record["dialled"], record["kind"], record["code"], record["source"]) == \
         ("801", "802", "internal", 200, LAN_HOST)
     assert record["answer"] is not None and record["duration"] >= 1
+
+
+def test_a_remote_phone_behind_nat_calls_with_its_audio_through_the_relay(lab: tuple[NetLab, Device]) -> None:
+    _, dev = lab
+    callee_802(dev)
+    tag = uuid.uuid4().hex[:8]
+    with phones.udp_arrivals(HOME, 6100, TWIN, RELAY_PORTS) as at_caller, \
+            phones.udp_arrivals(LAN2, 6000, TWIN, RELAY_PORTS) as at_callee:
+        with phones.answering(LAN2, LAN2_HOST, CALLEE_PORT, "802") as phone:
+            done = phones.call(HOME, HOME_HOST, CALLER_PORT, "803", secret_of(dev, "803"), "802", tag)
+        assert done.returncode == 0, done.stdout[-3000:]
+        assert phone.returncode == 0
+        # Its SDP names 10.77.0.2, where nothing could reach it: both phones talk to the relay.
+        assert at_callee.packets() >= phones.AUDIO_PACKETS * 0.9
+        assert at_caller.packets() >= phones.AUDIO_PACKETS * 0.9  # echoed back, relayed again
+    [record] = records_of(dev, tag)
+    assert (record["caller"], record["code"], record["source"]) == ("803", 200, INTERNET_HOST)
+
+
+def test_a_remote_phone_behind_nat_is_called_where_it_registered_from(lab: tuple[NetLab, Device]) -> None:
+    """Signalling only: the relay sends a phone behind NAT its audio once the phone's own
+    audio has opened the way through its router, and sipp's answering phone only echoes."""
+    _, dev = lab
+    phones.register(HOME, HOME_HOST, CALLEE_PORT, "803", secret_of(dev, "803"))
+    tag = uuid.uuid4().hex[:8]
+    with phones.answering(HOME, HOME_HOST, CALLEE_PORT, "803") as phone:
+        done = phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret_of(dev, "801"), "803", tag)
+    assert done.returncode == 0, done.stdout[-3000:]  # the INVITE reached 10.77.0.2 through the binding
+    assert phone.returncode == 0  # and the ACK and BYE too (its contact's alias)
+    [record] = records_of(dev, tag)
+    assert (record["dialled"], record["code"]) == ("803", 200)
+
+
+def test_the_relays_ports_are_open_only_while_it_runs(lab: tuple[NetLab, Device]) -> None:
+    _, dev = lab
+    opened = "elements = { 10000-10500 }"
+    assert opened in dev.check("nft list set inet pbx relay")
+    dev.check("systemctl stop rtpengine-daemon")
+    try:
+        assert "elements" not in dev.check("nft list set inet pbx relay")
+    finally:
+        dev.check("systemctl start rtpengine-daemon")
+    assert opened in dev.check("nft list set inet pbx relay")
 
 
 def test_a_third_call_at_once_is_busy_with_its_record_and_an_alert(lab: tuple[NetLab, Device]) -> None:

@@ -113,6 +113,11 @@ def test_any_dial_string_gets_a_decision_with_reasons_and_no_pin_shown(dialled: 
     ("calls:\n  allowed_countries: ['+999']\n", r"calls\.allowed_countries\[0\]: '\+999' is not a country"),
     ("calls:\n  blocked: ['881']\n", r"calls\.blocked\[0\]: '881' is not an E\.164 prefix"),
     ("calls:\n  default_class: everything\n", r"calls\.default_class: must be one of internal"),
+    ("calls:\n  relay_ports: 100-200\n", r"calls\.relay_ports: '100-200' reaches below 1024"),
+    ("calls:\n  relay_ports: 10000-10002\n", r"calls\.relay_ports: '10000-10002' is too small for one relayed"),
+    ("calls:\n  relay_ports: 5000-6000\n", r"calls\.relay_ports: '5000-6000' covers SIP's ports"),
+    ("calls:\n  relay_ports: 10500-10000\n", r"calls\.relay_ports: '10500-10000' is outside 1\.\.65535 or not"),
+    ("calls:\n  relay_ports: rtp\n", r"calls\.relay_ports: 'rtp' is not a port or a range"),
 ])
 def test_a_bad_call_policy_is_named_by_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     override = tmp_path / "policy.yaml"

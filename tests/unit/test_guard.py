@@ -154,6 +154,25 @@ print(nft.set_elements("inet pbx", "trusted4"))
     assert "172.16.1.0" in lines[3]
 
 
+def test_the_relays_open_ports_survive_a_reapply_and_close_with_a_flush() -> None:
+    done = in_namespace("""
+import subprocess
+from pbxagent.network import firewall, nft
+from pbxagent.policy import site
+policy = site.compose(site.DEFAULTS, None)[0]
+nft.apply(firewall.compile_ruleset(policy.firewall, ["10.0.2.0/24"]))
+nft.execute(firewall.relay_open(policy.calls.relay_ports))
+nft.apply(firewall.compile_ruleset(policy.firewall, ["192.168.5.0/24"]))
+print(nft.set_elements("inet pbx", "relay"))
+nft.command("flush", "set", "inet", "pbx", "relay")
+print(nft.set_elements("inet pbx", "relay"))
+""")
+    assert done.returncode == 0, done.stderr
+    opened, closed = done.stdout.splitlines()
+    assert "10000" in opened and "10500" in opened
+    assert closed == "[]"
+
+
 def test_an_address_change_wakes_the_guard_and_a_drain_empties_the_queue() -> None:
     done = in_namespace("""
 import select, subprocess

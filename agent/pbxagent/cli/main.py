@@ -427,9 +427,9 @@ def _bans_jails(args: argparse.Namespace) -> int:
 
 
 def _sip_render(_: argparse.Namespace) -> int:
-    from pbxagent import sip
+    from pbxagent import media, sip
 
-    for step in sip.write_inputs():
+    for step in [*sip.write_inputs(), *media.write_inputs()]:
         print(f"pbxagent: {step}")
     return OK
 
@@ -676,7 +676,8 @@ def _parser() -> argparse.ArgumentParser:
                                                         "and class")):
         cmd = command(calls_group, name, handler, text, json_flag=True)
         cmd.add_argument("--since", help="from this time on, as journalctl reads it: 2026-12-04, today, \"1h ago\"")
-    command(sip_group, "render", _sip_render, "write the service's credentials and TLS files to /run/pbx/sip")
+    command(sip_group, "render", _sip_render, "write the service's credentials and TLS files to /run/pbx/sip, "
+            "the media relay's settings to /run/pbx/relay")
 
     trunk_group = group("trunks", "SIP trunks (the policy's calls.trunks) and their secrets")
     command(trunk_group, "list", _trunks_list, "trunks, where their calls go and come from, whether a secret is set",

@@ -4,6 +4,11 @@ One table, `inet pbx`, owned by the agent. It is replaced in one transaction wit
 add/flush idiom, so the ban sets (filled by the ban engine and the flood layers) keep
 their elements and timeouts across re-applies, and the safe base table loaded at boot
 (`inet pbx_base`, /etc/nftables.conf) goes in the same transaction.
+
+The media relay's ports are a set of their own, `relay`, which no apply touches: the
+relay's unit fills it when rtpengine has started and empties it when rtpengine stops
+(overlay/etc/systemd/system/rtpengine-daemon.service.d/pbx.conf), so those ports are open
+exactly while something listens on them.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Iterable
 from pbxagent.policy.network import Firewall, RateLimit, Rule, Service
 
 TABLE = "inet pbx"
+RELAY_SET = "relay"
 BAN_SIZE = 262144
 LEVEL1_BAN = "5m"
 LEVEL2_BAN = "1h"
@@ -60,7 +66,7 @@ def _rl_set(limit: RateLimit, fam: str) -> str:
 
 
 def _sets(fw: Firewall) -> list[str]:
-    lines = []
+    lines = [f"add set {TABLE} {RELAY_SET} {{ type inet_service; flags interval; }}"]
     for fam, _, kind in FAMILIES:
         lines.append(f"add set {TABLE} ban{fam} {{ type {kind}; flags dynamic, timeout; size {BAN_SIZE}; }}")
         for name in ("trusted", "allow", "block"):
@@ -149,6 +155,7 @@ def _input(fw: Firewall) -> list[str]:
         rules.append("tcp dport 5038 drop comment \"refuse AMI\"")
     for svc in fw.services:
         rules += _service(svc)
+    rules.append(f"udp dport @{RELAY_SET} accept comment \"media relay, while it runs\"")
     return rules
 
 
@@ -169,6 +176,11 @@ def compile_ruleset(fw: Firewall, trusted: Iterable[str], own: Iterable[str] = (
     # that is not there would fail the whole script).
     lines += ["add table inet pbx_base", "delete table inet pbx_base"]
     return "\n".join(lines) + "\n"
+
+
+def relay_open(ports: tuple[int, int]) -> str:
+    """What the relay's unit applies once rtpengine runs: its ports, opened."""
+    return f"add element {TABLE} {RELAY_SET} {{ {_ports(ports)} }}\n"
 
 
 def trusted_update(trusted: Iterable[str]) -> str:

@@ -1,7 +1,8 @@
 """The network guard (run by the agent's process, pbxagent.daemon): applies the
 compiled firewall, restores saved bans, then follows interface address changes over
 netlink (no polling) and keeps the trusted set, and fail2ban's list of what it must never
-ban, in step. Bans are saved to /data every minute and when the guard stops, and with
+ban, in step; when the box's own addresses change it restarts the media relay, which
+reads them only when it starts. Bans are saved to /data every minute and when the guard stops, and with
 them the firewall nftables.service loads at the next boot (boot_firewall)."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from pbxagent import system
 from pbxagent.network import ban_exemptions, bans, boot_firewall, firewall, lan, nft
 from pbxagent.policy import site
 from pbxagent.policy.site import Policy
@@ -21,10 +23,17 @@ from pbxagent.policy.site import Policy
 SAVE_EVERY_S = 60.0
 # Address events come in bursts (DHCP sets address, route, lifetime): settle first.
 SETTLE_S = 0.2
+RELAY_UNIT = "rtpengine-daemon.service"
 
 
 def own_addresses(addresses: list[lan.IfAddr]) -> list[str]:
     return [str(ipaddress.ip_interface(a.address).ip) for a in addresses]
+
+
+def relay_addresses(addresses: list[lan.IfAddr]) -> list[str]:
+    """The addresses the media relay listens on: all but loopback and link-local."""
+    found = (ipaddress.ip_interface(a.address).ip for a in addresses)
+    return sorted(str(ip) for ip in found if not (ip.is_loopback or ip.is_link_local))
 
 
 def segments(addresses: list[lan.IfAddr]) -> list[str]:
@@ -66,6 +75,7 @@ def _tell_fail2ban(log: Callable[[str], None]) -> str | None:
 class Following(NamedTuple):
     trusted: list[str]  # the trusted LAN as applied
     told: str | None  # the pid of the fail2ban that was told about it
+    relay: list[str]  # the media relay's addresses when last read
 
 
 def start(policy: Policy, log: Callable[[str], None]) -> Following:
@@ -76,17 +86,31 @@ def start(policy: Policy, log: Callable[[str], None]) -> Following:
     log(f"firewall applied; trusted LAN: {', '.join(trusted) or 'none'}")
     log(f"{bans.restore(exempt_networks(policy, addresses))} saved ban(s) restored")
     log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
-    return Following(trusted, _tell_fail2ban(log))
+    return Following(trusted, _tell_fail2ban(log), relay_addresses(addresses))
+
+
+def _restart_relay(log: Callable[[str], None], relay: list[str]) -> None:
+    """Calls it relays lose their media either way: its old addresses are gone."""
+    try:
+        system.systemctl("try-restart", "--no-block", RELAY_UNIT)
+    except OSError as exc:
+        log(f"media relay not restarted on {', '.join(relay) or 'no address'}: {exc}")
+        return
+    log(f"media relay restarted on this box's addresses: {', '.join(relay) or 'none'}")
 
 
 def _retrust(log: Callable[[str], None], now: Following) -> Following:
-    """The addresses read again; the trusted sets and fail2ban follow when they moved."""
-    trusted = segments(lan.read_addresses())
+    """The addresses read again; the trusted sets and fail2ban follow when they moved,
+    the media relay when the box's own did."""
+    addresses = lan.read_addresses()
+    trusted, relay = segments(addresses), relay_addresses(addresses)
+    if relay != now.relay:
+        _restart_relay(log, relay)
     if trusted == now.trusted:
-        return now
+        return now._replace(relay=relay)
     nft.execute(firewall.trusted_update(trusted))
     log(f"trusted LAN now: {', '.join(trusted) or 'none'}")
-    return Following(trusted, _tell_fail2ban(log))
+    return Following(trusted, _tell_fail2ban(log), relay)
 
 
 # linux/rtnetlink.h: the multicast groups of IPv4 and IPv6 address changes.
@@ -132,4 +156,4 @@ def follow(log: Callable[[str], None], now: Following) -> None:
                 # A fail2ban that (re)started after the last change may have read the jail
                 # file just before that change was written: tell it again.
                 if ban_exemptions.running_pid() not in (now.told, None):
-                    now = Following(now.trusted, _tell_fail2ban(log))
+                    now = now._replace(told=_tell_fail2ban(log))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pbxagent.errors import PolicyError
+from pbxagent.policy import network
 from pbxagent.policy import trunks as trunk_policy
 from pbxagent.policy.trunks import DidRange, Trunk
 from pbxagent.policy.updates import Window, window
@@ -20,6 +21,8 @@ CLASSES = ("internal", "national", "international")  # what an extension may cal
 KINDS = ("national", "international")  # external calls, each with a window of its own
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _PREFIX = re.compile(r"\+[1-9]\d{0,14}")
+RELAY_PORTS_PER_CALL = 4  # rtpengine takes an RTP and an RTCP port on each side of a call
+SIP_PORTS = (5060, 5061)
 
 
 class Hours(NamedTuple):
@@ -50,6 +53,7 @@ class CallPolicy(NamedTuple):
     rate_lock: int  # more external calls than this in a minute locks the extension
     trunks: tuple[Trunk, ...] = ()  # external calls leave through the first
     dids: tuple[DidRange, ...] = ()  # numbers the trunks bring in -> extensions
+    relay_ports: tuple[int, int] = (10000, 10500)  # the media relay's UDP ports
 
     def class_of(self, extension: str) -> str:
         return self.classes.get(extension, self.default_class)
@@ -117,6 +121,18 @@ def calling_codes(path: Path, key: str, value: list[Any]) -> tuple[int, ...]:
     return tuple(codes)
 
 
+def relay_ports(path: Path, key: str, value: Any) -> tuple[int, int]:
+    low, high = network.ports(path, key, value)
+    if low < 1024:
+        raise PolicyError(f"{path}: {key}: {value!r} reaches below 1024, the ports only root may bind")
+    if high - low + 1 < RELAY_PORTS_PER_CALL:
+        raise PolicyError(f"{path}: {key}: {value!r} is too small for one relayed call "
+                          f"({RELAY_PORTS_PER_CALL} ports)")
+    if any(low <= port <= high for port in SIP_PORTS):
+        raise PolicyError(f"{path}: {key}: {value!r} covers SIP's ports {SIP_PORTS[0]}-{SIP_PORTS[1]}")
+    return low, high
+
+
 def build(source: Path, flat: dict[str, Any]) -> CallPolicy:
     return CallPolicy(
         country=country(source, "calls.country", flat["calls.country"]),
@@ -133,4 +149,5 @@ def build(source: Path, flat: dict[str, Any]) -> CallPolicy:
         rate_lock=flat["calls.rate_lock"],
         trunks=trunk_policy.trunks(source, "calls.trunks", flat["calls.trunks"]),
         dids=trunk_policy.dids(source, "calls.dids", flat["calls.dids"]),
+        relay_ports=relay_ports(source, "calls.relay_ports", flat["calls.relay_ports"]),
     )

@@ -104,6 +104,8 @@ SETTINGS = Surface([
             "secret is set with `pbxagent trunks secret NAME`", 0, 16, parse=trunks.trunks),
     Setting("calls.dids", dict, 'numbers the trunks bring in, to extensions: {"+442079460000": "801", '
             '"+442079460100-+442079460199": "802"}', parse=trunks.dids),
+    Setting("calls.relay_ports", str, "UDP ports of the media relay (rtpengine) for phones behind NAT, "
+            "\"10000-10500\"; the firewall opens them only while the relay runs", 1, 11, parse=calls.relay_ports),
 ], PolicyError)
 
 

@@ -1,0 +1,53 @@
+"""The adapter to the media relay (rtpengine): before each start it gets its settings and
+the nft script that opens its ports in /run/pbx/relay.
+
+rtpengine relays the audio of calls with a phone behind NAT (kamailio asks it to, over
+its control port on loopback); phones on the LAN send theirs to each other. It runs in
+user space (`table = -1`): the kernel forwarding module is a DKMS build the image does
+not carry. It listens on every address but loopback (`any`), so a DHCP lease taken
+before it starts is covered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pbxagent import atomic, paths
+from pbxagent.network import firewall
+from pbxagent.policy import site
+from pbxagent.policy.calls import CallPolicy
+
+CONTROL = "127.0.0.1:2223"  # kamailio's rtpengine_sock names the same
+
+
+def run_dir() -> Path:
+    return paths.runtime() / "relay"
+
+
+def config(policy: CallPolicy) -> str:
+    low, high = policy.relay_ports
+    return "\n".join([
+        "# Written by pbxagent from the policy (calls.relay_ports) at each start.",
+        "[rtpengine]",
+        "table = -1",
+        "interface = any",
+        f"listen-ng = {CONTROL}",
+        f"port-min = {low}",
+        f"port-max = {high}",
+        "timeout = 60",  # a call whose media stopped for a minute is ended
+        "silent-timeout = 3600",
+        "tos = 184",  # DSCP EF, as phones mark voice
+        "log-level = 5",  # notices and worse: no line per call in the journal
+        "",
+    ])
+
+
+def write_inputs() -> list[str]:
+    """Write what the relay's unit reads from /run/pbx/relay; returns what was done."""
+    policy = site.load().policy.calls
+    base = run_dir()
+    base.mkdir(mode=0o755, parents=True, exist_ok=True)
+    atomic.write(base / "rtpengine.conf", config(policy), 0o644)
+    atomic.write(base / "open.nft", firewall.relay_open(policy.relay_ports), 0o644)
+    low, high = policy.relay_ports
+    return [f"media relay on UDP {low}-{high}, opened while it runs"]
