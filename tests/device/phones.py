@@ -62,13 +62,15 @@ def answering(ns: str, address: str, port: int, extension: str, calls: int | Non
 
 
 def call(ns: str, address: str, port: int, caller: str, secret: str, callee: str, tag: str, calls: int = 1,
-         hold_ms: int = 3000, media_port: int = 6100, at_once: int | None = None) -> subprocess.CompletedProcess[str]:
+         hold_ms: int = 3000, media_port: int = 6100, at_once: int | None = None,
+         timeout_s: int = 60) -> subprocess.CompletedProcess[str]:
     """`calls` calls from `caller` to `callee`, all at once (or at most `at_once` at a
     time), each held `hold_ms` with audio; sipp exits 0 only if every one was answered
-    and hung up cleanly."""
+    and hung up cleanly within `timeout_s`."""
     return run(sipp(ns, address, port, "call.xml", "-s", callee, "-key", "from", caller, "-au", caller,
                     "-ap", secret, "-mi", address, "-mp", str(media_port), "-d", str(hold_ms), "-m", str(calls),
-                    "-l", str(at_once or calls), "-r", str(calls), "-cid_str", f"%u-%p-{tag}"))
+                    "-l", str(at_once or calls), "-r", str(calls), "-cid_str", f"%u-%p-{tag}",
+                    timeout_s=timeout_s))
 
 
 def guest_call(ns: str, address: str, port: int, claimed: str, callee: str,

@@ -100,10 +100,13 @@ def test_the_box_ends_a_trunk_call_at_the_longest_call(trunk: tuple[NetLab, Devi
         with phones.provider(INTERNET, INTERNET_HOST, PROVIDER_PORT, TRUNK_USER, secret, tmp_path,
                              timeout_s=longest + 60) as provider:
             phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret_of(dev, "801"), "0123456789", tag,
-                        hold_ms=(longest + 20) * 1000)  # its own run ends at 60 s without a BYE
+                        hold_ms=(longest + 20) * 1000, timeout_s=longest + 50)  # the phone would hang up later
     finally:
         dev.check(f"printf \"{POLICY}\" > /data/pbx/policy.yaml")
     assert provider.returncode == 0  # the box's BYE ended the call at the provider
+    # The record is written when both BYEs are done.
+    dev.check(f"( for i in $(seq 120); do pbxagent calls list --json --since today 2>/dev/null | grep -q -- '-{tag}' "
+              "&& exit 0; sleep 0.5; done; exit 1 )", timeout=90)
     [record] = records_of(dev, tag)
     assert record["code"] == 200 and longest - 1 <= record["duration"] <= longest + 5
 
