@@ -32,7 +32,7 @@ def own_addresses(addresses: list[lan.IfAddr]) -> list[str]:
 
 def relay_addresses(addresses: list[lan.IfAddr]) -> list[str]:
     """The addresses the media relay listens on: all but loopback and link-local."""
-    found = (ipaddress.ip_interface(a.address).ip for a in addresses)
+    found = (ipaddress.ip_address(a) for a in own_addresses(addresses))
     return sorted(str(ip) for ip in found if not (ip.is_loopback or ip.is_link_local))
 
 
