@@ -103,7 +103,8 @@ def prepare(log: Log) -> int:
         say(f"provisioning FAILED: {exc}; the SIP service stays stopped, the health check fails")
         return 1
     say("provisioned")  # the fixed marker the console tests and the production line wait for
-    for step in [*sip.write_inputs(), *media.write_inputs()]:
+    policy = site.load().policy  # once for both
+    for step in [*sip.write_inputs(policy), *media.write_inputs(policy.calls)]:
         log(step)
     return 0
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from pbxagent import atomic, paths
 from pbxagent.network import firewall
-from pbxagent.policy import site
 from pbxagent.policy.calls import CallPolicy
 
 CONTROL = "127.0.0.1:2223"  # kamailio's rtpengine_sock names the same
@@ -42,9 +41,8 @@ def config(policy: CallPolicy) -> str:
     ])
 
 
-def write_inputs() -> list[str]:
+def write_inputs(policy: CallPolicy) -> list[str]:
     """Write what the relay's unit reads from /run/pbx/relay; returns what was done."""
-    policy = site.load().policy.calls
     base = run_dir()
     base.mkdir(mode=0o755, parents=True, exist_ok=True)
     atomic.write(base / "rtpengine.conf", config(policy), 0o644)

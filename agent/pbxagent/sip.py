@@ -137,7 +137,7 @@ def _group() -> int | None:
         return None
 
 
-def write_inputs() -> list[str]:
+def write_inputs(policy: site.Policy) -> list[str]:
     """Write everything the service reads from /run/pbx/sip; returns what was done."""
     done = ["TLS certificate made on this device"] if ensure_certificate() else []
     gid = _group()
@@ -150,7 +150,6 @@ def write_inputs() -> list[str]:
 
             os.chown(directory, *owner)
     store = extensions.load()
-    policy = site.load().policy
     secrets = trunk_secrets.load()
     tables = {"subscriber": subscriber_table(store, policy.permit, policy.calls),
               "uacreg": uacreg_table(policy.calls.trunks, secrets), "address": address_table(policy.calls.trunks)}

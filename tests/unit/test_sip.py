@@ -41,12 +41,12 @@ def test_subscriber_table_holds_digests_not_secrets(tree: Path) -> None:
 
 def test_render_makes_the_certificate_once_and_private_files(tree: Path) -> None:
     extensions.ensure(("800",), Rules(), 16)
-    first = sip.write_inputs()
+    first = sip.write_inputs(site.load().policy)
     assert first[0] == "TLS certificate made on this device"
     cert = (sip.tls_dir() / "cert.pem").read_bytes()
     assert b"BEGIN CERTIFICATE" in cert
     assert stat.S_IMODE((sip.tls_dir() / "key.pem").stat().st_mode) == 0o600
-    assert sip.write_inputs()[0] != "TLS certificate made on this device"  # kept, not remade
+    assert sip.write_inputs(site.load().policy)[0] != "TLS certificate made on this device"  # kept, not remade
     assert (sip.tls_dir() / "cert.pem").read_bytes() == cert
     for name in ("db/subscriber", "db/version", "tls.cfg", "key.pem"):
         assert stat.S_IMODE((sip.run_dir() / name).stat().st_mode) == 0o640

@@ -429,7 +429,8 @@ def _bans_jails(args: argparse.Namespace) -> int:
 def _sip_render(_: argparse.Namespace) -> int:
     from pbxagent import media, sip
 
-    for step in [*sip.write_inputs(), *media.write_inputs()]:
+    policy = _policy()
+    for step in [*sip.write_inputs(policy), *media.write_inputs(policy.calls)]:
         print(f"pbxagent: {step}")
     return OK
 
@@ -550,7 +551,7 @@ def _trunks_secret(args: argparse.Namespace) -> int:
     trunks.set_secret(args.name, secret.rstrip("\n"))
     print(f"pbxagent: trunk {args.name}'s secret stored")
     if sip.run_dir().exists():  # a running box: the SIP service reads its tables at start
-        sip.write_inputs()
+        sip.write_inputs(_policy())
         system.systemctl("try-restart", "kamailio.service")
         print("pbxagent: the SIP service restarted with it")
     return OK
