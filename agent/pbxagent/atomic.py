@@ -31,6 +31,19 @@ def write(path: Path, data: bytes | str, mode: int = 0o600, owner: tuple[int, in
     sync_dir(path.parent)
 
 
+def update(path: Path, data: bytes | str, mode: int = 0o600, owner: tuple[int, int] | None = None) -> bool:
+    """`write` only when the content differs (flash is not rewritten at every boot);
+    whether it wrote."""
+    payload = data.encode() if isinstance(data, str) else data
+    try:
+        if path.read_bytes() == payload:
+            return False
+    except FileNotFoundError:
+        pass
+    write(path, payload, mode, owner)
+    return True
+
+
 def remove(path: Path) -> None:
     """Delete `path` durably (missing is fine)."""
     try:

@@ -2,14 +2,16 @@
 It does in order what four units did, each its own CPython start of a second or more
 under emulation (issue 17):
 
-1. provisioning, then the inputs of the SIP service and the media relay (/run/pbx/sip,
+1. provisioning, then the inputs of the SIP service and the media relay (/data/kamailio,
    /run/pbx/relay), in a forked copy of this process: the first boot's secrets, keys and
    certificate need cryptography and the password checks, whose memory leaves with the
-   copy; a failure there leaves the guard running and the SIP service and relay stopped
-   (they start only with rendered inputs);
+   copy. kamailio starts beside this process from the inputs the last boot wrote, under
+   the firewall nftables.service restored; the copy restarts it only when they changed
+   (on a first boot there were none: it starts it). A failure there leaves the guard
+   running and the relay stopped, and a first boot's SIP service too;
 2. the guard's start (compiled firewall, saved bans, fail2ban's thresholds) and the call
    policy's decision point for kamailio (pbxagent.calls.redirect, a thread), then READY:
-   the network, the logins, kamailio and fail2ban are ordered after this unit;
+   the network, the logins, the relay and fail2ban are ordered after this unit;
 3. the boot health check in another forked copy, once systemd has finished the boot;
 4. the guard, following address changes until the unit stops.
 
@@ -93,7 +95,7 @@ def to_console(log: Log) -> Log:
 
 def prepare(log: Log) -> int:
     """Provisioning, then the SIP service's inputs; 0 when both are done."""
-    from pbxagent import media, provision, sip
+    from pbxagent import media, provision, sip, system
 
     say = to_console(log)
     try:
@@ -104,8 +106,18 @@ def prepare(log: Log) -> int:
         return 1
     say("provisioned")  # the fixed marker the console tests and the production line wait for
     policy = site.load().policy  # once for both
-    for step in [*sip.write_inputs(policy), *media.write_inputs(policy.calls)]:
+    steps, changed = sip.write_inputs(policy)
+    for step in [*steps, *media.write_inputs(policy.calls)]:
         log(step)
+    if changed:
+        # Started from the last boot's inputs beside this process (or not at all on a
+        # first boot): its port is behind the restored compiled table, or the base
+        # table, which lets nothing in, until the guard applies this boot's.
+        try:
+            system.systemctl("restart", "--no-block", "kamailio.service")
+            log("SIP service (re)started with the new inputs")
+        except OSError as exc:  # masked, or no systemd: the health check finds it stopped
+            log(f"SIP service not restarted: {exc}")
     return 0
 
 

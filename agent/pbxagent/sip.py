@@ -1,6 +1,9 @@
-"""The adapter to the SIP service (kamailio): before each start it gets the
-extensions' credentials, the trunks and the TLS files in /run/pbx/sip (tmpfs, readable
-by the service's group only). Other back ends would get an adapter of their own.
+"""The adapter to the SIP service (kamailio): the extensions' credentials, the trunks and
+the TLS files in /data/kamailio (readable by the service's group only), written by the
+agent at each start and kept between boots, so a later boot starts kamailio from them
+beside the agent instead of after it (issue 17). A file is rewritten only when its
+content changed, and the service is restarted only then. Other back ends would get an
+adapter of their own.
 
 Extension credentials go over as digest HA1 values (md5 of user:realm:secret) for the
 realm the configuration uses, so the service never holds those secrets themselves. A
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import os
 from pathlib import Path
 
 from pbxagent import atomic, paths
@@ -29,7 +33,8 @@ TRUNK_GROUP = 1  # the address table's group of trunk addresses
 
 
 def run_dir() -> Path:
-    return paths.runtime() / "sip"
+    """Beside the agent's own /data/pbx (root only), which the service could not enter."""
+    return paths.root() / "data" / "kamailio"
 
 
 def tls_dir() -> Path:
@@ -137,8 +142,9 @@ def _group() -> int | None:
         return None
 
 
-def write_inputs(policy: site.Policy) -> list[str]:
-    """Write everything the service reads from /run/pbx/sip; returns what was done."""
+def write_inputs(policy: site.Policy) -> tuple[list[str], bool]:
+    """Write everything the service reads from /data/kamailio: what was done, and whether
+    any of it changed (the service runs with the old until restarted)."""
     done = ["TLS certificate made on this device"] if ensure_certificate() else []
     gid = _group()
     owner = (0, gid) if gid is not None else None
@@ -146,22 +152,21 @@ def write_inputs(policy: site.Policy) -> list[str]:
     for directory in (base, base / "db"):
         directory.mkdir(mode=0o750, parents=True, exist_ok=True)
         if owner:
-            import os
-
             os.chown(directory, *owner)
     store = extensions.load()
     secrets = trunk_secrets.load()
-    tables = {"subscriber": subscriber_table(store, policy.permit, policy.calls),
-              "uacreg": uacreg_table(policy.calls.trunks, secrets), "address": address_table(policy.calls.trunks)}
-    atomic.write(base / "db" / "version", "table_name(string) table_version(int)\n"
-                 + "".join(f"{name}:{version}\n" for name, version in VERSIONS.items()), 0o640, owner)
-    for name, text in tables.items():
-        atomic.write(base / "db" / name, text, 0o640, owner)
-    for name in ("cert.pem", "key.pem"):
-        atomic.write(base / name, (tls_dir() / name).read_bytes(), 0o640, owner)
-    atomic.write(base / "tls.cfg", tls_config(base / "cert.pem", base / "key.pem"), 0o640, owner)
-    done.append(f"{len(store)} extensions, {len(policy.calls.trunks)} trunks and the TLS files written for the "
-                "SIP service")
+    files: dict[Path, str | bytes] = {
+        base / "db" / "version": "table_name(string) table_version(int)\n"
+        + "".join(f"{name}:{version}\n" for name, version in VERSIONS.items()),
+        base / "db" / "subscriber": subscriber_table(store, policy.permit, policy.calls),
+        base / "db" / "uacreg": uacreg_table(policy.calls.trunks, secrets),
+        base / "db" / "address": address_table(policy.calls.trunks),
+        **{base / name: (tls_dir() / name).read_bytes() for name in ("cert.pem", "key.pem")},
+        base / "tls.cfg": tls_config(base / "cert.pem", base / "key.pem"),
+    }
+    changed = [path for path, content in files.items() if atomic.update(path, content, 0o640, owner)]
+    done.append(f"{len(store)} extensions, {len(policy.calls.trunks)} trunks and the TLS files for the SIP service: "
+                + (f"{len(changed)} file(s) changed" if changed else "unchanged"))
     done.extend(f"trunk {t.name} has no secret: set it with `pbxagent trunks secret {t.name}`"
                 for t in policy.calls.trunks if t.username and t.name not in secrets)
-    return done
+    return done, bool(changed)

@@ -8,8 +8,9 @@ shows what the boot chain costs. Then systemd-analyze and its three
 slowest units from the booted twin.
 
 Service time (issue 17): QEMU start -> the PBX answering a SIP OPTIONS sent from the host
-(QEMU's hostfwd: the box sees it from its LAN); kamailio starts only once the guard has
-the compiled firewall in force. Against the floor booted in the same run: the same slot
+(QEMU's hostfwd: the box sees it from its LAN); on a later boot kamailio starts beside
+the agent, behind the compiled firewall nftables.service restored, and the network
+after the agent is ready. Against the floor booted in the same run: the same slot
 with every pbx unit, kamailio and fail2ban masked (systemd.mask= on the kernel command
 line) -> login prompt. All three boot with -kernel, so the ratio is the services' own
 cost, not the boot chain's (measured above).

@@ -28,7 +28,9 @@ def test_a_forked_copy_returns_its_exit_status_and_a_raise_is_a_failure() -> Non
     assert daemon.exit_code(daemon.fork(broken)) == 1
 
 
-def test_the_copy_provisions_and_renders_and_the_console_shows_the_markers(tree: Path) -> None:
+def test_the_copy_provisions_and_renders_and_the_console_shows_the_markers(
+        tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pbxagent.system.systemctl", lambda *args: "")
     journal: list[str] = []
     code = daemon.exit_code(daemon.fork(lambda: daemon.prepare(journal.append)))
     assert code == 0
@@ -37,6 +39,40 @@ def test_the_copy_provisions_and_renders_and_the_console_shows_the_markers(tree:
     assert console[-1] == "pbxagent: provisioned"
     assert provision.completed()
     assert (sip.run_dir() / "db" / "subscriber").read_text().count(":pbx:") == 10
+
+
+def test_the_sip_service_is_restarted_only_when_its_inputs_changed(
+        tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, ...]] = []
+
+    def systemctl(*args: str) -> str:
+        calls.append(args)
+        return ""
+
+    monkeypatch.setattr("pbxagent.system.systemctl", systemctl)
+    journal: list[str] = []
+    assert daemon.prepare(journal.append) == 0  # a first boot: no inputs yet, so it was not started
+    assert calls == [("restart", "--no-block", "kamailio.service")]
+    assert daemon.prepare(journal.append) == 0  # a later boot: kamailio started from them already
+    assert calls == [("restart", "--no-block", "kamailio.service")]
+    assert journal[-2].endswith("the TLS files for the SIP service: unchanged")
+    extensions = sip.run_dir() / "db" / "subscriber"
+    extensions.write_text(extensions.read_text().replace(":pbx:", ":other-realm:", 1))  # what an update could change
+    assert daemon.prepare(journal.append) == 0
+    assert len(calls) == 2 and ":other-realm:" not in extensions.read_text()
+    assert journal[-1] == "SIP service (re)started with the new inputs"
+
+
+def test_a_failed_restart_is_logged_and_the_render_stands(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def masked(*args: str) -> str:
+        raise OSError("systemctl restart --no-block kamailio.service: Unit kamailio.service is masked.")
+
+    monkeypatch.setattr("pbxagent.system.systemctl", masked)
+    journal: list[str] = []
+    assert daemon.prepare(journal.append) == 0
+    assert journal[-1] == ("SIP service not restarted: systemctl restart --no-block kamailio.service: "
+                           "Unit kamailio.service is masked.")
+    assert (sip.run_dir() / "db" / "subscriber").exists()
 
 
 def test_a_failed_provisioning_leaves_the_sip_service_without_inputs(tree: Path) -> None:

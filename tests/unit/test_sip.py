@@ -41,12 +41,13 @@ def test_subscriber_table_holds_digests_not_secrets(tree: Path) -> None:
 
 def test_render_makes_the_certificate_once_and_private_files(tree: Path) -> None:
     extensions.ensure(("800",), Rules(), 16)
-    first = sip.write_inputs(site.load().policy)
-    assert first[0] == "TLS certificate made on this device"
+    first, changed = sip.write_inputs(site.load().policy)
+    assert first[0] == "TLS certificate made on this device" and changed
     cert = (sip.tls_dir() / "cert.pem").read_bytes()
     assert b"BEGIN CERTIFICATE" in cert
     assert stat.S_IMODE((sip.tls_dir() / "key.pem").stat().st_mode) == 0o600
-    assert sip.write_inputs(site.load().policy)[0] != "TLS certificate made on this device"  # kept, not remade
+    again, changed = sip.write_inputs(site.load().policy)
+    assert again[0] != "TLS certificate made on this device" and not changed  # kept, not remade or rewritten
     assert (sip.tls_dir() / "cert.pem").read_bytes() == cert
     for name in ("db/subscriber", "db/version", "tls.cfg", "key.pem"):
         assert stat.S_IMODE((sip.run_dir() / name).stat().st_mode) == 0o640

@@ -89,7 +89,7 @@ def test_a_trunks_secret_comes_from_stdin_and_is_rendered_for_the_sip_service_on
         tree: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     (tree / "data" / "pbx").mkdir(parents=True)
     site.override_path().write_text(PROVIDER)
-    assert any("trunk provider has no secret" in step for step in sip.write_inputs(site.load().policy))
+    assert any("trunk provider has no secret" in step for step in sip.write_inputs(site.load().policy)[0])
     monkeypatch.setattr("sys.stdin", io.StringIO("pr0vider-secret\n"))
     monkeypatch.setattr("pbxagent.system.systemctl", lambda *args: "")
     assert main(["trunks", "secret", "provider"]) == 0

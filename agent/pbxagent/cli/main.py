@@ -430,7 +430,8 @@ def _sip_render(_: argparse.Namespace) -> int:
     from pbxagent import media, sip
 
     policy = _policy()
-    for step in [*sip.write_inputs(policy), *media.write_inputs(policy.calls)]:
+    steps = sip.write_inputs(policy)[0]
+    for step in [*steps, *media.write_inputs(policy.calls)]:
         print(f"pbxagent: {step}")
     return OK
 
@@ -550,8 +551,7 @@ def _trunks_secret(args: argparse.Namespace) -> int:
     secret = getpass.getpass(f"secret for trunk {args.name}: ") if sys.stdin.isatty() else sys.stdin.readline()
     trunks.set_secret(args.name, secret.rstrip("\n"))
     print(f"pbxagent: trunk {args.name}'s secret stored")
-    if sip.run_dir().exists():  # a running box: the SIP service reads its tables at start
-        sip.write_inputs(_policy())
+    if sip.run_dir().exists() and sip.write_inputs(_policy())[1]:  # the SIP service reads its tables at start
         system.systemctl("try-restart", "kamailio.service")
         print("pbxagent: the SIP service restarted with it")
     return OK
@@ -677,7 +677,7 @@ def _parser() -> argparse.ArgumentParser:
                                                         "and class")):
         cmd = command(calls_group, name, handler, text, json_flag=True)
         cmd.add_argument("--since", help="from this time on, as journalctl reads it: 2026-12-04, today, \"1h ago\"")
-    command(sip_group, "render", _sip_render, "write the service's credentials and TLS files to /run/pbx/sip, "
+    command(sip_group, "render", _sip_render, "write the service's credentials and TLS files to /data/kamailio, "
             "the media relay's settings to /run/pbx/relay")
 
     trunk_group = group("trunks", "SIP trunks (the policy's calls.trunks) and their secrets")
