@@ -11,7 +11,10 @@ under emulation (issue 17):
    running and the relay stopped, and a first boot's SIP service too;
 2. the guard's start (compiled firewall, saved bans, fail2ban's thresholds) and the call
    policy's decision point for kamailio (pbxagent.calls.redirect, a thread), then READY:
-   the network, the logins, the relay and fail2ban are ordered after this unit;
+   the logins, the relay and fail2ban are ordered after this unit. The network waits
+   for less (pbx-network-gate.service): provisioning done and a compiled firewall in
+   force, which on a later boot is the one nftables.service restored, so the copy
+   releases it; otherwise the guard's start does;
 3. the boot health check in another forked copy, once systemd has finished the boot;
 4. the guard, following address changes until the unit stops.
 
@@ -105,6 +108,8 @@ def prepare(log: Log) -> int:
         say(f"provisioning FAILED: {exc}; the SIP service stays stopped, the health check fails")
         return 1
     say("provisioned")  # the fixed marker the console tests and the production line wait for
+    if paths.firewall_restored().exists():
+        release_network(log, "provisioned, last boot's compiled firewall in force")
     policy = site.load().policy  # once for both
     steps, changed = sip.write_inputs(policy)
     for step in [*steps, *media.write_inputs(policy.calls)]:
@@ -119,6 +124,15 @@ def prepare(log: Log) -> int:
         except OSError as exc:  # masked, or no systemd: the health check finds it stopped
             log(f"SIP service not restarted: {exc}")
     return 0
+
+
+def release_network(log: Log, why: str) -> None:
+    """Let pbx-network-gate.service end, so systemd-networkd starts (once per boot)."""
+    marker = paths.network_ready()
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        log(f"network released: {why}")
 
 
 def check_health(log: Log) -> int:
@@ -180,6 +194,7 @@ def run(log: Log) -> None:
     signal.signal(signal.SIGINT, _stop)
     with contextlib.suppress(_Stop):
         now = guard.start(policy, log)
+        release_network(log, "this boot's compiled firewall in force")
         _start_call_policy(log)
         notify("READY=1\nSTATUS=guarding; health check when the boot has finished")
         # After READY: nothing that starts after this unit needs the file the next boot reads.

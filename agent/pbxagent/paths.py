@@ -31,6 +31,16 @@ def boot_verdict() -> Path:
     return runtime() / "health.json"
 
 
+def firewall_restored() -> Path:
+    """Written by nftables.service when it loaded the last boot's compiled ruleset."""
+    return runtime() / "firewall-restored"
+
+
+def network_ready() -> Path:
+    """Written by the agent once the network may come up (pbx-network-gate.service)."""
+    return runtime() / "network-ready"
+
+
 def update_data() -> Path:
     """The update state: slots, floor, fleet metadata, reports (survives both slots)."""
     return data() / "update"
