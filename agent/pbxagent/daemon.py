@@ -1,5 +1,5 @@
 """`pbxagent run` (pbx-agent.service): the agent's one process, started once per boot.
-It does in order what four units did, each its own CPython start of a second or more
+It does what four units did, each its own CPython start of a second or more
 under emulation (issue 17):
 
 1. provisioning, then the inputs of the SIP service and the media relay (/data/kamailio,
@@ -9,12 +9,12 @@ under emulation (issue 17):
    the firewall nftables.service restored; the copy restarts it only when they changed
    (on a first boot there were none: it starts it). A failure there leaves the guard
    running and the relay stopped, and a first boot's SIP service too;
-2. the guard's start (compiled firewall, saved bans, fail2ban's thresholds) and the call
-   policy's decision point for kamailio (pbxagent.calls.redirect, a thread), then READY:
-   the logins, the relay and fail2ban are ordered after this unit. The network waits
-   for less (pbx-network-gate.service): provisioning done and a compiled firewall in
-   force, which on a later boot is the one nftables.service restored, so the copy
-   releases it; otherwise the guard's start does;
+2. beside the copy, the guard's start (compiled firewall, saved bans, fail2ban's
+   thresholds); once the copy has ended, the call policy's decision point for kamailio
+   (pbxagent.calls.redirect, a thread), then READY: the logins, the relay and fail2ban
+   are ordered after this unit. The network waits for less (pbx-network-gate.service):
+   provisioning done and a compiled firewall in force, which on a later boot is the one
+   nftables.service restored, so the copy releases it; otherwise the guard's start does;
 3. the boot health check in another forked copy, once systemd has finished the boot;
 4. the guard, following address changes until the unit stops.
 
@@ -185,7 +185,7 @@ def _start_call_policy(log: Log) -> None:
 def run(log: Log) -> None:
     """Until SIGTERM. A provisioning failure does not end it: the guard keeps the box
     safe and the health check reports the failure (and falls back from an update)."""
-    exit_code(fork(lambda: prepare(log)))
+    preparing = fork(lambda: prepare(log))
     loaded = site.load()
     if loaded.error:
         log(f"policy override not applied, the {loaded.origin} policy is in force: {loaded.error}")
@@ -193,7 +193,9 @@ def run(log: Log) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     with contextlib.suppress(_Stop):
+        # Beside the copy, on the other core: on a first boot the network waits for both.
         now = guard.start(policy, log)
+        exit_code(preparing)
         release_network(log, "this boot's compiled firewall in force")
         _start_call_policy(log)
         notify("READY=1\nSTATUS=guarding; health check when the boot has finished")

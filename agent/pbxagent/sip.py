@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import ipaddress
 import os
 from pathlib import Path
 
@@ -85,13 +86,41 @@ def uacreg_table(trunks: tuple[Trunk, ...], secrets: dict[str, str]) -> str:
 
 def address_table(trunks: tuple[Trunk, ...]) -> str:
     """permissions' table: the networks each trunk's calls come from, tagged with its name."""
-    import ipaddress
-
     rows = ["id(int,auto) grp(int) ip_addr(string) mask(int) port(int) tag(string,null)"]
     for trunk in trunks:
         for net in map(ipaddress.ip_network, trunk.addresses):
             rows.append(f"{len(rows)}:{TRUNK_GROUP}:{_field(str(net.network_address))}:{net.prefixlen}:0:{trunk.name}")
     return "\n".join(rows) + "\n"
+
+
+def listen_config(addresses: list[str]) -> str:
+    """kamailio's sockets: loopback and each of the box's IPv4 addresses, never the
+    wildcard. A socket on 0.0.0.0 puts 0.0.0.0 in its Via and Record-Route headers, and
+    a phone that follows them (every real one does) sends its ACK and BYE nowhere.
+    kamailio binds them before they exist (ip_free_bind), so it starts before the
+    network with the addresses the box had last."""
+    lines = ["# Written by pbxagent (pbxagent.sip) when the box's addresses change."]
+    for address in ["127.0.0.1", *addresses]:
+        lines += [f"listen=udp:{address}:5060", f"listen=tcp:{address}:5060", f"listen=tls:{address}:5061"]
+    return "\n".join(lines) + "\n"
+
+
+def listen_addresses(own: list[str]) -> list[str]:
+    """The box's addresses kamailio listens on: IPv4 ones (its sockets are IPv4 only),
+    without loopback (always there) and link-local."""
+    found = (ipaddress.ip_address(a) for a in own)
+    return sorted(str(ip) for ip in found if ip.version == 4 and not (ip.is_loopback or ip.is_link_local))
+
+
+def follow_addresses(own: list[str]) -> bool:
+    """The box's addresses changed: whether kamailio's sockets must change with them
+    (then it must be restarted). With no address at all (a link down, a lease not yet
+    taken) the last ones stay: a box usually gets the same address back."""
+    wanted = listen_addresses(own)
+    if not wanted:
+        return False
+    gid = _group()
+    return atomic.update(run_dir() / "listen.cfg", listen_config(wanted), 0o640, (0, gid) if gid is not None else None)
 
 
 def tls_config(cert: Path, key: Path) -> str:
@@ -164,6 +193,8 @@ def write_inputs(policy: site.Policy) -> tuple[list[str], bool]:
         **{base / name: (tls_dir() / name).read_bytes() for name in ("cert.pem", "key.pem")},
         base / "tls.cfg": tls_config(base / "cert.pem", base / "key.pem"),
     }
+    if not (base / "listen.cfg").exists():  # a first boot: the guard adds the box's addresses
+        files[base / "listen.cfg"] = listen_config([])
     changed = [path for path, content in files.items() if atomic.update(path, content, 0o640, owner)]
     done.append(f"{len(store)} extensions, {len(policy.calls.trunks)} trunks and the TLS files for the SIP service: "
                 + (f"{len(changed)} file(s) changed" if changed else "unchanged"))

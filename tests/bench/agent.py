@@ -76,7 +76,7 @@ def main() -> int:
         first = _measured_boot(cfg, disk, work, password)
         later = _measured_boot(cfg, disk, work, password)
         base, console, twin = boot(cfg.board, disk, work, direct_boot_files(out),
-                                   append="systemd.mask=pbx-agent.service")
+                                   append="systemd.mask=pbx-agent.service systemd.mask=pbx-network-gate.service")
         console.close()
         twin.off()
     baseline = base["login prompt"]

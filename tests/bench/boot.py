@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[2]
 GOAL_LOGIN_S = 20.0
 GOAL_SLOT_MIB = 160.0
 GOAL_SERVICE_RATIO, GOAL_FIRST_SERVICE_RATIO = 1.25, 1.4
-FLOOR_MASKS = ("pbx-agent.service", "pbx-root-sync.path", "pbx-update.timer", "kamailio.service", "fail2ban.service")
+FLOOR_MASKS = ("pbx-agent.service", "pbx-network-gate.service", "pbx-root-sync.path", "pbx-update.timer",
+               "kamailio.service", "fail2ban.service")
 GOAL_PYTHON_STARTS = 2
 # The kernel records every execve from its start (no tracefs mount needed until it is
 # read), so a boot's interpreter starts are counted without an audit daemon in the image.

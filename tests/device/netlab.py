@@ -131,8 +131,8 @@ def lab_twin(board: Board, image: Path, work: Path) -> Iterator[tuple[NetLab, De
     """The lab with a logged-in twin on it, restored from the image's booted snapshot (its
     NIC's backend is now the lab's tap: a backend is not part of the saved machine), then
     moved to the lab: a static LAN address (the lab has no DHCP server; an installer would
-    set one the same way), which the guard follows into the trusted set and the media
-    relay's addresses; fail2ban ready."""
+    set one the same way), which the guard follows into the trusted set, the media
+    relay's addresses and kamailio's sockets; fail2ban ready."""
     tap = f"tap,id=net0,ifname={TAP},script=no,downscript=no"
     with NetLab() as net:
         twin = boards.booted_twin(board, image, work, Wiring(netdev=tap))
@@ -147,6 +147,11 @@ def lab_twin(board: Board, image: Path, work: Path) -> Iterator[tuple[NetLab, De
             # The guard restarts the media relay on the new address (it reads them at start).
             dev.check("( for i in $(seq 300); do systemctl is-active -q rtpengine-daemon && "
                       "[ -z \"$(systemctl list-jobs --no-legend rtpengine-daemon.service)\" ] && exit 0; "
+                      "sleep 0.2; done; exit 1 )", timeout=90)
+            # kamailio's sockets follow the box's addresses too (pbxagent.sip): restarted on the new one.
+            dev.check(f"( for i in $(seq 300); do ss -Hlun 'sport = :5060' | grep -q '{TWIN}:5060' && "
+                      "systemctl is-active -q kamailio && "
+                      "[ -z \"$(systemctl list-jobs --no-legend kamailio.service)\" ] && exit 0; "
                       "sleep 0.2; done; exit 1 )", timeout=90)
             dev.check("( for i in $(seq 300); do fail2ban-client status pbx-sip >/dev/null 2>&1 && exit 0; "
                       "sleep 0.5; done; exit 1 )", timeout=200)

@@ -41,12 +41,14 @@ def register(ns: str, address: str, port: int, extension: str, secret: str) -> N
 
 @contextmanager
 def answering(ns: str, address: str, port: int, extension: str, calls: int | None = 1,
-              media_port: int = 6000) -> Iterator[subprocess.Popen[bytes]]:
+              media_port: int = 6000, messages: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A phone at address:port that answers `calls` calls (None: every call until the
-    block ends, with no time limit) and echoes their audio."""
+    block ends, with no time limit) and echoes their audio; with `messages`, every SIP
+    message it sends and gets is written there."""
     count = ["-m", str(calls)] if calls else []
+    trace = ["-trace_msg", "-message_file", str(messages)] if messages else []
     argv = sipp(ns, address, port, "answer.xml", "-s", extension, "-mi", address, "-mp", str(media_port),
-                "-rtp_echo", *count, target=None, timeout_s=60 if calls else None)
+                "-rtp_echo", *count, *trace, target=None, timeout_s=60 if calls else None)
     # Its screen is not read: a pipe nobody reads would stop it once full.
     phone = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

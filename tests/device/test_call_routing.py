@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 from tests.device import phones
@@ -56,12 +57,14 @@ def callee_802(dev: Device) -> None:
     phones.register(LAN2, LAN2_HOST, CALLEE_PORT, "802", secret_of(dev, "802"))
 
 
-def test_an_extension_calls_another_with_audio_both_ways_and_one_record(lab: tuple[NetLab, Device]) -> None:
+def test_an_extension_calls_another_with_audio_both_ways_and_one_record(lab: tuple[NetLab, Device],
+                                                                        tmp_path: Path) -> None:
     _, dev = lab
     callee_802(dev)
     tag = uuid.uuid4().hex[:8]
+    messages = tmp_path / "callee.msg"
     with phones.udp_arrivals(LAN, 6100) as at_caller, phones.udp_arrivals(LAN2, 6000) as at_callee:
-        with phones.answering(LAN2, LAN2_HOST, CALLEE_PORT, "802") as phone:
+        with phones.answering(LAN2, LAN2_HOST, CALLEE_PORT, "802", messages=messages) as phone:
             done = phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret_of(dev, "801"), "802", tag)
         assert done.returncode == 0, done.stdout[-3000:]
         assert phone.returncode == 0
@@ -72,6 +75,11 @@ def test_an_extension_calls_another_with_audio_both_ways_and_one_record(lab: tup
     assert (record["caller"], record["dialled"], record["kind"], record["code"], record["source"]) == \
         ("801", "802", "internal", 200, LAN_HOST)
     assert record["answer"] is not None and record["duration"] >= 1
+    # The box's own headers name its LAN address, where a real phone sends its ACK and
+    # BYE (sipp answers wherever a request came from, so the call alone shows nothing).
+    text = messages.read_text()
+    invite = text[text.index("INVITE sip:"):][:3000]
+    assert f"Record-Route: <sip:{TWIN};" in invite and f"Via: SIP/2.0/UDP {TWIN};" in invite, invite
 
 
 def test_a_remote_phone_behind_nat_calls_with_its_audio_through_the_relay(lab: tuple[NetLab, Device]) -> None:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from pbxagent.network import firewall, lan
+from pbxagent.network import firewall, guard, lan
 from pbxagent.network.lan import IfAddr
 from pbxagent.policy import network, site
 
@@ -315,3 +315,21 @@ print([b.address for b in bans.current()], nft.set_elements("inet pbx", "trusted
     assert lines[:3] == ["True", "False", "True"]  # timeouts alone do not rewrite it
     assert lines[3] == "['table', 'inet', 'pbx']"  # the base table went with the flush
     assert lines[4] == "['203.0.113.9'] []"
+
+
+def test_kamailio_is_restarted_only_when_its_sockets_must_follow_the_boxs_addresses(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PBXAGENT_ROOT", str(tmp_path))
+    restarts: list[tuple[str, ...]] = []
+
+    def systemctl(*args: str) -> str:
+        restarts.append(args)
+        return ""
+
+    monkeypatch.setattr("pbxagent.system.systemctl", systemctl)
+    journal: list[str] = []
+    guard._follow_sip(journal.append, ["10.0.2.15"])
+    guard._follow_sip(journal.append, ["10.0.2.15"])
+    guard._follow_sip(journal.append, [])
+    assert restarts == [("try-restart", "--no-block", "kamailio.service")]
+    assert journal == ["SIP service restarted on this box's addresses: 10.0.2.15"]

@@ -52,3 +52,26 @@ def test_render_makes_the_certificate_once_and_private_files(tree: Path) -> None
     for name in ("db/subscriber", "db/version", "tls.cfg", "key.pem"):
         assert stat.S_IMODE((sip.run_dir() / name).stat().st_mode) == 0o640
     assert "subscriber:7" in (sip.run_dir() / "db" / "version").read_text()
+
+
+def test_kamailio_listens_on_loopback_and_the_boxs_ipv4_addresses_never_the_wildcard() -> None:
+    own = ["192.168.50.10", "127.0.0.1", "fe80::1", "2001:db8::10", "169.254.3.4", "10.0.2.15"]
+    assert sip.listen_addresses(own) == ["10.0.2.15", "192.168.50.10"]
+    listen = sip.listen_config(sip.listen_addresses(own)).splitlines()
+    assert listen[1:4] == ["listen=udp:127.0.0.1:5060", "listen=tcp:127.0.0.1:5060", "listen=tls:127.0.0.1:5061"]
+    assert "listen=udp:192.168.50.10:5060" in listen and "listen=tls:10.0.2.15:5061" in listen
+    assert not any("0.0.0.0" in line or "::" in line for line in listen)
+
+
+def test_a_first_render_listens_on_loopback_and_the_addresses_follow_once_known(tree: Path) -> None:
+    extensions.ensure(("800",), Rules(), 16)
+    sip.write_inputs(site.load().policy)
+    listen = sip.run_dir() / "listen.cfg"
+    assert "listen=udp:127.0.0.1:5060" in listen.read_text() and listen.read_text().count("listen=") == 3
+    assert sip.follow_addresses(["192.168.50.10"])  # the lease: kamailio must be restarted
+    assert "listen=udp:192.168.50.10:5060" in listen.read_text()
+    assert not sip.follow_addresses(["192.168.50.10", "fe80::1"])  # nothing kamailio listens on moved
+    assert not sip.follow_addresses([])  # the link went down: the last address stays bound
+    assert "192.168.50.10" in listen.read_text()
+    assert sip.write_inputs(site.load().policy)[1] is False  # the next start keeps it
+    assert "192.168.50.10" in listen.read_text()

@@ -2,8 +2,9 @@
 compiled firewall, restores saved bans, then follows interface address changes over
 netlink (no polling) and keeps the trusted set, and fail2ban's list of what it must never
 ban, in step; when the box's own addresses change it restarts the media relay, which
-reads them only when it starts. Bans are saved to /data every minute and when the guard stops, and with
-them the firewall nftables.service loads at the next boot (boot_firewall)."""
+reads them only when it starts, and kamailio when its sockets must follow them. Bans are
+saved to /data every minute and when the guard stops, and with them the firewall
+nftables.service loads at the next boot (boot_firewall)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from pbxagent import system
+from pbxagent import sip, system
 from pbxagent.network import ban_exemptions, bans, boot_firewall, firewall, lan, nft
 from pbxagent.policy import site
 from pbxagent.policy.site import Policy
@@ -24,6 +25,7 @@ SAVE_EVERY_S = 60.0
 # Address events come in bursts (DHCP sets address, route, lifetime): settle first.
 SETTLE_S = 0.2
 RELAY_UNIT = "rtpengine-daemon.service"
+SIP_UNIT = "kamailio.service"
 
 
 def own_addresses(addresses: list[lan.IfAddr]) -> list[str]:
@@ -86,7 +88,9 @@ def start(policy: Policy, log: Callable[[str], None]) -> Following:
     log(f"firewall applied; trusted LAN: {', '.join(trusted) or 'none'}")
     log(f"{bans.restore(exempt_networks(policy, addresses))} saved ban(s) restored")
     log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
-    return Following(trusted, _tell_fail2ban(log), relay_addresses(addresses))
+    relay = relay_addresses(addresses)
+    _follow_sip(log, relay)  # a lease taken before this start is no change to follow
+    return Following(trusted, _tell_fail2ban(log), relay)
 
 
 def _restart_relay(log: Callable[[str], None], relay: list[str]) -> None:
@@ -99,13 +103,27 @@ def _restart_relay(log: Callable[[str], None], relay: list[str]) -> None:
     log(f"media relay restarted on this box's addresses: {', '.join(relay) or 'none'}")
 
 
+def _follow_sip(log: Callable[[str], None], own: list[str]) -> None:
+    """kamailio's sockets are the box's addresses (pbxagent.sip): restarted when they
+    moved. Phones registered to an address the box no longer has register again anyway."""
+    if not sip.follow_addresses(own):
+        return
+    try:
+        system.systemctl("try-restart", "--no-block", SIP_UNIT)
+    except OSError as exc:
+        log(f"SIP service not restarted on {', '.join(own)}: {exc}")
+        return
+    log(f"SIP service restarted on this box's addresses: {', '.join(sip.listen_addresses(own))}")
+
+
 def _retrust(log: Callable[[str], None], now: Following) -> Following:
     """The addresses read again; the trusted sets and fail2ban follow when they moved,
-    the media relay when the box's own did."""
+    the media relay and the SIP service when the box's own did."""
     addresses = lan.read_addresses()
     trusted, relay = segments(addresses), relay_addresses(addresses)
     if relay != now.relay:
         _restart_relay(log, relay)
+        _follow_sip(log, relay)
     if trusted == now.trusted:
         return now._replace(relay=relay)
     nft.execute(firewall.trusted_update(trusted))
