@@ -105,7 +105,8 @@ def prepare(log: Log) -> int:
         for step in provision.provision():
             say(step)
     except (OSError, ValueError) as exc:
-        say(f"provisioning FAILED: {exc}; the SIP service stays stopped, the health check fails")
+        say(f"provisioning FAILED: {exc}; the SIP service keeps the last boot's inputs (none on a first boot: "
+            "it stays stopped), the health check fails")
         return 1
     say("provisioned")  # the fixed marker the console tests and the production line wait for
     if paths.firewall_restored().exists():

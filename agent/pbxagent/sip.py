@@ -119,8 +119,19 @@ def follow_addresses(own: list[str]) -> bool:
     wanted = listen_addresses(own)
     if not wanted:
         return False
+    return atomic.update(run_dir() / "listen.cfg", listen_config(wanted), 0o640, _service_dirs())
+
+
+def _service_dirs() -> tuple[int, int] | None:
+    """The service's directories, made readable by its group (atomic.write would make a
+    missing parent root-only); the owner its files get."""
     gid = _group()
-    return atomic.update(run_dir() / "listen.cfg", listen_config(wanted), 0o640, (0, gid) if gid is not None else None)
+    owner = (0, gid) if gid is not None else None
+    for directory in (run_dir(), run_dir() / "db"):
+        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if owner:
+            os.chown(directory, *owner)
+    return owner
 
 
 def tls_config(cert: Path, key: Path) -> str:
@@ -175,13 +186,8 @@ def write_inputs(policy: site.Policy) -> tuple[list[str], bool]:
     """Write everything the service reads from /data/kamailio: what was done, and whether
     any of it changed (the service runs with the old until restarted)."""
     done = ["TLS certificate made on this device"] if ensure_certificate() else []
-    gid = _group()
-    owner = (0, gid) if gid is not None else None
+    owner = _service_dirs()
     base = run_dir()
-    for directory in (base, base / "db"):
-        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
-        if owner:
-            os.chown(directory, *owner)
     store = extensions.load()
     secrets = trunk_secrets.load()
     files: dict[Path, str | bytes] = {

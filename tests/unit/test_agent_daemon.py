@@ -80,7 +80,7 @@ def test_a_failed_provisioning_leaves_the_sip_service_without_inputs(tree: Path)
     (tree / "data" / "pbx").write_text("not a directory")
     journal: list[str] = []
     assert daemon.prepare(journal.append) == 1
-    assert journal[-1].startswith("provisioning FAILED: ") and "the SIP service stays stopped" in journal[-1]
+    assert journal[-1].startswith("provisioning FAILED: ") and "none on a first boot: it stays stopped" in journal[-1]
     assert "pbxagent: provisioning FAILED" in paths.console().read_text()
     assert not (sip.run_dir() / "db" / "subscriber").exists()
     assert not provision.completed()

@@ -75,3 +75,9 @@ def test_a_first_render_listens_on_loopback_and_the_addresses_follow_once_known(
     assert "192.168.50.10" in listen.read_text()
     assert sip.write_inputs(site.load().policy)[1] is False  # the next start keeps it
     assert "192.168.50.10" in listen.read_text()
+
+
+def test_addresses_seen_before_the_first_render_leave_the_directory_readable_by_the_service(tree: Path) -> None:
+    assert sip.follow_addresses(["192.168.50.10"])
+    assert stat.S_IMODE(sip.run_dir().stat().st_mode) == 0o750
+    assert stat.S_IMODE((sip.run_dir() / "listen.cfg").stat().st_mode) == 0o640
