@@ -42,14 +42,8 @@ def test_the_copy_provisions_and_renders_and_the_console_shows_the_markers(
 
 
 def test_the_sip_service_is_restarted_only_when_its_inputs_changed(
-        tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[str, ...]] = []
-
-    def systemctl(*args: str) -> str:
-        calls.append(args)
-        return ""
-
-    monkeypatch.setattr("pbxagent.system.systemctl", systemctl)
+        tree: Path, systemctl_calls: list[tuple[str, ...]]) -> None:
+    calls = systemctl_calls
     journal: list[str] = []
     assert daemon.prepare(journal.append) == 0  # a first boot: no inputs yet, so it was not started
     assert calls == [("restart", "--no-block", "kamailio.service")]

@@ -318,15 +318,9 @@ print([b.address for b in bans.current()], nft.set_elements("inet pbx", "trusted
 
 
 def test_kamailio_is_restarted_only_when_its_sockets_must_follow_the_boxs_addresses(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, systemctl_calls: list[tuple[str, ...]]) -> None:
     monkeypatch.setenv("PBXAGENT_ROOT", str(tmp_path))
-    restarts: list[tuple[str, ...]] = []
-
-    def systemctl(*args: str) -> str:
-        restarts.append(args)
-        return ""
-
-    monkeypatch.setattr("pbxagent.system.systemctl", systemctl)
+    restarts = systemctl_calls
     journal: list[str] = []
     guard._follow_sip(journal.append, ["10.0.2.15"])
     guard._follow_sip(journal.append, ["10.0.2.15"])

@@ -93,27 +93,22 @@ def start(policy: Policy, log: Callable[[str], None]) -> Following:
     return Following(trusted, _tell_fail2ban(log), relay)
 
 
-def _restart_relay(log: Callable[[str], None], relay: list[str]) -> None:
-    """Calls it relays lose their media either way: its old addresses are gone."""
+def _restart(log: Callable[[str], None], unit: str, what: str, addresses: list[str]) -> None:
+    """A service that reads the box's addresses only when it starts, restarted on them."""
+    on = ", ".join(addresses) or "no address"
     try:
-        system.systemctl("try-restart", "--no-block", RELAY_UNIT)
+        system.systemctl("try-restart", "--no-block", unit)
     except OSError as exc:
-        log(f"media relay not restarted on {', '.join(relay) or 'no address'}: {exc}")
+        log(f"{what} not restarted on {on}: {exc}")
         return
-    log(f"media relay restarted on this box's addresses: {', '.join(relay) or 'none'}")
+    log(f"{what} restarted on this box's addresses: {on}")
 
 
 def _follow_sip(log: Callable[[str], None], own: list[str]) -> None:
     """kamailio's sockets are the box's addresses (pbxagent.sip): restarted when they
     moved. Phones registered to an address the box no longer has register again anyway."""
-    if not sip.follow_addresses(own):
-        return
-    try:
-        system.systemctl("try-restart", "--no-block", SIP_UNIT)
-    except OSError as exc:
-        log(f"SIP service not restarted on {', '.join(own)}: {exc}")
-        return
-    log(f"SIP service restarted on this box's addresses: {', '.join(sip.listen_addresses(own))}")
+    if sip.follow_addresses(own):
+        _restart(log, SIP_UNIT, "SIP service", sip.listen_addresses(own))
 
 
 def _retrust(log: Callable[[str], None], now: Following) -> Following:
@@ -122,7 +117,7 @@ def _retrust(log: Callable[[str], None], now: Following) -> Following:
     addresses = lan.read_addresses()
     trusted, relay = segments(addresses), relay_addresses(addresses)
     if relay != now.relay:
-        _restart_relay(log, relay)
+        _restart(log, RELAY_UNIT, "media relay", relay)  # calls it relays lose their media either way
         _follow_sip(log, relay)
     if trusted == now.trusted:
         return now._replace(relay=relay)
