@@ -25,7 +25,7 @@ from types import TracebackType
 import pytest
 from pbxfw.config import Board, BuildConfig
 
-from tests.infra import boards
+from tests.infra import boards, sip
 from tests.infra.power import Wiring
 from tests.infra.twin import Device
 
@@ -149,10 +149,7 @@ def lab_twin(board: Board, image: Path, work: Path) -> Iterator[tuple[NetLab, De
                       "[ -z \"$(systemctl list-jobs --no-legend rtpengine-daemon.service)\" ] && exit 0; "
                       "sleep 0.2; done; exit 1 )", timeout=90)
             # kamailio's sockets follow the box's addresses too (pbxagent.sip): restarted on the new one.
-            dev.check(f"( for i in $(seq 300); do ss -Hlun 'sport = :5060' | grep -q '{TWIN}:5060' && "
-                      "systemctl is-active -q kamailio && "
-                      "[ -z \"$(systemctl list-jobs --no-legend kamailio.service)\" ] && exit 0; "
-                      "sleep 0.2; done; exit 1 )", timeout=90)
+            dev.check(sip.listening(TWIN), timeout=120)
             dev.check("( for i in $(seq 300); do fail2ban-client status pbx-sip >/dev/null 2>&1 && exit 0; "
                       "sleep 0.5; done; exit 1 )", timeout=200)
             yield net, dev

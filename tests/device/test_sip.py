@@ -64,6 +64,7 @@ def hosts(device: Device, register: Callable[..., str]) -> Iterator[None]:
                      f"ip -n {name} link set {name}0 up && ip -n {name} link set lo up")
     device.check("( for i in $(seq 150); do nft list set inet pbx trusted4 | grep -q 192.168.50.0/24 && exit 0; "
                  "sleep 0.2; done; exit 1 )", timeout=60)
+    device.check(sip.listening("203.0.113.1", "192.168.50.1"), timeout=180)
     device.check("( for i in $(seq 300); do fail2ban-client status pbx-sip >/dev/null 2>&1 && exit 0; "
                  "sleep 0.5; done; exit 1 )", timeout=200)
     yield
@@ -97,8 +98,8 @@ def restart_agent(device: Device) -> None:
     """A policy change takes effect with the agent's restart: it writes fail2ban's
     thresholds and kamailio's tables, and both restart after it (they require it). Their
     units are active before they answer: wait for fail2ban's socket and the SIP port."""
-    device.check("systemctl restart pbx-agent && ( for i in $(seq 300); do fail2ban-client ping >/dev/null 2>&1 "
-                 "&& ss -Hlun 'sport = :5060' | grep -q . && exit 0; sleep 0.2; done; exit 1 )", timeout=180)
+    device.check(f"systemctl restart pbx-agent && {sip.listening()} && ( for i in $(seq 300); do "
+                 "fail2ban-client ping >/dev/null 2>&1 && exit 0; sleep 0.2; done; exit 1 )", timeout=180)
 
 
 def test_ban_thresholds_come_from_the_policy(device: Device) -> None:

@@ -25,6 +25,7 @@ import pytest
 
 from tests.device import phones
 from tests.device.netlab import INTERNET, INTERNET_HOST, LAN, LAN2, LAN2_HOST, LAN_HOST, NetLab, secret_of
+from tests.infra import sip
 from tests.infra.twin import Device
 
 CALLEE_PORT, CALLER_PORT, PROVIDER_PORT = 5070, 5080, 5060
@@ -33,8 +34,7 @@ ELSEWHERE = "203.0.113.51"  # an internet address that is no trunk's
 POLICY = ("calls:\n  country: FR\n  trunks:\n"
           f"    - {{name: provider, host: {INTERNET_HOST}, username: {TRUNK_USER}, limit: 1}}\n"
           "  dids: {'+33140000000-+33140000009': '802'}\n")
-KAMAILIO_UP = ("( for i in $(seq 600); do systemctl is-active --quiet kamailio && ss -Hlun 'sport = :5060' | "
-               "grep -q . && exit 0; sleep 0.2; done; exit 1 )")
+KAMAILIO_UP = sip.listening()
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,22 @@ CLIENT = Path(__file__).resolve().parents[1] / "device" / "sipclient.py"
 ON_TWIN = "/tmp/sipclient.py"
 
 
+def listening(*addresses: str) -> str:
+    """A shell loop that ends once kamailio is active, has no job queued and listens on
+    port 5060 of each address (of any, when none is named). The guard restarts kamailio
+    when the box's addresses move, and a request sent to a new address before that is
+    refused."""
+    wanted = " && ".join(f"echo \"$s\" | grep -q '{address}:5060'" for address in addresses) or '[ -n "$s" ]'
+    return ("( for i in $(seq 600); do s=$(ss -Hlun 'sport = :5060'); systemctl is-active -q kamailio && "
+            f"[ -z \"$(systemctl list-jobs --no-legend kamailio.service)\" ] && {wanted} && exit 0; sleep 0.2; "
+            "done; systemctl status kamailio --no-pager; exit 1 )")
+
+
 def client_on(dut: Device) -> Callable[..., str]:
     """A register(user, secret, agent, host, source) that runs on `dut` and returns the
     final status line, e.g. "SIP/2.0 200 OK"."""
     dut.put(CLIENT, ON_TWIN)
-    dut.check("( for i in $(seq 600); do ss -Hlun 'sport = :5060' | grep -q . && exit 0; sleep 0.2; done; "
-              "systemctl status kamailio --no-pager; exit 1 )", timeout=180)
+    dut.check(listening(), timeout=180)
 
     def register(user: str, secret: str, agent: str = "pbxfw-test", host: str = "127.0.0.1", source: str = "") -> str:
         return dut.check(f"python3 {ON_TWIN} '{user}' '{secret}' '{agent}' {host} 5060 {source}", timeout=60).strip()
