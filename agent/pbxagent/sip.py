@@ -31,6 +31,9 @@ SERVICE_GROUP = "kamailio"
 # kamailio's table schema versions: auth_db's subscriber, uac's uacreg, permissions' address.
 VERSIONS = {"subscriber": 7, "uacreg": 5, "address": 6}
 TRUNK_GROUP = 1  # the address table's group of trunk addresses
+# Seconds a registration with a provider asks for: short enough that a NAT router on the
+# way keeps the binding the provider's calls come back through.
+REGISTRATION_EXPIRES = 300
 
 
 def run_dir() -> Path:
@@ -68,9 +71,11 @@ def _field(value: str) -> str:
 
 def uacreg_table(trunks: tuple[Trunk, ...], secrets: dict[str, str]) -> str:
     """uac's table, one row per trunk, keyed by its name: where its calls go (auth_proxy)
-    and the digest credentials for the provider's challenge. Registration is off
-    (flags 1): the row is only what `uac_reg_request_to` reads. An empty realm (null)
-    takes the one in the provider's challenge."""
+    and the digest credentials for the provider's challenge, which `uac_reg_request_to`
+    reads. A trunk that registers gets flags 0 and an expiry: uac registers
+    `username@host` with the contact `<name>@<the box's address>` (listen.cfg's
+    PBX_CONTACT), so the provider's calls arrive for the trunk's name. Others have
+    flags 1 (disabled). An empty realm (null) takes the one in the provider's challenge."""
     rows = ["id(int,auto) l_uuid(string) l_username(string) l_domain(string) r_username(string) r_domain(string) "
             "realm(string,null) auth_username(string,null) auth_password(string,null) auth_ha1(string,null) "
             "auth_proxy(string) expires(int) flags(int) reg_delay(int) contact_addr(string,null) socket(string,null)"]
@@ -80,7 +85,8 @@ def uacreg_table(trunks: tuple[Trunk, ...], secrets: dict[str, str]) -> str:
         # uac ignores a row without a password; a trunk the provider does not challenge gets "-".
         fields = [trunk.name, trunk.name, REALM, trunk.username or trunk.name, trunk.host, "", trunk.username,
                   secrets.get(trunk.name, "-"), "", trunk.uri]
-        rows.append(f"{index}:" + ":".join(_field(f) for f in fields) + ":0:1:0::")
+        expires, flags = (REGISTRATION_EXPIRES, 0) if trunk.register else (0, 1)
+        rows.append(f"{index}:" + ":".join(_field(f) for f in fields) + f":{expires}:{flags}:0::")
     return "\n".join(rows) + "\n"
 
 
@@ -93,13 +99,17 @@ def address_table(trunks: tuple[Trunk, ...]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def listen_config(addresses: list[str]) -> str:
+def listen_config(addresses: list[str], toward_internet: str | None = None) -> str:
     """kamailio's sockets: loopback and each of the box's IPv4 addresses, never the
     wildcard. A socket on 0.0.0.0 puts 0.0.0.0 in its Via and Record-Route headers, and
     a phone that follows them (every real one does) sends its ACK and BYE nowhere.
     kamailio binds them before they exist (ip_free_bind), so it starts before the
-    network with the addresses the box had last."""
-    lines = ["# Written by pbxagent (pbxagent.sip) when the box's addresses change."]
+    network with the addresses the box had last. PBX_CONTACT is the contact a
+    registration gives a provider: the address on the box's route to the internet, else
+    its first."""
+    contact = toward_internet if toward_internet in addresses else next(iter(addresses), "127.0.0.1")
+    lines = ["# Written by pbxagent (pbxagent.sip) when the box's addresses change.",
+             f'#!define PBX_CONTACT "{contact}:5060"']
     for address in ["127.0.0.1", *addresses]:
         lines += [f"listen=udp:{address}:5060", f"listen=tcp:{address}:5060", f"listen=tls:{address}:5061"]
     return "\n".join(lines) + "\n"
@@ -112,14 +122,14 @@ def listen_addresses(own: list[str]) -> list[str]:
     return sorted(str(ip) for ip in found if ip.version == 4 and not (ip.is_loopback or ip.is_link_local))
 
 
-def follow_addresses(own: list[str]) -> bool:
-    """The box's addresses changed: whether kamailio's sockets must change with them
-    (then it must be restarted). With no address at all (a link down, a lease not yet
-    taken) the last ones stay: a box usually gets the same address back."""
+def follow_addresses(own: list[str], toward_internet: str | None = None) -> bool:
+    """The box's addresses changed: whether kamailio's sockets or contact must change
+    with them (then it must be restarted). With no address at all (a link down, a lease
+    not yet taken) the last ones stay: a box usually gets the same address back."""
     wanted = listen_addresses(own)
     if not wanted:
         return False
-    return atomic.update(run_dir() / "listen.cfg", listen_config(wanted), 0o640, _service_dirs())
+    return atomic.update(run_dir() / "listen.cfg", listen_config(wanted, toward_internet), 0o640, _service_dirs())
 
 
 def _service_dirs() -> tuple[int, int] | None:

@@ -40,6 +40,30 @@ def register(ns: str, address: str, port: int, extension: str, secret: str) -> N
 
 
 @contextmanager
+def _running(argv: list[str], stop: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+    """sipp in the background for a block, waited for at its end (or stopped first)."""
+    # Its screen is not read: a pipe nobody reads would stop it once full.
+    phone = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield phone
+    finally:
+        if stop:
+            phone.terminate()
+        try:
+            phone.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            phone.kill()
+            phone.wait()
+
+
+def _credentials(work: Path, user: str, secret: str) -> Path:
+    """A provider's -inf file: the test's own secret, in its temporary directory."""
+    path = work / f"{user}.csv"
+    path.write_text(f"SEQUENTIAL\n{user};{secret};\n")
+    return path
+
+
+@contextmanager
 def answering(ns: str, address: str, port: int, extension: str, calls: int | None = 1,
               media_port: int = 6000, messages: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A phone at address:port that answers `calls` calls (None: every call until the
@@ -47,20 +71,10 @@ def answering(ns: str, address: str, port: int, extension: str, calls: int | Non
     message it sends and gets is written there."""
     count = ["-m", str(calls)] if calls else []
     trace = ["-trace_msg", "-message_file", str(messages)] if messages else []
-    argv = sipp(ns, address, port, "answer.xml", "-s", extension, "-mi", address, "-mp", str(media_port),
-                "-rtp_echo", *count, *trace, target=None, timeout_s=60 if calls else None)
-    # Its screen is not read: a pipe nobody reads would stop it once full.
-    phone = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with _running(sipp(ns, address, port, "answer.xml", "-s", extension, "-mi", address, "-mp", str(media_port),
+                       "-rtp_echo", *count, *trace, target=None, timeout_s=60 if calls else None),
+                  stop=calls is None) as phone:
         yield phone
-    finally:
-        if calls is None:
-            phone.terminate()
-        try:
-            phone.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            phone.kill()
-            phone.wait()
 
 
 def call(ns: str, address: str, port: int, caller: str, secret: str, callee: str, tag: str, calls: int = 1,
@@ -85,26 +99,29 @@ def provider(ns: str, address: str, port: int, user: str, secret: str, work: Pat
              calls: int = 1) -> Iterator[subprocess.Popen[bytes]]:
     """A SIP provider at address:port that challenges each call from a trunk and answers
     it only if the digest matches user and secret; exits 0 only if every call passed."""
-    credentials = work / "provider.csv"  # the test's own secret, in its temporary directory
-    credentials.write_text(f"SEQUENTIAL\n{user};{secret};\n")
-    argv = sipp(ns, address, port, "provider.xml", "-inf", str(credentials), "-mi", address, "-mp", "6200",
-                "-m", str(calls), target=None)
-    phone = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield phone
-    finally:
-        try:
-            phone.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            phone.kill()
-            phone.wait()
+    with _running(sipp(ns, address, port, "provider.xml", "-inf", str(_credentials(work, user, secret)),
+                       "-mi", address, "-mp", "6200", "-m", str(calls), target=None)) as provider:
+        yield provider
 
 
-def inbound_call(ns: str, address: str, port: int, caller: str, did: str, tag: str,
-                 hold_ms: int = 2000) -> subprocess.CompletedProcess[str]:
-    """A call a provider brings in from `caller` to `did`, no credentials: exits 0 only if answered."""
-    return run(sipp(ns, address, port, "inbound.xml", "-s", did, "-key", "from", caller, "-mi", address,
-                    "-mp", "6300", "-d", str(hold_ms), "-m", "1", "-cid_str", f"%u-%p-{tag}"))
+def inbound_call(ns: str, address: str, port: int, caller: str, did: str, tag: str, hold_ms: int = 2000,
+                 contact: str | None = None) -> subprocess.CompletedProcess[str]:
+    """A call a provider brings in from `caller` to `did`, no credentials, sent to the DID
+    or to the user `contact` the box registered: exits 0 only if answered."""
+    return run(sipp(ns, address, port, "inbound.xml", "-s", did, "-key", "from", caller, "-key", "contact",
+                    contact or did, "-mi", address, "-mp", "6300", "-d", str(hold_ms), "-m", "1",
+                    "-cid_str", f"%u-%p-{tag}"))
+
+
+@contextmanager
+def registrar(ns: str, address: str, port: int, user: str, secret: str, work: Path,
+              messages: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A provider's registrar at address:port that challenges one registration and
+    accepts it only if the digest matches user and secret (exit 0); every SIP message
+    it sends and gets is written to `messages`."""
+    with _running(sipp(ns, address, port, "registrar.xml", "-inf", str(_credentials(work, user, secret)),
+                       "-m", "1", "-trace_msg", "-message_file", str(messages), target=None)) as registrar:
+        yield registrar
 
 
 class UdpCounter:

@@ -15,6 +15,7 @@ namespace (tests/device/phones.py), the trunk's secret made by the test and set 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.device import phones
-from tests.device.netlab import INTERNET, INTERNET_HOST, LAN, LAN2, LAN2_HOST, LAN_HOST, NetLab, secret_of
+from tests.device.netlab import INTERNET, INTERNET_HOST, LAN, LAN2, LAN2_HOST, LAN_HOST, TWIN, NetLab, secret_of
 from tests.infra import sip
 from tests.infra.twin import Device
 
@@ -103,6 +104,34 @@ def test_a_did_from_the_trunk_rings_its_extension_however_the_number_is_written(
     got = [(r["caller"], r["dialled"], r["kind"], r["trunk"], r["code"], r["source"]) for r in records_of(dev, tag)]
     assert sorted(got) == sorted([("+33612345678", did, "inbound", "provider", 200, INTERNET_HOST)
                                   for did in ("+33140000005", "0140000007")])
+
+
+def test_a_trunk_that_registers_gets_the_providers_calls_at_the_contact_it_registered(
+        trunk: tuple[NetLab, Device, str], tmp_path: Path) -> None:
+    _, dev, secret = trunk
+    messages = tmp_path / "registrar.log"
+    registering = POLICY.replace("limit: 1}", "limit: 1, register: true}")
+    try:
+        with phones.registrar(INTERNET, INTERNET_HOST, PROVIDER_PORT, TRUNK_USER, secret, tmp_path,
+                              messages) as registrar:
+            dev.check(f"printf \"{registering}\" > /data/pbx/policy.yaml && systemctl restart pbx-agent && "
+                      f"{KAMAILIO_UP}", timeout=240)
+            registrar.wait(timeout=60)  # uac's first REGISTER leaves within its 10 s timer
+        assert registrar.returncode == 0, messages.read_text()[-3000:]  # it checked the digest
+        contacts = re.findall(r"^Contact: *(.*)$", messages.read_text(), re.MULTILINE)
+        assert contacts and all(c.startswith(f"<sip:provider@{TWIN}:5060") for c in contacts), contacts
+        phones.register(LAN2, LAN2_HOST, CALLEE_PORT, "802", secret_of(dev, "802"))
+        tag = uuid.uuid4().hex[:8]
+        with phones.answering(LAN2, LAN2_HOST, CALLEE_PORT, "802") as phone:
+            done = phones.inbound_call(INTERNET, INTERNET_HOST, PROVIDER_PORT, "+33612345678", "+33140000003", tag,
+                                       contact="provider")
+        assert done.returncode == 0, done.stdout[-3000:]
+        assert phone.returncode == 0
+        got = [(r["dialled"], r["kind"], r["trunk"], r["code"]) for r in records_of(dev, tag)]
+        assert got == [("+33140000003", "inbound", "provider", 200)]
+    finally:
+        dev.check(f"printf \"{POLICY}\" > /data/pbx/policy.yaml && systemctl restart pbx-agent && {KAMAILIO_UP}",
+                  timeout=240)
 
 
 def test_an_unknown_did_is_404_and_no_other_address_is_taken_for_the_trunk(

@@ -320,6 +320,8 @@ print([b.address for b in bans.current()], nft.set_elements("inet pbx", "trusted
 def test_kamailio_is_restarted_only_when_its_sockets_must_follow_the_boxs_addresses(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, systemctl_calls: list[tuple[str, ...]]) -> None:
     monkeypatch.setenv("PBXAGENT_ROOT", str(tmp_path))
+    route = ["10.0.2.15"]
+    monkeypatch.setattr("pbxagent.network.lan.source_toward", lambda: route[0])
     restarts = systemctl_calls
     journal: list[str] = []
     guard._follow_sip(journal.append, ["10.0.2.15"])
@@ -327,3 +329,7 @@ def test_kamailio_is_restarted_only_when_its_sockets_must_follow_the_boxs_addres
     guard._follow_sip(journal.append, [])
     assert restarts == [("try-restart", "--no-block", "kamailio.service")]
     assert journal == ["SIP service restarted on this box's addresses: 10.0.2.15"]
+    guard._follow_sip(journal.append, ["10.0.2.15", "192.168.50.10"])
+    route[0] = "192.168.50.10"  # the same addresses, the default route on the other: the provider's contact moves
+    guard._follow_sip(journal.append, ["10.0.2.15", "192.168.50.10"])
+    assert len(restarts) == 3

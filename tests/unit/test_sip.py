@@ -58,7 +58,7 @@ def test_kamailio_listens_on_loopback_and_the_boxs_ipv4_addresses_never_the_wild
     own = ["192.168.50.10", "127.0.0.1", "fe80::1", "2001:db8::10", "169.254.3.4", "10.0.2.15"]
     assert sip.listen_addresses(own) == ["10.0.2.15", "192.168.50.10"]
     listen = sip.listen_config(sip.listen_addresses(own)).splitlines()
-    assert listen[1:4] == ["listen=udp:127.0.0.1:5060", "listen=tcp:127.0.0.1:5060", "listen=tls:127.0.0.1:5061"]
+    assert listen[2:5] == ["listen=udp:127.0.0.1:5060", "listen=tcp:127.0.0.1:5060", "listen=tls:127.0.0.1:5061"]
     assert "listen=udp:192.168.50.10:5060" in listen and "listen=tls:10.0.2.15:5061" in listen
     assert not any("0.0.0.0" in line or "::" in line for line in listen)
 
@@ -75,6 +75,22 @@ def test_a_first_render_listens_on_loopback_and_the_addresses_follow_once_known(
     assert "192.168.50.10" in listen.read_text()
     assert sip.write_inputs(site.load().policy)[1] is False  # the next start keeps it
     assert "192.168.50.10" in listen.read_text()
+
+
+def test_a_providers_contact_is_the_address_toward_the_internet_and_moving_it_restarts_kamailio(
+        tree: Path) -> None:
+    def contact() -> str:
+        return next(line for line in (sip.run_dir() / "listen.cfg").read_text().splitlines() if "PBX_CONTACT" in line)
+
+    assert sip.follow_addresses(["10.0.2.15", "192.168.50.10"], "192.168.50.10")
+    assert contact() == '#!define PBX_CONTACT "192.168.50.10:5060"'
+    assert sip.follow_addresses(["10.0.2.15", "192.168.50.10"], None)  # no route: the first address
+    assert contact() == '#!define PBX_CONTACT "10.0.2.15:5060"'
+    assert sip.follow_addresses(["10.0.2.15", "192.168.50.10"], "192.168.50.10")  # the route came back
+    assert not sip.follow_addresses(["10.0.2.15", "192.168.50.10"], "192.168.50.10")
+    assert sip.follow_addresses(["10.0.2.15", "192.168.50.10"], "198.51.100.9")  # not the box's: the first
+    assert contact() == '#!define PBX_CONTACT "10.0.2.15:5060"'
+    assert 'PBX_CONTACT "127.0.0.1:5060"' in sip.listen_config([])  # before any lease
 
 
 def test_addresses_seen_before_the_first_render_leave_the_directory_readable_by_the_service(tree: Path) -> None:

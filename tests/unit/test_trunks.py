@@ -54,6 +54,12 @@ def test_trunks_have_safe_defaults_and_an_address_only_when_the_host_is_one(tmp_
      r"calls\.trunks\[1\]\.name: 'p' names two trunks"),
     ("calls:\n  trunks: [{name: p, host: h.example, addresses: [nowhere]}]\n",
      r"calls\.trunks\[0\]\.addresses\[0\]: 'nowhere' is not an address"),
+    ("calls:\n  trunks: [{name: p, host: h.example, register: yes please}]\n",
+     r"calls\.trunks\[0\]\.register: 'yes please' is not true or false"),
+    ("calls:\n  trunks: [{name: p, host: h.example, register: true}]\n",
+     r"calls\.trunks\[0\]\.register: a registration needs the trunk's username"),
+    ("calls:\n  trunks: [{name: p, host: h.example, username: u, transport: tls, register: true}]\n",
+     r"calls\.trunks\[0\]\.register: registration over TLS is not supported"),
     ("calls:\n  dids: {'02079460000': '801'}\n", r"calls\.dids\.02079460000: is not an E\.164 number"),
     ("calls:\n  dids: {'+442079460000': 'reception'}\n", r"calls\.dids\.\+442079460000: 'reception' is not an"),
     ("calls:\n  dids: {'+442079460100-+442079460199': '802', '+442079460150': '803'}\n",
@@ -83,6 +89,15 @@ def test_the_sip_service_gets_each_trunks_route_credentials_and_addresses(tree: 
     assert len(sip.uacreg_table(calls.trunks, {}).splitlines()) == 2
     assert sip.address_table(calls.trunks).splitlines()[1:] == ["1:1:198.51.100.7:32:0:provider",
                                                                "2:1:2001\\:db8\\:\\::48:0:backup"]
+
+
+def test_a_trunk_that_registers_has_its_row_enabled_with_an_expiry_the_others_stay_disabled(tree: Path) -> None:
+    registering = PROVIDER.replace("limit: 3}", "limit: 3, register: true}")
+    provider, backup = compose(tree, registering).calls.trunks
+    assert provider.register and not backup.register
+    rows = sip.uacreg_table((provider, backup), {"provider": "s3cret"}).splitlines()
+    assert rows[1].endswith(f":{sip.REGISTRATION_EXPIRES}:0:0::")  # expires, flags 0 (enabled), no delay
+    assert rows[2].endswith(":0:1:0::")  # disabled: only its calls' route and credentials
 
 
 def test_a_trunks_secret_comes_from_stdin_and_is_rendered_for_the_sip_service_only(

@@ -534,7 +534,7 @@ def _trunks_list(args: argparse.Namespace) -> int:
         for row in rows:
             print(f"{row['name']}\t{row['uri']}\tuser {row['username'] or '-'}\tsecret {row['secret']}\t"
                   f"limit {row['limit']}\tfrom {','.join(row['addresses']) or 'nowhere'}"
-                  + ("\toutbound" if row["outbound"] else ""))
+                  + ("\tregisters" if row["register"] else "") + ("\toutbound" if row["outbound"] else ""))
     return OK
 
 

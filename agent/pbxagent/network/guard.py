@@ -105,9 +105,11 @@ def _restart(log: Callable[[str], None], unit: str, what: str, addresses: list[s
 
 
 def _follow_sip(log: Callable[[str], None], own: list[str]) -> None:
-    """kamailio's sockets are the box's addresses (pbxagent.sip): restarted when they
-    moved. Phones registered to an address the box no longer has register again anyway."""
-    if sip.follow_addresses(own):
+    """kamailio's sockets are the box's addresses, and its contact for a provider the one
+    toward the internet (pbxagent.sip): restarted when they moved. Phones registered to
+    an address the box no longer has register again anyway, and kamailio registers with
+    its providers again as it starts."""
+    if sip.follow_addresses(own, lan.source_toward()):
         _restart(log, SIP_UNIT, "SIP service", sip.listen_addresses(own))
 
 

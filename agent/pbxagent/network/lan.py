@@ -79,3 +79,21 @@ def read_addresses() -> list[IfAddr]:
         for info in link.get("addr_info", [])
         if "local" in info
     )
+
+
+# An address standing for "the internet" (TEST-NET-1): the box's route to it names the
+# address the outside reaches it at. Only looked up, never sent to.
+INTERNET = "192.0.2.1"
+
+
+def source_toward(destination: str = INTERNET) -> str | None:
+    """The address the box sends from toward `destination` (the kernel's route lookup,
+    `ip route get`); None without a route."""
+    import json
+    import subprocess
+
+    done = subprocess.run(["ip", "-j", "route", "get", destination], capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    found = json.loads(done.stdout or "[]")
+    return str(found[0]["prefsrc"]) if found and "prefsrc" in found[0] else None

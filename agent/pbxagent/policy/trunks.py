@@ -4,7 +4,10 @@ in (`calls.dids`). A trunk's digest secret is no policy value: it is kept on /da
 (pbxagent.credentials.trunks) and rendered for the SIP service only.
 
 External calls leave through the first trunk listed; every trunk's `addresses` may
-bring calls in, and nothing else is taken for a trunk.
+bring calls in, and nothing else is taken for a trunk. A trunk with `register: true`
+registers the box with the provider (kamailio's uac module), so a provider that sends
+calls only to a registered contact can reach it; its calls still come in only from its
+`addresses`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ _NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _HOST = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _USER = re.compile(r"[A-Za-z0-9._+-]{1,64}")
 _E164 = re.compile(r"\+[1-9]\d{1,14}")
-_FIELDS = {"name", "host", "port", "transport", "username", "addresses", "limit"}
+_FIELDS = {"name", "host", "port", "transport", "username", "addresses", "limit", "register"}
 
 
 class Trunk(NamedTuple):
@@ -33,6 +36,7 @@ class Trunk(NamedTuple):
     username: str  # digest user name ("": the provider asks for none)
     addresses: tuple[str, ...]  # networks the provider's calls come from
     limit: int  # calls at once through it, both ways
+    register: bool = False  # the box registers with the provider as `username`
 
     @property
     def uri(self) -> str:
@@ -89,7 +93,16 @@ def _trunk(path: Path, where: str, item: dict[str, Any]) -> Trunk:
     limit = item.get("limit", 4)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
         raise _fail(path, f"{where}.limit", f"{limit!r} is not a number of calls (1..1000)")
-    return Trunk(name, host, port, transport, username, addresses, limit)
+    register = item.get("register", False)
+    if not isinstance(register, bool):
+        raise _fail(path, f"{where}.register", f"{register!r} is not true or false")
+    if register and not username:
+        raise _fail(path, f"{where}.register", "a registration needs the trunk's username")
+    if register and transport == "tls":
+        # uac's contact carries no transport: the provider would answer over UDP to 5060.
+        raise _fail(path, f"{where}.register", "registration over TLS is not supported: use udp or tcp, or the "
+                    "provider's authentication by address")
+    return Trunk(name, host, port, transport, username, addresses, limit, register)
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
