@@ -31,6 +31,7 @@ SERVICE_GROUP = "kamailio"
 # kamailio's table schema versions: auth_db's subscriber, uac's uacreg, permissions' address.
 VERSIONS = {"subscriber": 7, "uacreg": 5, "address": 6}
 TRUNK_GROUP = 1  # the address table's group of trunk addresses
+SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian's ca-certificates bundle
 # Seconds a registration with a provider asks for: short enough that a NAT router on the
 # way keeps the binding the provider's calls come back through.
 REGISTRATION_EXPIRES = 300
@@ -144,15 +145,29 @@ def _service_dirs() -> tuple[int, int] | None:
     return owner
 
 
-def tls_config(cert: Path, key: Path) -> str:
-    return (
-        "[server:default]\n"
-        "method = TLSv1.2+\n"
-        "verify_certificate = no\n"
-        "require_certificate = no\n"
-        f"private_key = {key}\n"
-        f"certificate = {cert}\n"
-    )
+def tls_config(cert: Path, key: Path, trunks: tuple[Trunk, ...] = (), cas: dict[str, Path] | None = None) -> str:
+    """Phones connect with no certificate of theirs; every connection the box opens
+    checks the peer's chain, against the system's public CAs, or for a TLS trunk with a
+    CA of its own (`pbxagent trunks ca`), against that one only. A trunk's profile is
+    chosen by its name (kamailio's server_id, set on the call's branch; a host name also
+    goes as SNI). Whether the certificate names the
+    trunk's host is checked on the provider's replies (kamailio.cfg), since kamailio's
+    handshake does not."""
+    cas = cas or {}
+    verify = "verify_certificate = yes\nrequire_certificate = yes\nmethod = TLSv1.2+\n"
+    sections = [
+        "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n"
+        f"private_key = {key}\ncertificate = {cert}\n",
+        f"[client:default]\n{verify}ca_list = {SYSTEM_CAS}\n",
+    ]
+    for trunk in trunks:
+        if trunk.transport != "tls":
+            continue
+        ca = cas.get(trunk.name, SYSTEM_CAS)
+        by = (f"[client:{trunk.host}:{trunk.port}]\n" if trunk.host_is_address
+              else f"[client:any]\nserver_name = {trunk.host}\n")
+        sections.append(f"# trunk {trunk.name}\n{by}server_id = {trunk.name}\n{verify}ca_list = {ca}\n")
+    return "\n".join(sections)
 
 
 def ensure_certificate() -> bool:
@@ -207,8 +222,11 @@ def write_inputs(policy: site.Policy) -> tuple[list[str], bool]:
         base / "db" / "uacreg": uacreg_table(policy.calls.trunks, secrets),
         base / "db" / "address": address_table(policy.calls.trunks),
         **{base / name: (tls_dir() / name).read_bytes() for name in ("cert.pem", "key.pem")},
-        base / "tls.cfg": tls_config(base / "cert.pem", base / "key.pem"),
     }
+    cas = trunk_secrets.cas([t.name for t in policy.calls.trunks if t.transport == "tls"])
+    files.update({base / f"trunk-{name}-ca.pem": path.read_bytes() for name, path in cas.items()})
+    files[base / "tls.cfg"] = tls_config(base / "cert.pem", base / "key.pem", policy.calls.trunks,
+                                         {name: base / f"trunk-{name}-ca.pem" for name in cas})
     if not (base / "listen.cfg").exists():  # a first boot: the guard adds the box's addresses
         files[base / "listen.cfg"] = listen_config([])
     changed = [path for path, content in files.items() if atomic.update(path, content, 0o640, owner)]

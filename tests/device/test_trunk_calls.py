@@ -9,6 +9,9 @@ namespace (tests/device/phones.py), the trunk's secret made by the test and set 
 - a call the provider brings in from the trunk's address rings the DID's extension,
   however the provider writes the number; an unknown DID is 404; the same INVITE from
   any other address is challenged like a guest and never rings a phone;
+- a trunk with `register: true` registers with the provider (its digest checked, its
+  contact the box's address), and the provider's call to that contact rings the DID's
+  extension;
 - a bad trunk policy is named by key and the running trunks stay.
 """
 

@@ -100,6 +100,34 @@ def test_a_trunk_that_registers_has_its_row_enabled_with_an_expiry_the_others_st
     assert rows[2].endswith(":0:1:0::")  # disabled: only its calls' route and credentials
 
 
+def test_every_tls_connection_checks_the_peer_and_a_trunk_with_its_own_ca_trusts_only_that(tree: Path) -> None:
+    provider, backup = compose(tree, PROVIDER.replace("limit: 3}", "limit: 3, transport: tls}")).calls.trunks
+    config = sip.tls_config(Path("/c.pem"), Path("/k.pem"), (provider, backup), {"provider": Path("/p-ca.pem")})
+    sections = {next(line for line in s.splitlines() if line.startswith("[")): s for s in config.split("\n\n")}
+    assert "verify_certificate = no" in sections["[server:default]"]  # phones bring no certificate
+    assert f"ca_list = {sip.SYSTEM_CAS}" in sections["[client:default]"]
+    assert "verify_certificate = yes" in sections["[client:default]"]
+    by_address = sections["[client:198.51.100.7:5061]"]
+    assert "server_id = provider" in by_address and "ca_list = /p-ca.pem" in by_address
+    by_name = sections["[client:any]"]
+    assert "server_name = sip.example.net" in by_name and f"ca_list = {sip.SYSTEM_CAS}" in by_name
+    assert all("require_certificate = yes" in s for n, s in sections.items() if n.startswith("[client"))
+    assert "[client:" not in sip.tls_config(Path("/c.pem"), Path("/k.pem"), compose(tree, PROVIDER).calls.trunks[:1],
+                                            {}).replace("[client:default]", "")  # udp: no profile
+
+
+def test_a_trunks_ca_must_be_pem_certificates_and_a_bad_one_keeps_the_last(tree: Path) -> None:
+    sip.ensure_certificate()
+    good = (sip.tls_dir() / "cert.pem").read_bytes()  # a self-signed provider's certificate is its own CA
+    assert secrets.set_ca("backup", good) == 1
+    assert secrets.cas(["provider", "backup"]) == {"backup": secrets.ca_path("backup")}
+    for bad in (b"not a certificate", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                b"x" * (secrets.MAX_CA_BYTES + 1)):
+        with pytest.raises(secrets.TrunkSecretError, match="trunk backup: "):
+            secrets.set_ca("backup", bad)
+    assert secrets.ca_path("backup").read_bytes() == good
+
+
 def test_a_trunks_secret_comes_from_stdin_and_is_rendered_for_the_sip_service_only(
         tree: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     (tree / "data" / "pbx").mkdir(parents=True)

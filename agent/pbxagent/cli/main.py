@@ -525,16 +525,19 @@ def _calls_unlock(args: argparse.Namespace) -> int:
 def _trunks_list(args: argparse.Namespace) -> int:
     from pbxagent.credentials import trunks
 
-    secrets = trunks.load()
-    rows = [{**t._asdict(), "uri": t.uri, "secret": "set" if t.name in secrets else "not set", "outbound": i == 0}
-            for i, t in enumerate(_policy().calls.trunks)]
+    secrets, policy = trunks.load(), _policy()
+    own = trunks.cas([t.name for t in policy.calls.trunks])
+    rows = [{**t._asdict(), "uri": t.uri, "secret": "set" if t.name in secrets else "not set", "outbound": i == 0,
+             "ca": ("own" if t.name in own else "public") if t.transport == "tls" else "-"}
+            for i, t in enumerate(policy.calls.trunks)]
     if args.json:
         _print_json(rows)
     else:
         for row in rows:
             print(f"{row['name']}\t{row['uri']}\tuser {row['username'] or '-'}\tsecret {row['secret']}\t"
                   f"limit {row['limit']}\tfrom {','.join(row['addresses']) or 'nowhere'}"
-                  + ("\tregisters" if row["register"] else "") + ("\toutbound" if row["outbound"] else ""))
+                  + (f"\tCA {row['ca']}" if row["ca"] != "-" else "") + ("\tregisters" if row["register"] else "")
+                  + ("\toutbound" if row["outbound"] else ""))
     return OK
 
 
@@ -542,19 +545,42 @@ def _trunks_secret(args: argparse.Namespace) -> int:
     """The secret from stdin (a prompt on a terminal): an argument would show in `ps`."""
     import getpass
 
-    from pbxagent import sip, system
     from pbxagent.credentials import trunks
 
-    if args.name not in {t.name for t in _policy().calls.trunks}:
-        print(f"pbxagent: error: trunk {args.name!r}: not in the policy's calls.trunks", file=sys.stderr)
+    if not _known_trunk(args.name):
         return ERROR
     secret = getpass.getpass(f"secret for trunk {args.name}: ") if sys.stdin.isatty() else sys.stdin.readline()
     trunks.set_secret(args.name, secret.rstrip("\n"))
     print(f"pbxagent: trunk {args.name}'s secret stored")
-    if sip.run_dir().exists() and sip.write_inputs(_policy())[1]:  # the SIP service reads its tables at start
+    _restart_sip()
+    return OK
+
+
+def _trunks_ca(args: argparse.Namespace) -> int:
+    from pbxagent.credentials import trunks
+
+    if not _known_trunk(args.name):
+        return ERROR
+    count = trunks.set_ca(args.name, sys.stdin.buffer.read(trunks.MAX_CA_BYTES + 1))
+    print(f"pbxagent: trunk {args.name}'s certificates are now checked against its own CA ({count} certificate(s))")
+    _restart_sip()
+    return OK
+
+
+def _known_trunk(name: str) -> bool:
+    if name in {t.name for t in _policy().calls.trunks}:
+        return True
+    print(f"pbxagent: error: trunk {name!r}: not in the policy's calls.trunks", file=sys.stderr)
+    return False
+
+
+def _restart_sip() -> None:
+    """The SIP service reads its tables and TLS files at start: restarted when they changed."""
+    from pbxagent import sip, system
+
+    if sip.run_dir().exists() and sip.write_inputs(_policy())[1]:
         system.systemctl("try-restart", "kamailio.service")
         print("pbxagent: the SIP service restarted with it")
-    return OK
 
 
 def _run(_: object) -> int:
@@ -686,6 +712,9 @@ def _parser() -> argparse.ArgumentParser:
     secret = command(trunk_group, "secret", _trunks_secret, "store a trunk's digest secret, read from stdin, "
                      "and restart the SIP service with it")
     secret.add_argument("name", help="the trunk's name in calls.trunks")
+    ca = command(trunk_group, "ca", _trunks_ca, "check a TLS trunk's certificates against its provider's own CA "
+                 "(PEM certificates read from stdin) instead of the public ones, and restart the SIP service")
+    ca.add_argument("name", help="the trunk's name in calls.trunks")
 
     aud = command(sub, "audit", _audit, "check every credential rule, with evidence", json_flag=True)
     aud.add_argument("--fix", action="store_true", help="regenerate weak secrets and PINs first")

@@ -1,6 +1,11 @@
 """The trunks' digest secrets: given by the provider, typed in by the installer (read
 from stdin, never from an argument a process listing would show), kept in one root-only
-file on /data and rendered for the SIP service only (pbxagent.sip)."""
+file on /data and rendered for the SIP service only (pbxagent.sip).
+
+A TLS trunk's own certificate authority, when its provider names one (a private CA, or
+its self-signed certificate): the only one its certificate is then checked against,
+instead of the system's public ones. Not secret, but the installer's word, kept on /data
+beside the secrets."""
 
 from __future__ import annotations
 
@@ -52,3 +57,30 @@ def set_secret(name: str, secret: str) -> None:
     secrets[name] = check(name, secret)
     atomic.write(store_path(), json.dumps({"version": 1, "trunks": dict(sorted(secrets.items()))}, indent=1) + "\n",
                  0o600)
+
+
+MAX_CA_BYTES = 64 * 1024
+
+
+def ca_path(name: str) -> Path:
+    return paths.data() / "trunk-ca" / f"{name}.pem"
+
+
+def set_ca(name: str, pem: bytes) -> int:
+    """Keep `pem` as the trunk's CA if it holds certificates and nothing else that
+    counts: how many. A bad file is refused and the old one kept."""
+    from cryptography import x509
+
+    if len(pem) > MAX_CA_BYTES:
+        raise TrunkSecretError(f"trunk {name}: the CA file is larger than {MAX_CA_BYTES} bytes")
+    try:
+        found = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise TrunkSecretError(f"trunk {name}: not PEM certificates ({exc})") from None
+    atomic.write(ca_path(name), pem, 0o644)
+    return len(found)
+
+
+def cas(names: list[str]) -> dict[str, Path]:
+    """The trunks among `names` that have a CA of their own."""
+    return {name: ca_path(name) for name in names if ca_path(name).exists()}

@@ -39,6 +39,10 @@ class Trunk(NamedTuple):
     register: bool = False  # the box registers with the provider as `username`
 
     @property
+    def host_is_address(self) -> bool:
+        return _address(self.host) is not None
+
+    @property
     def uri(self) -> str:
         """Where its calls are sent."""
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -1,0 +1,162 @@
+"""Calls over a TLS trunk on the test network: the box checks the provider's certificate
+before its trunk credentials leave. The provider is tests/device/tlsprovider.py in the
+internet namespace (Debian 12's sipp has no TLS); the certificates are made by the test,
+and the provider's CA is given to the box with `pbxagent trunks ca`, as an installer
+would for a provider with a private CA:
+
+- a certificate from that CA naming the trunk's host: the call is made and the
+  provider's challenge answered with the trunk's digest;
+- one from that CA naming another host: the provider gets the INVITE but never the
+  credentials; the call is refused (503) with a `pbx-alert trunk-tls`;
+- one from another CA naming the right host: the handshake fails, no INVITE arrives.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import secrets
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+from tests.device import phones
+from tests.device.netlab import INTERNET, INTERNET_HOST, LAN, LAN_HOST, NetLab, secret_of
+from tests.device.test_trunk_calls import CALLER_PORT, TRUNK_USER, records_of
+from tests.infra import sip
+from tests.infra.twin import Device
+
+PROVIDER = Path(__file__).with_name("tlsprovider.py")
+TLS_PORT = 5061
+POLICY = ("calls:\n  country: FR\n  trunks:\n"
+          f"    - {{name: secure, host: {INTERNET_HOST}, transport: tls, username: {TRUNK_USER}, limit: 2}}\n")
+
+
+class Issued(NamedTuple):
+    cert: Path
+    key: Path
+
+
+def _issue(work: Path, name: str, subject: str, san: Any, issuer: tuple[Any, Any] | None) -> tuple[Any, Any]:
+    """A certificate for `subject` (its CN) and `san`, signed by `issuer` (None: itself, as
+    a CA); written to work/name.pem and work/name.key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_cert, issuer_key = issuer if issuer else (None, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(subject_name)
+               .issuer_name(issuer_cert.subject if issuer_cert else subject_name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                              critical=False))
+    if san is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName([san]), critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    (work / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (work / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_trunk(lab: tuple[NetLab, Device], tmp_path_factory: pytest.TempPathFactory) \
+        -> Iterator[tuple[NetLab, Device, str, dict[str, Issued]]]:
+    """The lab's twin with one TLS trunk, its secret, and its provider's CA; the
+    provider's certificates: `named` (right host), `misnamed` (another host, same CA),
+    `stranger` (right host, another CA)."""
+    from cryptography import x509
+
+    net, dev = lab
+    work = tmp_path_factory.mktemp("tls")
+    address = x509.IPAddress(ipaddress.ip_address(INTERNET_HOST))
+    ca = _issue(work, "ca", "pbxfw test provider CA", None, None)
+    _issue(work, "named", INTERNET_HOST, address, ca)
+    _issue(work, "misnamed", "other.example", x509.DNSName("other.example"), ca)
+    _issue(work, "stranger", INTERNET_HOST, address, _issue(work, "stranger-ca", "another CA", None, None))
+    secret = secrets.token_urlsafe(12)
+    dev.put(work / "ca.pem", "/tmp/provider-ca.pem")
+    dev.check(f"printf \"{POLICY}\" > /data/pbx/policy.yaml && systemctl restart pbx-agent && {sip.listening()}",
+              timeout=240)
+    dev.check(f"printf '%s\\n' '{secret}' | pbxagent trunks secret secure && "
+              f"pbxagent trunks ca secure < /tmp/provider-ca.pem && {sip.listening()}", timeout=240)
+    yield net, dev, secret, {n: Issued(work / f"{n}.pem", work / f"{n}.key") for n in ("named", "misnamed", "stranger")}
+
+
+@contextmanager
+def provider(net: NetLab, issued: Issued, secret: str, work: Path) -> Iterator[Path]:
+    """The TLS provider with `issued` as its certificate, until the block ends: the file
+    of what it saw."""
+    events = work / "events"
+    argv = ["python3", str(PROVIDER), INTERNET_HOST, str(TLS_PORT), str(issued.cert), str(issued.key), TRUNK_USER,
+            secret, str(events)]
+    running = net.spawn(INTERNET, argv)
+    try:
+        for _ in range(100):
+            if net.run(INTERNET, ["ss", "-Hltn", f"sport = :{TLS_PORT}"]).strip():
+                break
+            time.sleep(0.1)
+        yield events
+    finally:
+        running.terminate()
+        try:
+            running.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            running.kill()
+            running.wait()
+
+
+def call(dev: Device, tag: str) -> subprocess.CompletedProcess[str]:
+    return phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret_of(dev, "801"), "0123456789", tag, hold_ms=1000)
+
+
+def test_a_call_goes_to_the_provider_its_ca_vouches_for_with_the_trunks_digest(
+        tls_trunk: tuple[NetLab, Device, str, dict[str, Issued]], tmp_path: Path) -> None:
+    net, dev, secret, issued = tls_trunk
+    tag = uuid.uuid4().hex[:8]
+    with provider(net, issued["named"], secret, tmp_path) as events:
+        done = call(dev, tag)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert events.read_text().splitlines() == ["invite", "invite with credentials", "digest good", "bye"]
+    assert [(r["trunk"], r["code"]) for r in records_of(dev, tag)] == [("secure", 200)]
+    assert "CA own" in dev.check("pbxagent trunks list 2>/dev/null")
+
+
+def test_a_provider_whose_certificate_names_another_host_never_gets_the_trunks_credentials(
+        tls_trunk: tuple[NetLab, Device, str, dict[str, Issued]], tmp_path: Path) -> None:
+    net, dev, secret, issued = tls_trunk
+    tag = uuid.uuid4().hex[:8]
+    with provider(net, issued["misnamed"], secret, tmp_path) as events:
+        done = call(dev, tag)
+    assert done.returncode != 0
+    assert events.read_text().splitlines() == ["invite"]  # challenged, never answered
+    assert [(r["trunk"], r["code"]) for r in records_of(dev, tag)] == [("secure", 503)]
+    assert f"pbx-alert trunk-tls trunk=secure host={INTERNET_HOST}" in dev.check(
+        "journalctl -u kamailio -o cat --since today | grep 'pbx-alert trunk-tls' | tail -1")
+
+
+def test_a_provider_certificate_from_another_ca_gets_no_call(
+        tls_trunk: tuple[NetLab, Device, str, dict[str, Issued]], tmp_path: Path) -> None:
+    net, dev, secret, issued = tls_trunk
+    tag = uuid.uuid4().hex[:8]
+    with provider(net, issued["stranger"], secret, tmp_path) as events:
+        done = call(dev, tag)
+    assert done.returncode != 0
+    seen = events.read_text().splitlines()
+    assert seen and all(line.startswith("handshake failed") for line in seen), seen
+    codes = [r["code"] for r in records_of(dev, tag)]
+    assert codes and 200 not in codes
