@@ -24,7 +24,7 @@ HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata 
 	qemu-system-arm qemu-utils ipxe-qemu u-boot-qemu u-boot-tools device-tree-compiler \
 	squashfs-tools dosfstools mtools fdisk e2fsprogs libubootenv-tool kmod cpio \
 	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 nftables socat \
-	dpkg-dev diffoscope-minimal nginx-light apache2-utils sip-tester
+	dpkg-dev diffoscope-minimal nginx-light apache2-utils sip-tester openssl
 
 .PHONY: all setup host-packages binfmt venv keys lock image repro sbom bundle qemu test test-all lint unit image-test \
 	device-test device-test-all bench-boot bench-agent bench-memory bench-guard bench-update bench-build bench-flash bench-calls \

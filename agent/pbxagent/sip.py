@@ -31,7 +31,10 @@ SERVICE_GROUP = "kamailio"
 # kamailio's table schema versions: auth_db's subscriber, uac's uacreg, permissions' address.
 VERSIONS = {"subscriber": 7, "uacreg": 5, "address": 6}
 TRUNK_GROUP = 1  # the address table's group of trunk addresses
-SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian's ca-certificates bundle
+# Debian's public CAs as a hashed directory: OpenSSL reads the one a chain needs when it
+# needs it. The same CAs as one bundle (ca_list) cost kamailio 27 MiB of PSS, in every
+# process (47.8 against 21.0 MiB measured on the twin).
+SYSTEM_CAS = Path("/etc/ssl/certs")
 # Seconds a registration with a provider asks for: short enough that a NAT router on the
 # way keeps the binding the provider's calls come back through.
 REGISTRATION_EXPIRES = 300
@@ -158,15 +161,15 @@ def tls_config(cert: Path, key: Path, trunks: tuple[Trunk, ...] = (), cas: dict[
     sections = [
         "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n"
         f"private_key = {key}\ncertificate = {cert}\n",
-        f"[client:default]\n{verify}ca_list = {SYSTEM_CAS}\n",
+        f"[client:default]\n{verify}ca_path = {SYSTEM_CAS}\n",
     ]
     for trunk in trunks:
         if trunk.transport != "tls":
             continue
-        ca = cas.get(trunk.name, SYSTEM_CAS)
+        ca = f"ca_list = {cas[trunk.name]}" if trunk.name in cas else f"ca_path = {SYSTEM_CAS}"
         by = (f"[client:{trunk.host}:{trunk.port}]\n" if trunk.host_is_address
               else f"[client:any]\nserver_name = {trunk.host}\n")
-        sections.append(f"# trunk {trunk.name}\n{by}server_id = {trunk.name}\n{verify}ca_list = {ca}\n")
+        sections.append(f"# trunk {trunk.name}\n{by}server_id = {trunk.name}\n{verify}{ca}\n")
     return "\n".join(sections)
 
 

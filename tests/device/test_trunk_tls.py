@@ -8,7 +8,9 @@ would for a provider with a private CA:
   provider's challenge answered with the trunk's digest;
 - one from that CA naming another host: the provider gets the INVITE but never the
   credentials; the call is refused (503) with a `pbx-alert trunk-tls`;
-- one from another CA naming the right host: the handshake fails, no INVITE arrives.
+- one from another CA naming the right host: the handshake fails, no INVITE arrives;
+- with `pbxagent trunks ca --public`, a certificate from a CA among the box's public
+  ones (the test's CA added to /etc/ssl/certs for the test) gets the call.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def tls_trunk(lab: tuple[NetLab, Device], tmp_path_factory: pytest.TempPathFacto
         -> Iterator[tuple[NetLab, Device, str, dict[str, Issued]]]:
     """The lab's twin with one TLS trunk, its secret, and its provider's CA; the
     provider's certificates: `named` (right host), `misnamed` (another host, same CA),
-    `stranger` (right host, another CA)."""
+    `stranger` (right host, another CA, `public-ca`)."""
     from cryptography import x509
 
     net, dev = lab
@@ -87,14 +89,16 @@ def tls_trunk(lab: tuple[NetLab, Device], tmp_path_factory: pytest.TempPathFacto
     ca = _issue(work, "ca", "pbxfw test provider CA", None, None)
     _issue(work, "named", INTERNET_HOST, address, ca)
     _issue(work, "misnamed", "other.example", x509.DNSName("other.example"), ca)
-    _issue(work, "stranger", INTERNET_HOST, address, _issue(work, "stranger-ca", "another CA", None, None))
+    public_ca = _issue(work, "public-ca", "a public CA", None, None)
+    _issue(work, "stranger", INTERNET_HOST, address, public_ca)  # not the provider's CA: no public one is trusted
     secret = secrets.token_urlsafe(12)
     dev.put(work / "ca.pem", "/tmp/provider-ca.pem")
     dev.check(f"printf \"{POLICY}\" > /data/pbx/policy.yaml && systemctl restart pbx-agent && {sip.listening()}",
               timeout=240)
     dev.check(f"printf '%s\\n' '{secret}' | pbxagent trunks secret secure && "
               f"pbxagent trunks ca secure < /tmp/provider-ca.pem && {sip.listening()}", timeout=240)
-    yield net, dev, secret, {n: Issued(work / f"{n}.pem", work / f"{n}.key") for n in ("named", "misnamed", "stranger")}
+    names = ("named", "misnamed", "stranger", "public-ca")
+    yield net, dev, secret, {n: Issued(work / f"{n}.pem", work / f"{n}.key") for n in names}
 
 
 @contextmanager
@@ -160,3 +164,22 @@ def test_a_provider_certificate_from_another_ca_gets_no_call(
     assert seen and all(line.startswith("handshake failed") for line in seen), seen
     codes = [r["code"] for r in records_of(dev, tag)]
     assert codes and 200 not in codes
+
+
+def test_a_trunk_without_a_ca_of_its_own_trusts_the_public_ones(
+        tls_trunk: tuple[NetLab, Device, str, dict[str, Issued]], tmp_path: Path) -> None:
+    net, dev, secret, issued = tls_trunk
+    hashed = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", str(issued["public-ca"].cert)],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    dev.put(issued["public-ca"].cert, f"/etc/ssl/certs/{hashed}.0")  # as if Debian shipped it
+    tag = uuid.uuid4().hex[:8]
+    try:
+        dev.check(f"pbxagent trunks ca secure --public && {sip.listening()}", timeout=240)
+        assert "CA public" in dev.check("pbxagent trunks list 2>/dev/null")
+        with provider(net, issued["stranger"], secret, tmp_path) as events:
+            done = call(dev, tag)
+    finally:
+        dev.check(f"rm -f /etc/ssl/certs/{hashed}.0 && pbxagent trunks ca secure < /tmp/provider-ca.pem && "
+                  f"{sip.listening()}", timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert events.read_text().splitlines() == ["invite", "invite with credentials", "digest good", "bye"]

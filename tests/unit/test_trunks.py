@@ -105,12 +105,12 @@ def test_every_tls_connection_checks_the_peer_and_a_trunk_with_its_own_ca_trusts
     config = sip.tls_config(Path("/c.pem"), Path("/k.pem"), (provider, backup), {"provider": Path("/p-ca.pem")})
     sections = {next(line for line in s.splitlines() if line.startswith("[")): s for s in config.split("\n\n")}
     assert "verify_certificate = no" in sections["[server:default]"]  # phones bring no certificate
-    assert f"ca_list = {sip.SYSTEM_CAS}" in sections["[client:default]"]
+    assert f"ca_path = {sip.SYSTEM_CAS}" in sections["[client:default]"]
     assert "verify_certificate = yes" in sections["[client:default]"]
     by_address = sections["[client:198.51.100.7:5061]"]
     assert "server_id = provider" in by_address and "ca_list = /p-ca.pem" in by_address
     by_name = sections["[client:any]"]
-    assert "server_name = sip.example.net" in by_name and f"ca_list = {sip.SYSTEM_CAS}" in by_name
+    assert "server_name = sip.example.net" in by_name and f"ca_path = {sip.SYSTEM_CAS}" in by_name
     assert all("require_certificate = yes" in s for n, s in sections.items() if n.startswith("[client"))
     assert "[client:" not in sip.tls_config(Path("/c.pem"), Path("/k.pem"), compose(tree, PROVIDER).calls.trunks[:1],
                                             {}).replace("[client:default]", "")  # udp: no profile

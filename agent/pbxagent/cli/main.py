@@ -561,8 +561,13 @@ def _trunks_ca(args: argparse.Namespace) -> int:
 
     if not _known_trunk(args.name):
         return ERROR
-    count = trunks.set_ca(args.name, sys.stdin.buffer.read(trunks.MAX_CA_BYTES + 1))
-    print(f"pbxagent: trunk {args.name}'s certificates are now checked against its own CA ({count} certificate(s))")
+    if args.public:
+        trunks.ca_path(args.name).unlink(missing_ok=True)
+        print(f"pbxagent: trunk {args.name}'s certificates are now checked against the public CAs")
+    else:
+        count = trunks.set_ca(args.name, sys.stdin.buffer.read(trunks.MAX_CA_BYTES + 1))
+        print(f"pbxagent: trunk {args.name}'s certificates are now checked against its own CA "
+              f"({count} certificate(s))")
     _restart_sip()
     return OK
 
@@ -715,6 +720,7 @@ def _parser() -> argparse.ArgumentParser:
     ca = command(trunk_group, "ca", _trunks_ca, "check a TLS trunk's certificates against its provider's own CA "
                  "(PEM certificates read from stdin) instead of the public ones, and restart the SIP service")
     ca.add_argument("name", help="the trunk's name in calls.trunks")
+    ca.add_argument("--public", action="store_true", help="forget its own CA: check against the public CAs again")
 
     aud = command(sub, "audit", _audit, "check every credential rule, with evidence", json_flag=True)
     aud.add_argument("--fix", action="store_true", help="regenerate weak secrets and PINs first")
