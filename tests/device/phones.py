@@ -64,14 +64,15 @@ def _credentials(work: Path, user: str, secret: str) -> Path:
 
 
 @contextmanager
-def answering(ns: str, address: str, port: int, extension: str, calls: int | None = 1,
-              media_port: int = 6000, messages: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def answering(ns: str, address: str, port: int, extension: str, calls: int | None = 1, media_port: int = 6000,
+              messages: Path | None = None, talking: bool = False) -> Iterator[subprocess.Popen[bytes]]:
     """A phone at address:port that answers `calls` calls (None: every call until the
-    block ends, with no time limit) and echoes their audio; with `messages`, every SIP
-    message it sends and gets is written there."""
+    block ends, with no time limit) and echoes their audio (`talking`: and plays its
+    own); with `messages`, every SIP message it sends and gets is written there."""
     count = ["-m", str(calls)] if calls else []
     trace = ["-trace_msg", "-message_file", str(messages)] if messages else []
-    with _running(sipp(ns, address, port, "answer.xml", "-s", extension, "-mi", address, "-mp", str(media_port),
+    scenario = "answer-talking.xml" if talking else "answer.xml"
+    with _running(sipp(ns, address, port, scenario, "-s", extension, "-mi", address, "-mp", str(media_port),
                        "-rtp_echo", *count, *trace, target=None, timeout_s=60 if calls else None),
                   stop=calls is None) as phone:
         yield phone

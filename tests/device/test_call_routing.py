@@ -99,16 +99,21 @@ def test_a_remote_phone_behind_nat_calls_with_its_audio_through_the_relay(lab: t
     assert (record["caller"], record["code"], record["source"]) == ("803", 200, INTERNET_HOST)
 
 
-def test_a_remote_phone_behind_nat_is_called_where_it_registered_from(lab: tuple[NetLab, Device]) -> None:
-    """Signalling only: the relay sends a phone behind NAT its audio once the phone's own
-    audio has opened the way through its router, and sipp's answering phone only echoes."""
+def test_a_remote_phone_behind_nat_is_called_where_it_registered_from_with_relayed_audio(
+        lab: tuple[NetLab, Device]) -> None:
+    """The phone talks as it answers (a real one does): the relay sends it audio once the
+    phone's own has opened the way through its router."""
     _, dev = lab
     phones.register(HOME, HOME_HOST, CALLEE_PORT, "803", secret_of(dev, "803"))
     tag = uuid.uuid4().hex[:8]
-    with phones.answering(HOME, HOME_HOST, CALLEE_PORT, "803") as phone:
-        done = phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret_of(dev, "801"), "803", tag)
-    assert done.returncode == 0, done.stdout[-3000:]  # the INVITE reached 10.77.0.2 through the binding
-    assert phone.returncode == 0  # and the ACK and BYE too (its contact's alias)
+    with phones.udp_arrivals(LAN, 6100, TWIN, RELAY_PORTS) as at_caller, \
+            phones.udp_arrivals(HOME, 6000, TWIN, RELAY_PORTS) as at_callee:
+        with phones.answering(HOME, HOME_HOST, CALLEE_PORT, "803", talking=True) as phone:
+            done = phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret_of(dev, "801"), "803", tag)
+        assert done.returncode == 0, done.stdout[-3000:]  # the INVITE reached 10.77.0.2 through the binding
+        assert phone.returncode == 0  # and the ACK and BYE too (its contact's alias)
+        assert at_callee.packets() >= phones.AUDIO_PACKETS * 0.9  # the caller's audio, through the relay
+        assert at_caller.packets() >= phones.AUDIO_PACKETS * 0.9  # the callee's, relayed too
     [record] = records_of(dev, tag)
     assert (record["dialled"], record["code"]) == ("803", 200)
 
