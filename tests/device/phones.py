@@ -88,6 +88,16 @@ def call(ns: str, address: str, port: int, caller: str, secret: str, callee: str
                     "-l", str(at_once or calls), "-r", str(calls), "-cid_str", f"%u-%p-{tag}"))
 
 
+def call_until_hung_up(ns: str, address: str, port: int, caller: str, secret: str, callee: str, tag: str,
+                       within_s: int) -> subprocess.CompletedProcess[str]:
+    """A call from `caller` to `callee` that stays on the line until the other end (or the
+    box) hangs up; sipp exits 0 only if answered and then hung up within `within_s`."""
+    return subprocess.run(sipp(ns, address, port, "call-until-bye.xml", "-s", callee, "-key", "from", caller,
+                               "-au", caller, "-ap", secret, "-mi", address, "-mp", "6100", "-m", "1",
+                               "-cid_str", f"%u-%p-{tag}", timeout_s=within_s),
+                          capture_output=True, text=True, timeout=within_s + 60)
+
+
 def guest_call(ns: str, address: str, port: int, claimed: str, callee: str,
                tag: str) -> subprocess.CompletedProcess[str]:
     """An INVITE without credentials whose From claims `claimed`: exits 0 only if challenged."""
@@ -96,12 +106,14 @@ def guest_call(ns: str, address: str, port: int, claimed: str, callee: str,
 
 
 @contextmanager
-def provider(ns: str, address: str, port: int, user: str, secret: str, work: Path,
-             calls: int = 1) -> Iterator[subprocess.Popen[bytes]]:
+def provider(ns: str, address: str, port: int, user: str, secret: str, work: Path, calls: int = 1,
+             within_s: int = 60) -> Iterator[subprocess.Popen[bytes]]:
     """A SIP provider at address:port that challenges each call from a trunk and answers
-    it only if the digest matches user and secret; exits 0 only if every call passed."""
+    it only if the digest matches user and secret; exits 0 only if every call passed
+    (each ended by a BYE) within `within_s`."""
     with _running(sipp(ns, address, port, "provider.xml", "-inf", str(_credentials(work, user, secret)),
-                       "-mi", address, "-mp", "6200", "-m", str(calls), target=None)) as provider:
+                       "-mi", address, "-mp", "6200", "-m", str(calls), target=None,
+                       timeout_s=within_s)) as provider:
         yield provider
 
 

@@ -6,6 +6,8 @@ namespace (tests/device/phones.py), the trunk's secret made by the test and set 
   the trunk's credentials (the provider checks the digest) and is answered, with its
   record naming the trunk; a provider that expects another secret refuses it;
 - the trunk's limit of calls at once: a second call is 503;
+- a call over the trunk is ended by the box after calls.max_duration: a BYE to the
+  provider and to the phone, one record, an alert;
 - a call the provider brings in from the trunk's address rings the DID's extension,
   however the provider writes the number; an unknown DID is 404; the same INVITE from
   any other address is challenged like a guest and never rings a phone;
@@ -92,6 +94,27 @@ def test_a_second_call_at_once_over_a_trunk_of_one_is_503(trunk: tuple[NetLab, D
     assert sorted(r["code"] for r in records_of(dev, tag)) == [200, 503]
     assert "pbx-alert trunk-limit trunk=provider calls=1" in dev.check(
         "journalctl -u kamailio -o cat --since today | grep 'pbx-alert trunk-limit' | tail -1")
+
+
+def test_the_box_ends_a_trunk_call_at_the_longest_with_a_bye_to_both_sides_and_one_record(
+        trunk: tuple[NetLab, Device, str], tmp_path: Path) -> None:
+    _, dev, secret = trunk
+    tag = uuid.uuid4().hex[:8]
+    longest = 60  # calls.max_duration's floor
+    dev.check(f"printf \"{POLICY}  max_duration: {longest}\\n\" > /data/pbx/policy.yaml")  # read at each call
+    try:
+        with phones.provider(INTERNET, INTERNET_HOST, PROVIDER_PORT, TRUNK_USER, secret, tmp_path,
+                             within_s=longest + 40) as provider:
+            done = phones.call_until_hung_up(LAN, LAN_HOST, CALLER_PORT, "801", secret_of(dev, "801"),
+                                             "0123456789", tag, within_s=longest + 30)
+    finally:
+        dev.check(f"printf \"{POLICY}\" > /data/pbx/policy.yaml")
+    assert provider.returncode == 0  # the provider got its BYE: it bills no longer
+    assert done.returncode == 0, done.stdout[-3000:]  # and the phone got its own
+    [record] = records_of(dev, tag)
+    assert record["code"] == 200 and longest - 1 <= record["duration"] <= longest + 5
+    assert f"pbx-alert longest-call call={record['call']}" in dev.check(
+        "journalctl -u kamailio -o cat --since today | grep 'pbx-alert longest-call' | tail -1")
 
 
 def test_a_did_from_the_trunk_rings_its_extension_however_the_number_is_written(
