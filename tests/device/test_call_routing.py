@@ -16,12 +16,15 @@ by sipp in the host namespaces (tests/device/phones.py):
 - a number that is no extension is decided by the agent's call policy: refused (no PIN,
   a wrong one, a satellite number) with a 403, its record and an alert, a wrong PIN also
   counted as an authentication failure; allowed, it has nowhere to go yet (503, no trunk);
+  outside its class's window, to a country not allowed, and past the day's count of
+  external calls, refused the same way;
 - six external calls within a minute lock the extension's external calls (an alert, a
   failed audit check) until `pbxagent calls unlock`.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
 from pathlib import Path
@@ -200,6 +203,33 @@ def test_the_call_policy_decides_external_numbers_with_records_and_alerts(lab: t
     failures = dev.check("journalctl -u kamailio -o cat --since today | "
                          f"grep -c 'pbx-auth-failure src={LAN_HOST} ' || true")
     assert int(failures) >= 1
+
+
+def test_outside_its_window_to_a_country_not_allowed_and_past_the_days_count_a_call_is_refused(
+        lab: tuple[NetLab, Device]) -> None:
+    _, dev = lab
+    rows = json.loads(dev.check("pbxagent extensions list --json --show-secrets 2>/dev/null"))
+    call_pin = next(r["call_pin"] for r in rows if r["extension"] == "804")
+    # A day that is not the box's today (it keeps UTC, as this host does).
+    elsewhen = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=2)).strftime("%a").lower()
+    dev.check("printf 'calls:\\n  country: FR\\n  classes: {\"804\": international}\\n"
+              "  allowed_countries: [\"+49\"]\\n  daily_external: 1\\n"
+              f"  window_international: \"{elsewhen} 08:00-09:00\"\\n' > /data/pbx/policy.yaml")
+    tag = uuid.uuid4().hex[:8]
+    secret = secret_of(dev, "804")
+    try:
+        for dialled in (f"*7{call_pin}*00442079460000", f"*7{call_pin}*0049301234567", "0123456789", "0123456780"):
+            assert phones.call(LAN, LAN_HOST, CALLER_PORT, "804", secret, dialled, tag).returncode != 0
+    finally:
+        dev.check("rm -f /data/pbx/policy.yaml")
+    got = [(r["dialled"], r["code"]) for r in sorted(records_of(dev, tag), key=lambda r: r["end"])]
+    assert got == [("*7<PIN>*00442079460000", 403), ("*7<PIN>*0049301234567", 403),
+                   ("0123456789", 503), ("0123456780", 403)]  # the one allowed had no trunk to go to
+    alerts = dev.check(f"journalctl -u pbx-agent -o cat --since today | grep 'pbx-alert call-refused call=.*-{tag} '")
+    assert len(alerts.splitlines()) == 3
+    assert "+44 is not an allowed country" in alerts
+    assert "international calls are allowed only" in alerts and "(calls.window_international)" in alerts
+    assert "1 external calls today (calls.daily_external)" in alerts
 
 
 def test_six_external_calls_in_a_minute_lock_the_extension_until_unlocked(lab: tuple[NetLab, Device]) -> None:
