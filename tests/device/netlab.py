@@ -149,7 +149,7 @@ def lab_twin(board: Board, image: Path, work: Path) -> Iterator[tuple[NetLab, De
                       "[ -z \"$(systemctl list-jobs --no-legend rtpengine-daemon.service)\" ] && exit 0; "
                       "sleep 0.2; done; exit 1 )", timeout=90)
             # kamailio's sockets follow the box's addresses too (pbxagent.sip): restarted on the new one.
-            dev.check(sip.listening(TWIN), timeout=120)
+            dev.check(sip.listening(TWIN), timeout=180)
             dev.check("( for i in $(seq 300); do fail2ban-client status pbx-sip >/dev/null 2>&1 && exit 0; "
                       "sleep 0.5; done; exit 1 )", timeout=200)
             yield net, dev

@@ -40,7 +40,6 @@ ELSEWHERE = "203.0.113.51"  # an internet address that is no trunk's
 POLICY = ("calls:\n  country: FR\n  trunks:\n"
           f"    - {{name: provider, host: {INTERNET_HOST}, username: {TRUNK_USER}, limit: 1}}\n"
           "  dids: {'+33140000000-+33140000009': '802'}\n")
-KAMAILIO_UP = sip.listening()
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +47,9 @@ def trunk(lab: tuple[NetLab, Device]) -> Iterator[tuple[NetLab, Device, str]]:
     """The lab's twin with a trunk to the provider and DIDs to 802; the trunk's secret."""
     net, dev = lab
     secret = secrets.token_urlsafe(12)
-    dev.check(f"printf \"{POLICY}\" > /data/pbx/policy.yaml && systemctl restart pbx-agent && {KAMAILIO_UP}",
+    dev.check(f"printf \"{POLICY}\" > /data/pbx/policy.yaml && systemctl restart pbx-agent && {sip.listening()}",
               timeout=240)
-    dev.check(f"printf '%s\\n' '{secret}' | pbxagent trunks secret provider && {KAMAILIO_UP}", timeout=240)
+    dev.check(f"printf '%s\\n' '{secret}' | pbxagent trunks secret provider && {sip.listening()}", timeout=240)
     net.add_address(INTERNET, ELSEWHERE)
     yield net, dev, secret
 
@@ -141,7 +140,7 @@ def test_a_trunk_that_registers_gets_the_providers_calls_at_the_contact_it_regis
         with phones.registrar(INTERNET, INTERNET_HOST, PROVIDER_PORT, TRUNK_USER, secret, tmp_path,
                               messages) as registrar:
             dev.check(f"printf \"{registering}\" > /data/pbx/policy.yaml && systemctl restart pbx-agent && "
-                      f"{KAMAILIO_UP}", timeout=240)
+                      f"{sip.listening()}", timeout=240)
             registrar.wait(timeout=60)  # uac's first REGISTER leaves within its 10 s timer
         assert registrar.returncode == 0, messages.read_text()[-3000:]  # it checked the digest
         contacts = re.findall(r"^Contact: *(.*)$", messages.read_text(), re.MULTILINE)
@@ -156,7 +155,7 @@ def test_a_trunk_that_registers_gets_the_providers_calls_at_the_contact_it_regis
         got = [(r["dialled"], r["kind"], r["trunk"], r["code"]) for r in records_of(dev, tag)]
         assert got == [("+33140000003", "inbound", "provider", 200)]
     finally:
-        dev.check(f"printf \"{POLICY}\" > /data/pbx/policy.yaml && systemctl restart pbx-agent && {KAMAILIO_UP}",
+        dev.check(f"printf \"{POLICY}\" > /data/pbx/policy.yaml && systemctl restart pbx-agent && {sip.listening()}",
                   timeout=240)
 
 

@@ -12,13 +12,15 @@ CLIENT = Path(__file__).resolve().parents[1] / "device" / "sipclient.py"
 ON_TWIN = "/tmp/sipclient.py"
 
 
-def listening(*addresses: str) -> str:
+def listening(*addresses: str, within_s: int = 120) -> str:
     """A shell loop that ends once kamailio is active, has no job queued and listens on
     port 5060 of each address (of any, when none is named). The guard restarts kamailio
     when the box's addresses move, and a request sent to a new address before that is
-    refused."""
+    refused. Bounded by the clock, not by a count of rounds (a round is slow on the
+    U20), so a kamailio that never comes up is shown by its status within `within_s`."""
     wanted = " && ".join(f"echo \"$s\" | grep -q '{address}:5060'" for address in addresses) or '[ -n "$s" ]'
-    return ("( for i in $(seq 600); do s=$(ss -Hlun 'sport = :5060'); systemctl is-active -q kamailio && "
+    return (f"( end=$(( $(date +%s) + {within_s} )); while [ $(date +%s) -lt $end ]; do "
+            "s=$(ss -Hlun 'sport = :5060'); systemctl is-active -q kamailio && "
             f"[ -z \"$(systemctl list-jobs --no-legend kamailio.service)\" ] && {wanted} && exit 0; sleep 0.2; "
             "done; systemctl status kamailio --no-pager; exit 1 )")
 
