@@ -30,8 +30,8 @@ def sipp(ns: str, address: str, port: int, scenario: str, *args: str, target: st
             "-i", address, "-p", str(port), "-nostdin", *limit, *args]
 
 
-def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+def run(argv: list[str], timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
 
 def register(ns: str, address: str, port: int, extension: str, secret: str) -> None:
@@ -40,8 +40,9 @@ def register(ns: str, address: str, port: int, extension: str, secret: str) -> N
 
 
 @contextmanager
-def _running(argv: list[str], stop: bool = False) -> Iterator[subprocess.Popen[bytes]]:
-    """sipp in the background for a block, waited for at its end (or stopped first)."""
+def running(argv: list[str], stop: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+    """A program in the background for a block (sipp, a test peer), waited for at its
+    end (or stopped first)."""
     # Its screen is not read: a pipe nobody reads would stop it once full.
     phone = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -72,7 +73,7 @@ def answering(ns: str, address: str, port: int, extension: str, calls: int | Non
     count = ["-m", str(calls)] if calls else []
     trace = ["-trace_msg", "-message_file", str(messages)] if messages else []
     scenario = "answer-talking.xml" if talking else "answer.xml"
-    with _running(sipp(ns, address, port, scenario, "-s", extension, "-mi", address, "-mp", str(media_port),
+    with running(sipp(ns, address, port, scenario, "-s", extension, "-mi", address, "-mp", str(media_port),
                        "-rtp_echo", *count, *trace, target=None, timeout_s=60 if calls else None),
                   stop=calls is None) as phone:
         yield phone
@@ -92,10 +93,9 @@ def call_until_hung_up(ns: str, address: str, port: int, caller: str, secret: st
                        within_s: int) -> subprocess.CompletedProcess[str]:
     """A call from `caller` to `callee` that stays on the line until the other end (or the
     box) hangs up; sipp exits 0 only if answered and then hung up within `within_s`."""
-    return subprocess.run(sipp(ns, address, port, "call-until-bye.xml", "-s", callee, "-key", "from", caller,
-                               "-au", caller, "-ap", secret, "-mi", address, "-mp", "6100", "-m", "1",
-                               "-cid_str", f"%u-%p-{tag}", timeout_s=within_s),
-                          capture_output=True, text=True, timeout=within_s + 60)
+    return run(sipp(ns, address, port, "call-until-bye.xml", "-s", callee, "-key", "from", caller, "-au", caller,
+                    "-ap", secret, "-mi", address, "-mp", "6100", "-m", "1", "-cid_str", f"%u-%p-{tag}",
+                    timeout_s=within_s), timeout=within_s + 60)
 
 
 def guest_call(ns: str, address: str, port: int, claimed: str, callee: str,
@@ -111,7 +111,7 @@ def provider(ns: str, address: str, port: int, user: str, secret: str, work: Pat
     """A SIP provider at address:port that challenges each call from a trunk and answers
     it only if the digest matches user and secret; exits 0 only if every call passed
     (each ended by a BYE) within `within_s`."""
-    with _running(sipp(ns, address, port, "provider.xml", "-inf", str(_credentials(work, user, secret)),
+    with running(sipp(ns, address, port, "provider.xml", "-inf", str(_credentials(work, user, secret)),
                        "-mi", address, "-mp", "6200", "-m", str(calls), target=None,
                        timeout_s=within_s)) as provider:
         yield provider
@@ -132,7 +132,7 @@ def registrar(ns: str, address: str, port: int, user: str, secret: str, work: Pa
     """A provider's registrar at address:port that challenges one registration and
     accepts it only if the digest matches user and secret (exit 0); every SIP message
     it sends and gets is written to `messages`."""
-    with _running(sipp(ns, address, port, "registrar.xml", "-inf", str(_credentials(work, user, secret)),
+    with running(sipp(ns, address, port, "registrar.xml", "-inf", str(_credentials(work, user, secret)),
                        "-m", "1", "-trace_msg", "-message_file", str(messages), target=None)) as registrar:
         yield registrar
 

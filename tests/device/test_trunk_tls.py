@@ -106,49 +106,43 @@ def provider(net: NetLab, issued: Issued, secret: str, work: Path) -> Iterator[P
     """The TLS provider with `issued` as its certificate, until the block ends: the file
     of what it saw."""
     events = work / "events"
-    argv = ["python3", str(PROVIDER), INTERNET_HOST, str(TLS_PORT), str(issued.cert), str(issued.key), TRUNK_USER,
-            secret, str(events)]
-    running = net.spawn(INTERNET, argv)
-    try:
+    argv = ["ip", "netns", "exec", INTERNET, "python3", str(PROVIDER), INTERNET_HOST, str(TLS_PORT),
+            str(issued.cert), str(issued.key), TRUNK_USER, secret, str(events)]
+    with phones.running(argv, stop=True):
         for _ in range(100):
             if net.run(INTERNET, ["ss", "-Hltn", f"sport = :{TLS_PORT}"]).strip():
                 break
             time.sleep(0.1)
         yield events
-    finally:
-        running.terminate()
-        try:
-            running.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            running.kill()
-            running.wait()
 
 
-def call(dev: Device, tag: str) -> subprocess.CompletedProcess[str]:
-    return phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret_of(dev, "801"), "0123456789", tag, hold_ms=1000)
+def call_through(net: NetLab, dev: Device, issued: Issued, secret: str, work: Path) \
+        -> tuple[subprocess.CompletedProcess[str], list[str], list[dict[str, Any]]]:
+    """A call from 801 over the trunk to the provider with `issued`: how it ended, what
+    the provider saw, and the call's records."""
+    tag = uuid.uuid4().hex[:8]
+    with provider(net, issued, secret, work) as events:
+        done = phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret_of(dev, "801"), "0123456789", tag, hold_ms=1000)
+    return done, events.read_text().splitlines(), records_of(dev, tag)
 
 
 def test_a_call_goes_to_the_provider_its_ca_vouches_for_with_the_trunks_digest(
         tls_trunk: tuple[NetLab, Device, str, dict[str, Issued]], tmp_path: Path) -> None:
     net, dev, secret, issued = tls_trunk
-    tag = uuid.uuid4().hex[:8]
-    with provider(net, issued["named"], secret, tmp_path) as events:
-        done = call(dev, tag)
+    done, seen, records = call_through(net, dev, issued["named"], secret, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:]
-    assert events.read_text().splitlines() == ["invite", "invite with credentials", "digest good", "bye"]
-    assert [(r["trunk"], r["code"]) for r in records_of(dev, tag)] == [("secure", 200)]
+    assert seen == ["invite", "invite with credentials", "digest good", "bye"]
+    assert [(r["trunk"], r["code"]) for r in records] == [("secure", 200)]
     assert "CA own" in dev.check("pbxagent trunks list 2>/dev/null")
 
 
 def test_a_provider_whose_certificate_names_another_host_never_gets_the_trunks_credentials(
         tls_trunk: tuple[NetLab, Device, str, dict[str, Issued]], tmp_path: Path) -> None:
     net, dev, secret, issued = tls_trunk
-    tag = uuid.uuid4().hex[:8]
-    with provider(net, issued["misnamed"], secret, tmp_path) as events:
-        done = call(dev, tag)
+    done, seen, records = call_through(net, dev, issued["misnamed"], secret, tmp_path)
     assert done.returncode != 0
-    assert events.read_text().splitlines() == ["invite"]  # challenged, never answered
-    assert [(r["trunk"], r["code"]) for r in records_of(dev, tag)] == [("secure", 503)]
+    assert seen == ["invite"]  # challenged, never answered
+    assert [(r["trunk"], r["code"]) for r in records] == [("secure", 503)]
     assert f"pbx-alert trunk-tls trunk=secure host={INTERNET_HOST}" in dev.check(
         "journalctl -u kamailio -o cat --since today | grep 'pbx-alert trunk-tls' | tail -1")
 
@@ -156,14 +150,10 @@ def test_a_provider_whose_certificate_names_another_host_never_gets_the_trunks_c
 def test_a_provider_certificate_from_another_ca_gets_no_call(
         tls_trunk: tuple[NetLab, Device, str, dict[str, Issued]], tmp_path: Path) -> None:
     net, dev, secret, issued = tls_trunk
-    tag = uuid.uuid4().hex[:8]
-    with provider(net, issued["stranger"], secret, tmp_path) as events:
-        done = call(dev, tag)
+    done, seen, records = call_through(net, dev, issued["stranger"], secret, tmp_path)
     assert done.returncode != 0
-    seen = events.read_text().splitlines()
     assert seen and all(line.startswith("handshake failed") for line in seen), seen
-    codes = [r["code"] for r in records_of(dev, tag)]
-    assert codes and 200 not in codes
+    assert records and 200 not in [r["code"] for r in records]
 
 
 def test_a_trunk_without_a_ca_of_its_own_trusts_the_public_ones(
@@ -172,14 +162,12 @@ def test_a_trunk_without_a_ca_of_its_own_trusts_the_public_ones(
     hashed = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", str(issued["public-ca"].cert)],
                             capture_output=True, text=True, check=True).stdout.strip()
     dev.put(issued["public-ca"].cert, f"/etc/ssl/certs/{hashed}.0")  # as if Debian shipped it
-    tag = uuid.uuid4().hex[:8]
     try:
         dev.check(f"pbxagent trunks ca secure --public && {sip.listening()}", timeout=240)
         assert "CA public" in dev.check("pbxagent trunks list 2>/dev/null")
-        with provider(net, issued["stranger"], secret, tmp_path) as events:
-            done = call(dev, tag)
+        done, seen, _ = call_through(net, dev, issued["stranger"], secret, tmp_path)
     finally:
         dev.check(f"rm -f /etc/ssl/certs/{hashed}.0 && pbxagent trunks ca secure < /tmp/provider-ca.pem && "
                   f"{sip.listening()}", timeout=240)
     assert done.returncode == 0, done.stdout[-3000:]
-    assert events.read_text().splitlines() == ["invite", "invite with credentials", "digest good", "bye"]
+    assert seen == ["invite", "invite with credentials", "digest good", "bye"]
