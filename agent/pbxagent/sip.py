@@ -158,10 +158,9 @@ def tls_config(cert: Path, key: Path, trunks: tuple[Trunk, ...] = (), cas: dict[
     checks the peer's chain, against the system's public CAs, or for a TLS trunk with a
     CA of its own (`pbxagent trunks ca`), against that one only. A trunk's profile is
     chosen by its name (kamailio's server_id, set on the call's branch; a host name also
-    goes as SNI). Whether the certificate names the
-    trunk's host is checked on the provider's replies (kamailio.cfg), since kamailio's
-    handshake does not. Without `client_profiles` (32-bit ARM, below) the file has the
-    server's section only."""
+    goes as SNI). Whether the certificate names the trunk's host is checked on the
+    provider's replies (kamailio.cfg): kamailio's handshake does not. Without
+    `client_profiles` (32-bit ARM, CLIENT_PROFILES) the file has the server's section only."""
     cas = cas or {}
     verify = "verify_certificate = yes\nrequire_certificate = yes\nmethod = TLSv1.2+\n"
     sections = [
