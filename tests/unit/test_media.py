@@ -36,7 +36,8 @@ def test_the_relays_ports_are_opened_by_its_unit_and_never_by_the_policy(tmp_pat
     assert "flush set inet pbx relay" not in text  # a re-apply keeps what the unit opened
 
 
-def test_the_relay_follows_the_boxs_reachable_addresses_only() -> None:
+def test_the_relay_follows_the_boxs_reachable_ipv4_addresses_only() -> None:
     addresses = [IfAddr("lo", "127.0.0.1/8"), IfAddr("lo", "::1/128"), IfAddr("eth0", "fe80::1/64"),
                  IfAddr("eth0", "192.168.50.10/24"), IfAddr("eth0", "2001:db8::10/64")]
-    assert guard.relay_addresses(addresses) == ["192.168.50.10", "2001:db8::10"]
+    assert guard.relay_addresses(addresses) == ["192.168.50.10"]
+    assert guard.relay_addresses([*addresses, IfAddr("eth0", "2001:db8::11/64")]) == ["192.168.50.10"]

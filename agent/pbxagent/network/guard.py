@@ -33,9 +33,11 @@ def own_addresses(addresses: list[lan.IfAddr]) -> list[str]:
 
 
 def relay_addresses(addresses: list[lan.IfAddr]) -> list[str]:
-    """The addresses the media relay listens on: all but loopback and link-local."""
-    found = (ipaddress.ip_address(a) for a in own_addresses(addresses))
-    return sorted(str(ip) for ip in found if not (ip.is_loopback or ip.is_link_local))
+    """The addresses the media relay serves: the box's IPv4 ones, as kamailio's (its
+    calls are signalled over IPv4 only, pbxagent.sip). An IPv6 address coming or going
+    (a router advertisement, often seconds after the DHCP lease) is no reason to restart
+    the relay and cut the audio of the calls it carries."""
+    return sip.listen_addresses(own_addresses(addresses))
 
 
 def segments(addresses: list[lan.IfAddr]) -> list[str]:
@@ -115,17 +117,22 @@ def _follow_sip(log: Callable[[str], None], own: list[str]) -> None:
 
 def _retrust(log: Callable[[str], None], now: Following) -> Following:
     """The addresses read again; the trusted sets and fail2ban follow when they moved,
-    the media relay and the SIP service when the box's own did."""
+    the SIP service and the media relay when the box's own did. In the order phones
+    need them: kamailio's restart is the longest wait (seconds under emulation, on a
+    first boot the last before the box answers), so it is asked for first, and
+    fail2ban, which only learns what not to ban, last."""
     addresses = lan.read_addresses()
     trusted, relay = segments(addresses), relay_addresses(addresses)
-    if relay != now.relay:
-        _restart(log, RELAY_UNIT, "media relay", relay)  # calls it relays lose their media either way
+    moved = relay != now.relay
+    if moved:
         _follow_sip(log, relay)
-    if trusted == now.trusted:
-        return now._replace(relay=relay)
-    nft.execute(firewall.trusted_update(trusted))
-    log(f"trusted LAN now: {', '.join(trusted) or 'none'}")
-    return Following(trusted, _tell_fail2ban(log), relay)
+    if trusted != now.trusted:
+        nft.execute(firewall.trusted_update(trusted))
+        log(f"trusted LAN now: {', '.join(trusted) or 'none'}")
+    if moved:
+        _restart(log, RELAY_UNIT, "media relay", relay)  # calls it relays lose their media either way
+    told = _tell_fail2ban(log) if trusted != now.trusted else now.told
+    return Following(trusted, told, relay)
 
 
 # linux/rtnetlink.h: the multicast groups of IPv4 and IPv6 address changes.
