@@ -13,8 +13,9 @@ under emulation (issue 17):
    thresholds); once the copy has ended, the call policy's decision point for kamailio
    (pbxagent.calls.redirect, a thread), then READY: the logins, the relay and fail2ban
    are ordered after this unit. The network waits for less (pbx-network-gate.service):
-   provisioning done and a compiled firewall in force, which on a later boot is the one
-   nftables.service restored, so the copy releases it; otherwise the guard's start does;
+   provisioning done and a compiled firewall in force (the one nftables.service restored
+   on a later boot, or the guard's): the copy releases it as it ends provisioning if one
+   is, otherwise this process once both are done;
 3. the boot health check in another forked copy, once systemd has finished the boot;
 4. the guard, following address changes until the unit stops.
 
@@ -109,8 +110,8 @@ def prepare(log: Log) -> int:
             "it stays stopped), the health check fails")
         return 1
     say("provisioned")  # the fixed marker the console tests and the production line wait for
-    if paths.firewall_restored().exists():
-        release_network(log, "provisioned, last boot's compiled firewall in force")
+    if paths.compiled_firewall().exists():
+        release_network(log, "provisioned, a compiled firewall in force")
     policy = site.load().policy  # once for both
     steps, changed = sip.write_inputs(policy)
     for step in [*steps, *media.write_inputs(policy.calls)]:
@@ -196,6 +197,10 @@ def run(log: Log) -> None:
     with contextlib.suppress(_Stop):
         # Beside the copy, on the other core: on a first boot the network waits for both.
         now = guard.start(policy, log)
+        # On a first boot the copy may still be provisioning: it releases the network
+        # when done (a second earlier than its end), as it does behind a restored table.
+        paths.compiled_firewall().parent.mkdir(parents=True, exist_ok=True)
+        paths.compiled_firewall().touch()
         exit_code(preparing)
         release_network(log, "this boot's compiled firewall in force")
         _start_call_policy(log)

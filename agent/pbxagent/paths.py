@@ -31,9 +31,10 @@ def boot_verdict() -> Path:
     return runtime() / "health.json"
 
 
-def firewall_restored() -> Path:
-    """Written by nftables.service when it loaded the last boot's compiled ruleset."""
-    return runtime() / "firewall-restored"
+def compiled_firewall() -> Path:
+    """There once a compiled ruleset is in force this boot: the last boot's, loaded by
+    nftables.service, or this boot's, applied by the guard's start."""
+    return runtime() / "firewall-compiled"
 
 
 def network_ready() -> Path:

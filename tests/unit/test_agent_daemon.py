@@ -92,23 +92,23 @@ def test_sd_notify_reaches_the_socket_systemd_names(tmp_path: Path, monkeypatch:
     daemon.notify("READY=1")  # not under systemd: nothing to tell, no error
 
 
-def test_the_network_is_released_after_provisioning_only_behind_a_restored_compiled_firewall(
+def test_the_network_is_released_after_provisioning_only_behind_a_compiled_firewall(
         tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("pbxagent.system.systemctl", lambda *args: "")
     journal: list[str] = []
     assert daemon.prepare(journal.append) == 0  # the base table: the guard's start releases it
     assert not paths.network_ready().exists()
-    paths.firewall_restored().touch()
+    paths.compiled_firewall().touch()
     assert daemon.prepare(journal.append) == 0
     assert paths.network_ready().exists()
-    assert "network released: provisioned, last boot's compiled firewall in force" in journal
+    assert "network released: provisioned, a compiled firewall in force" in journal
     daemon.release_network(journal.append, "again")
     assert not any("again" in line for line in journal)  # once per boot
 
 
 def test_a_failed_provisioning_keeps_the_network_waiting(tree: Path) -> None:
-    paths.firewall_restored().parent.mkdir(parents=True)
-    paths.firewall_restored().touch()
+    paths.compiled_firewall().parent.mkdir(parents=True)
+    paths.compiled_firewall().touch()
     (tree / "data").mkdir()
     (tree / "data" / "pbx").write_text("not a directory")
     assert daemon.prepare(lambda line: None) == 1
