@@ -16,6 +16,12 @@ def systemctl(*args: str) -> str:
     return done.stdout.strip()
 
 
+def start_began(unit: str) -> float:
+    """When the unit last left the inactive state, in time.monotonic()'s seconds (both
+    are CLOCK_MONOTONIC); 0 if it never did."""
+    return int(systemctl("show", "-P", "InactiveExitTimestampMonotonic", unit) or 0) / 1e6
+
+
 def unit_state(unit: str) -> str:
     """`systemctl is-enabled` (enabled, disabled, masked, …); it exits non-zero for most."""
     done = subprocess.run(["systemctl", "is-enabled", unit], capture_output=True, text=True)

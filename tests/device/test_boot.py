@@ -88,6 +88,17 @@ def test_the_compiled_firewall_with_the_saved_bans_is_in_force_before_the_first_
     assert applied <= restored < networkd < lease <= trusted, (applied, restored, networkd, lease, trusted)
 
 
+def test_a_first_boots_sip_service_starts_once_on_the_leased_address(device: Device) -> None:
+    # The snapshot's first boot again: kamailio had no address to listen on before the
+    # lease, so it waited for it (its unit) and started once, on it, not on loopback first.
+    journal = device.check("journalctl -b -o short-monotonic --no-pager | grep -E 'kamailio\\[[0-9]+\\]: "
+                           "(Listening on|.*udp: )|DHCPv4 address'", timeout=120)
+    lease = re.findall(r"^\[\s*([\d.]+)\] .*eth0: DHCPv4 address 10\.0\.2\.15/24", journal, re.MULTILINE)
+    starts = re.findall(r"^\[\s*([\d.]+)\] .*kamailio\[\d+\]: Listening on", journal, re.MULTILINE)
+    assert lease and len(starts) == 1, journal
+    assert float(lease[0]) < float(starts[0]) and "udp: 10.0.2.15 " in journal, journal
+
+
 def test_boot_marked_good_in_redundant_state(device: Device) -> None:
     device.check("systemctl is-system-running --wait || true", timeout=180)
     assert json.loads(device.check(f"cat {BOOT_VERDICT}"))["healthy"]

@@ -333,3 +333,16 @@ def test_kamailio_is_restarted_only_when_its_sockets_must_follow_the_boxs_addres
     route[0] = "192.168.50.10"  # the same addresses, the default route on the other: the provider's contact moves
     guard._follow_sip(journal.append, ["10.0.2.15", "192.168.50.10"])
     assert len(restarts) == 3
+
+
+def test_the_relay_is_restarted_on_new_addresses_unless_it_started_after_them(
+        monkeypatch: pytest.MonkeyPatch, systemctl_calls: list[tuple[str, ...]]) -> None:
+    began = [5.0]
+    monkeypatch.setattr("pbxagent.system.start_began", lambda unit: began[0])
+    journal: list[str] = []
+    guard._follow_relay(journal.append, ["10.0.2.15"], changed_by=10.0)  # running since before the lease
+    assert systemctl_calls == [("try-restart", "--no-block", "rtpengine-daemon.service")]
+    began[0] = 12.0  # a first boot: it started once the network was online, after the lease
+    guard._follow_relay(journal.append, ["10.0.2.15"], changed_by=10.0)
+    assert len(systemctl_calls) == 1
+    assert journal == ["media relay restarted on this box's addresses: 10.0.2.15"]

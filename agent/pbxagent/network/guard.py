@@ -115,6 +115,20 @@ def _follow_sip(log: Callable[[str], None], own: list[str]) -> None:
         _restart(log, SIP_UNIT, "SIP service", sip.listen_addresses(own))
 
 
+def _follow_relay(log: Callable[[str], None], relay: list[str], changed_by: float) -> None:
+    """rtpengine reads the box's addresses as it starts: restarted when they moved (the
+    calls it relays lose their media either way), unless its start began after
+    `changed_by`, a moment the new addresses were already there: on a first boot it
+    starts after the lease, once the network is online, and a restart would only start
+    it a second time."""
+    try:
+        if system.start_began(RELAY_UNIT) > changed_by:
+            return
+    except OSError:
+        pass  # no answer: restart, the safe side
+    _restart(log, RELAY_UNIT, "media relay", relay)
+
+
 def _retrust(log: Callable[[str], None], now: Following) -> Following:
     """The addresses read again; the trusted sets and fail2ban follow when they moved,
     the SIP service and the media relay when the box's own did. In the order phones
@@ -122,6 +136,7 @@ def _retrust(log: Callable[[str], None], now: Following) -> Following:
     first boot the last before the box answers), so it is asked for first, and
     fail2ban, which only learns what not to ban, last."""
     addresses = lan.read_addresses()
+    read = time.monotonic()  # whatever changed, changed before this
     trusted, relay = segments(addresses), relay_addresses(addresses)
     moved = relay != now.relay
     if moved:
@@ -130,7 +145,7 @@ def _retrust(log: Callable[[str], None], now: Following) -> Following:
         nft.execute(firewall.trusted_update(trusted))
         log(f"trusted LAN now: {', '.join(trusted) or 'none'}")
     if moved:
-        _restart(log, RELAY_UNIT, "media relay", relay)  # calls it relays lose their media either way
+        _follow_relay(log, relay, read)
     told = _tell_fail2ban(log) if trusted != now.trusted else now.told
     return Following(trusted, told, relay)
 
