@@ -241,6 +241,10 @@ def write_inputs(policy: site.Policy) -> tuple[list[str], bool]:
     if not (base / "listen.cfg").exists():  # a first boot: the guard adds the box's addresses
         files[base / "listen.cfg"] = listen_config([])
     changed = [path for path, content in files.items() if atomic.update(path, content, 0o640, owner)]
+    # A CA forgotten (`trunks ca --public`) or its trunk gone: no copy stays beside kamailio.
+    for stale in sorted(set(base.glob("trunk-*-ca.pem")) - files.keys()):
+        stale.unlink()
+        changed.append(stale)
     done.append(f"{len(store)} extensions, {len(policy.calls.trunks)} trunks and the TLS files for the SIP service: "
                 + (f"{len(changed)} file(s) changed" if changed else "unchanged"))
     done.extend(f"trunk {t.name} has no secret: set it with `pbxagent trunks secret {t.name}`"

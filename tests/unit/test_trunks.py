@@ -141,11 +141,16 @@ def test_a_trunks_ca_comes_from_stdin_shows_in_the_list_and_is_forgotten_with_pu
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(pem)))
     assert main(["trunks", "ca", "backup"]) == 0
     assert secrets.ca_path("backup").read_bytes() == pem
+    sip.write_inputs(site.load().policy)  # as the restarted agent does
+    copy = sip.run_dir() / "trunk-backup-ca.pem"  # what kamailio reads
+    assert copy.read_bytes() == pem
     capsys.readouterr()
     assert main(["trunks", "list", "--json"]) == 0
     assert [t["ca"] for t in json.loads(capsys.readouterr().out)] == ["-", "own"]  # provider is udp
     assert main(["trunks", "ca", "backup", "--public"]) == 0
     assert not secrets.ca_path("backup").exists()
+    sip.write_inputs(site.load().policy)
+    assert not copy.exists() and "ca_list" not in (sip.run_dir() / "tls.cfg").read_text()
     assert main(["trunks", "ca", "nosuch", "--public"]) == 2
 
 
