@@ -197,8 +197,8 @@ def run(log: Log) -> None:
     with contextlib.suppress(_Stop):
         # Beside the copy, on the other core: on a first boot the network waits for both.
         now = guard.start(policy, log)
-        # On a first boot the copy may still be provisioning: it releases the network
-        # when done (a second earlier than its end), as it does behind a restored table.
+        # On a first boot the copy is usually still provisioning: with this marker it
+        # releases the network as soon as it is done, not after kamailio's inputs too.
         paths.compiled_firewall().parent.mkdir(parents=True, exist_ok=True)
         paths.compiled_firewall().touch()
         exit_code(preparing)
