@@ -322,7 +322,13 @@ def test_kamailio_is_restarted_only_when_its_sockets_must_follow_the_boxs_addres
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, systemctl_calls: list[tuple[str, ...]]) -> None:
     monkeypatch.setenv("PBXAGENT_ROOT", str(tmp_path))
     route = ["10.0.2.15"]
-    monkeypatch.setattr("pbxagent.network.lan.source_toward", lambda: route[0])
+    lookups: list[str] = []
+
+    def source_toward() -> str:
+        lookups.append(route[0])
+        return route[0]
+
+    monkeypatch.setattr("pbxagent.network.lan.source_toward", source_toward)
     restarts = systemctl_calls
     journal: list[str] = []
     guard._follow_sip(journal.append, ["10.0.2.15"])
@@ -330,6 +336,7 @@ def test_kamailio_is_restarted_only_when_its_sockets_must_follow_the_boxs_addres
     guard._follow_sip(journal.append, [])
     assert restarts == [("try-restart", "--no-block", "kamailio.service")]
     assert journal == ["SIP service restarted on this box's addresses: 10.0.2.15"]
+    assert lookups == []  # one address: the contact is that one, no route to look up
     guard._follow_sip(journal.append, ["10.0.2.15", "192.168.50.10"])
     route[0] = "192.168.50.10"  # the same addresses, the default route on the other: the provider's contact moves
     guard._follow_sip(journal.append, ["10.0.2.15", "192.168.50.10"])

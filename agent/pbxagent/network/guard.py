@@ -110,8 +110,11 @@ def _follow_sip(log: Callable[[str], None], own: list[str]) -> None:
     """kamailio's sockets are the box's addresses, and its contact for a provider the one
     toward the internet (pbxagent.sip): restarted when they moved. Phones registered to
     an address the box no longer has register again anyway, and kamailio registers with
-    its providers again as it starts."""
-    if sip.follow_addresses(own, lan.source_toward()):
+    its providers again as it starts. The route is looked up only when there is a choice:
+    an exec is tenths of a second under emulation, and on a first boot this runs just
+    before the box can answer."""
+    toward = lan.source_toward() if len(sip.listen_addresses(own)) > 1 else None
+    if sip.follow_addresses(own, toward):
         _restart(log, SIP_UNIT, "SIP service", sip.listen_addresses(own))
 
 
