@@ -17,6 +17,7 @@ import grp
 import hashlib
 import ipaddress
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from pbxagent import atomic, paths
@@ -42,6 +43,8 @@ CLIENT_PROFILES = not os.uname().machine.startswith("armv")
 # Seconds a registration with a provider asks for: short enough that a NAT router on the
 # way keeps the binding the provider's calls come back through.
 REGISTRATION_EXPIRES = 300
+# listen.cfg's line while the box has no address but loopback (kamailio.service greps it).
+LOOPBACK_ONLY = "#!define PBX_LOOPBACK_ONLY"
 
 
 def run_dir() -> Path:
@@ -114,10 +117,13 @@ def listen_config(addresses: list[str], toward_internet: str | None = None) -> s
     kamailio binds them before they exist (ip_free_bind), so it starts before the
     network with the addresses the box had last. PBX_CONTACT is the contact a
     registration gives a provider: the address on the box's route to the internet, else
-    its first."""
+    its first. With no address yet the file says so (LOOPBACK_ONLY): kamailio's unit
+    then waits for the guard's restart with the lease."""
     contact = toward_internet if toward_internet in addresses else next(iter(addresses), "127.0.0.1")
     lines = ["# Written by pbxagent (pbxagent.sip) when the box's addresses change.",
              f'#!define PBX_CONTACT "{contact}:5060"']
+    if not addresses:
+        lines.append(LOOPBACK_ONLY)
     for address in ["127.0.0.1", *addresses]:
         lines += [f"listen=udp:{address}:5060", f"listen=tcp:{address}:5060", f"listen=tls:{address}:5061"]
     return "\n".join(lines) + "\n"
@@ -130,14 +136,18 @@ def listen_addresses(own: list[str]) -> list[str]:
     return sorted(str(ip) for ip in found if ip.version == 4 and not (ip.is_loopback or ip.is_link_local))
 
 
-def follow_addresses(own: list[str], toward_internet: str | None = None) -> bool:
+def follow_addresses(own: list[str], route: Callable[[], str | None] = lambda: None) -> bool:
     """The box's addresses changed: whether kamailio's sockets or contact must change
     with them (then it must be restarted). With no address at all (a link down, a lease
-    not yet taken) the last ones stay: a box usually gets the same address back."""
+    not yet taken) the last ones stay: a box usually gets the same address back.
+    `route` gives the address toward the internet (a route lookup, an exec: tenths of a
+    second under emulation, just before a first boot can answer), asked only when the
+    box has more than one to choose the contact from."""
     wanted = listen_addresses(own)
     if not wanted:
         return False
-    return atomic.update(run_dir() / "listen.cfg", listen_config(wanted, toward_internet), 0o640, _service_dirs())
+    toward = route() if len(wanted) > 1 else None
+    return atomic.update(run_dir() / "listen.cfg", listen_config(wanted, toward), 0o640, _service_dirs())
 
 
 def _service_dirs() -> tuple[int, int] | None:

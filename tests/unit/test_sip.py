@@ -82,15 +82,17 @@ def test_a_providers_contact_is_the_address_toward_the_internet_and_moving_it_re
     def contact() -> str:
         return next(line for line in (sip.run_dir() / "listen.cfg").read_text().splitlines() if "PBX_CONTACT" in line)
 
-    assert sip.follow_addresses(["10.0.2.15", "192.168.50.10"], "192.168.50.10")
+    assert sip.follow_addresses(["10.0.2.15", "192.168.50.10"], lambda: "192.168.50.10")
     assert contact() == '#!define PBX_CONTACT "192.168.50.10:5060"'
-    assert sip.follow_addresses(["10.0.2.15", "192.168.50.10"], None)  # no route: the first address
+    assert sip.follow_addresses(["10.0.2.15", "192.168.50.10"], lambda: None)  # no route: the first address
     assert contact() == '#!define PBX_CONTACT "10.0.2.15:5060"'
-    assert sip.follow_addresses(["10.0.2.15", "192.168.50.10"], "192.168.50.10")  # the route came back
-    assert not sip.follow_addresses(["10.0.2.15", "192.168.50.10"], "192.168.50.10")
-    assert sip.follow_addresses(["10.0.2.15", "192.168.50.10"], "198.51.100.9")  # not the box's: the first
+    assert sip.follow_addresses(["10.0.2.15", "192.168.50.10"], lambda: "192.168.50.10")  # the route came back
+    assert not sip.follow_addresses(["10.0.2.15", "192.168.50.10"], lambda: "192.168.50.10")
+    assert sip.follow_addresses(["10.0.2.15", "192.168.50.10"], lambda: "198.51.100.9")  # not the box's: the first
     assert contact() == '#!define PBX_CONTACT "10.0.2.15:5060"'
     assert 'PBX_CONTACT "127.0.0.1:5060"' in sip.listen_config([])  # before any lease
+    assert sip.LOOPBACK_ONLY in sip.listen_config([]).splitlines()  # what kamailio's unit waits on
+    assert sip.LOOPBACK_ONLY not in sip.listen_config(["10.0.2.15"])
 
 
 def test_addresses_seen_before_the_first_render_leave_the_directory_readable_by_the_service(tree: Path) -> None:

@@ -110,11 +110,8 @@ def _follow_sip(log: Callable[[str], None], own: list[str]) -> None:
     """kamailio's sockets are the box's addresses, and its contact for a provider the one
     toward the internet (pbxagent.sip): restarted when they moved. Phones registered to
     an address the box no longer has register again anyway, and kamailio registers with
-    its providers again as it starts. The route is looked up only when there is a choice:
-    an exec is tenths of a second under emulation, and on a first boot this runs just
-    before the box can answer."""
-    toward = lan.source_toward() if len(sip.listen_addresses(own)) > 1 else None
-    if sip.follow_addresses(own, toward):
+    its providers again as it starts."""
+    if sip.follow_addresses(own, lan.source_toward):
         _restart(log, SIP_UNIT, "SIP service", sip.listen_addresses(own))
 
 
@@ -141,16 +138,15 @@ def _retrust(log: Callable[[str], None], now: Following) -> Following:
     addresses = lan.read_addresses()
     read = time.monotonic()  # whatever changed, changed before this
     trusted, relay = segments(addresses), relay_addresses(addresses)
-    moved = relay != now.relay
+    moved, retrusted = relay != now.relay, trusted != now.trusted
     if moved:
         _follow_sip(log, relay)
-    if trusted != now.trusted:
+    if retrusted:
         nft.execute(firewall.trusted_update(trusted))
         log(f"trusted LAN now: {', '.join(trusted) or 'none'}")
     if moved:
         _follow_relay(log, relay, read)
-    told = _tell_fail2ban(log) if trusted != now.trusted else now.told
-    return Following(trusted, told, relay)
+    return Following(trusted, _tell_fail2ban(log) if retrusted else now.told, relay)
 
 
 # linux/rtnetlink.h: the multicast groups of IPv4 and IPv6 address changes.
