@@ -32,6 +32,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from pbxagent import paths
@@ -130,11 +131,14 @@ def prepare(log: Log) -> int:
 
 def release_network(log: Log, why: str) -> None:
     """Let pbx-network-gate.service end, so systemd-networkd starts (once per boot)."""
-    marker = paths.network_ready()
-    if not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+    if not paths.network_ready().exists():
+        _mark(paths.network_ready())
         log(f"network released: {why}")
+
+
+def _mark(marker: Path) -> None:
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
 
 
 def check_health(log: Log) -> int:
@@ -199,8 +203,7 @@ def run(log: Log) -> None:
         now = guard.start(policy, log)
         # On a first boot the copy is usually still provisioning: with this marker it
         # releases the network as soon as it is done, not after kamailio's inputs too.
-        paths.compiled_firewall().parent.mkdir(parents=True, exist_ok=True)
-        paths.compiled_firewall().touch()
+        _mark(paths.compiled_firewall())
         exit_code(preparing)
         release_network(log, "this boot's compiled firewall in force")
         _start_call_policy(log)
