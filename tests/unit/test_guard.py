@@ -164,13 +164,38 @@ nft.apply(firewall.compile_ruleset(policy.firewall, ["10.0.2.0/24"]))
 nft.execute(firewall.relay_open(policy.calls.relay_ports))
 nft.apply(firewall.compile_ruleset(policy.firewall, ["192.168.5.0/24"]))
 print(nft.set_elements("inet pbx", "relay"))
-nft.command("flush", "set", "inet", "pbx", "relay")
+nft.command("flush set inet pbx relay")
 print(nft.set_elements("inet pbx", "relay"))
 """)
     assert done.returncode == 0, done.stderr
     opened, closed = done.stdout.splitlines()
     assert "10000" in opened and "10500" in opened
     assert closed == "[]"
+
+
+def test_a_rejected_script_says_why_and_leaves_the_ruleset_in_force() -> None:
+    done = in_namespace("""
+import os
+from pbxagent.network import firewall, nft
+from pbxagent.policy import site
+fw = site.compose(site.DEFAULTS, None)[0].firewall
+nft.apply(firewall.compile_ruleset(fw, ["10.0.2.0/24"]))
+for attempt in (lambda: nft.apply(firewall.trusted_update(["10.0.9.0/24"]) + "add rule inet pbx nosuch accept\\n"),
+                lambda: nft.command("list set inet pbx nosuch")):
+    try:
+        attempt()
+    except nft.NftError as err:
+        print(" ".join(str(err).split()))
+if os.fork() == 0:  # a forked child talks to nftables through a context of its own
+    print(nft.set_elements("inet pbx", "trusted4"))
+    os._exit(0)
+os.wait()
+""")
+    assert done.returncode == 0, done.stderr
+    rejected, missing, child = done.stdout.splitlines()
+    assert rejected.startswith("nft rejects the ruleset: ruleset:4:") and "add rule inet pbx nosuch" in rejected
+    assert missing.startswith("nft list set inet pbx nosuch: ") and "No such file or directory" in missing
+    assert "10.0.2.0" in child and "10.0.9.0" not in child
 
 
 def test_an_address_change_wakes_the_guard_and_a_drain_empties_the_queue() -> None:
@@ -208,7 +233,7 @@ bans.add("2001:db8::66", 600, [])
 bans.add("203.0.113.9", 600, [])
 bans.save()
 bans.remove("203.0.113.9")
-nft.command("flush", "set", "inet", "pbx", "ban6")
+nft.command("flush set inet pbx ban6")
 print(bans.restore([]), [b.address for b in bans.current()])
 """)
     assert done.returncode == 0, done.stderr
@@ -343,7 +368,7 @@ def test_kamailio_is_restarted_only_when_its_sockets_must_follow_the_boxs_addres
     assert len(restarts) == 3
 
 
-def test_the_relay_is_restarted_on_new_addresses_unless_it_started_after_them(
+def test_the_relay_is_restarted_on_new_addresses_unless_it_started_after_them_or_never(
         monkeypatch: pytest.MonkeyPatch, systemctl_calls: list[tuple[str, ...]]) -> None:
     began = [5.0]
     monkeypatch.setattr("pbxagent.system.start_began", lambda unit: began[0])
@@ -351,6 +376,8 @@ def test_the_relay_is_restarted_on_new_addresses_unless_it_started_after_them(
     guard._follow_relay(journal.append, ["10.0.2.15"], changed_by=10.0)  # running since before the lease
     assert systemctl_calls == [("try-restart", "--no-block", "rtpengine-daemon.service")]
     began[0] = 12.0  # a first boot: it started once the network was online, after the lease
+    guard._follow_relay(journal.append, ["10.0.2.15"], changed_by=10.0)
+    began[0] = 0.0  # a first boot: not started yet (it waits for the network and kamailio)
     guard._follow_relay(journal.append, ["10.0.2.15"], changed_by=10.0)
     assert len(systemctl_calls) == 1
     assert journal == ["media relay restarted on this box's addresses: 10.0.2.15"]

@@ -117,12 +117,13 @@ def _follow_sip(log: Callable[[str], None], own: list[str]) -> None:
 
 def _follow_relay(log: Callable[[str], None], relay: list[str], changed_by: float) -> None:
     """rtpengine reads the box's addresses as it starts: restarted when they moved (the
-    calls it relays lose their media either way), unless its start began after
-    `changed_by`, a moment the new addresses were already there: on a first boot it
-    starts after the lease, once the network is online, and a restart would only start
-    it a second time."""
+    calls it relays lose their media either way), unless it never started (on a first
+    boot it starts once the network is online, after kamailio) or its start began after
+    `changed_by`, a moment the new addresses were already there: a restart would only
+    start it a second time."""
     try:
-        if system.start_began(RELAY_UNIT) > changed_by:
+        began = system.start_began(RELAY_UNIT)
+        if not began or began > changed_by:
             return
     except OSError:
         pass  # no answer: restart, the safe side
