@@ -13,6 +13,7 @@ challenge), in the same group-readable directory.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hashlib
 import ipaddress
@@ -45,6 +46,28 @@ CLIENT_PROFILES = not os.uname().machine.startswith("armv")
 REGISTRATION_EXPIRES = 300
 # listen.cfg's line while the box has no address but loopback (kamailio.service greps it).
 LOOPBACK_ONLY = "#!define PBX_LOOPBACK_ONLY"
+
+
+def address_wait() -> Path:
+    """The FIFO kamailio's unit waits on (in the service's runtime directory) while
+    listen.cfg names loopback only."""
+    return paths.root() / "run" / "kamailio" / "address-wait"
+
+
+def end_address_wait() -> bool:
+    """Tell a kamailio that waits for the box's first address that listen.cfg now has it:
+    it starts on it, with no restart (a systemctl exec and a stop job while a first boot's
+    units start: over a second under emulation). False when none is waiting (running,
+    stopped, or between its check of listen.cfg and the wait): then restart it."""
+    try:
+        fifo = os.open(address_wait(), os.O_WRONLY | os.O_NONBLOCK)  # ENXIO: no reader
+    except OSError:
+        return False
+    # A reader gone since the open (its 20 s ran out) read listen.cfg after it was written.
+    with contextlib.suppress(OSError):
+        os.write(fifo, b"addressed\n")
+    os.close(fifo)
+    return True
 
 
 def run_dir() -> Path:
@@ -118,7 +141,7 @@ def listen_config(addresses: list[str], toward_internet: str | None = None) -> s
     network with the addresses the box had last. PBX_CONTACT is the contact a
     registration gives a provider: the address on the box's route to the internet, else
     its first. With no address yet the file says so (LOOPBACK_ONLY): kamailio's unit
-    then waits for the guard's restart with the lease."""
+    then waits for the guard's word with the lease (end_address_wait)."""
     contact = toward_internet if toward_internet in addresses else next(iter(addresses), "127.0.0.1")
     lines = ["# Written by pbxagent (pbxagent.sip) when the box's addresses change.",
              f'#!define PBX_CONTACT "{contact}:5060"']

@@ -90,13 +90,15 @@ def test_the_compiled_firewall_with_the_saved_bans_is_in_force_before_the_first_
 
 def test_a_first_boots_sip_service_starts_once_on_the_leased_address(device: Device) -> None:
     # The snapshot's first boot again: kamailio had no address to listen on before the
-    # lease, so it waited for it (its unit) and started once, on it, not on loopback first.
+    # lease, so it waited for it (its unit) and started once, on it, not on loopback
+    # first; the guard's word ended the wait, not a restart (no stop job).
     journal = device.check("journalctl -b -o short-monotonic --no-pager | grep -E 'kamailio\\[[0-9]+\\]: "
-                           "(Listening on|.*udp: )|DHCPv4 address'", timeout=120)
+                           "(Listening on|.*udp: )|DHCPv4 address|Stopp.* kamailio.service'", timeout=120)
     lease = re.findall(r"^\[\s*([\d.]+)\] .*eth0: DHCPv4 address 10\.0\.2\.15/24", journal, re.MULTILINE)
     starts = re.findall(r"^\[\s*([\d.]+)\] .*kamailio\[\d+\]: Listening on", journal, re.MULTILINE)
     assert lease and len(starts) == 1, journal
     assert float(lease[0]) < float(starts[0]) and "udp: 10.0.2.15 " in journal, journal
+    assert "kamailio.service" not in journal, journal
 
 
 def test_boot_marked_good_in_redundant_state(device: Device) -> None:

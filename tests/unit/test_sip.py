@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,34 @@ def test_a_providers_contact_is_the_address_toward_the_internet_and_moving_it_re
     assert 'PBX_CONTACT "127.0.0.1:5060"' in sip.listen_config([])  # before any lease
     assert sip.LOOPBACK_ONLY in sip.listen_config([]).splitlines()  # what kamailio's unit waits on
     assert sip.LOOPBACK_ONLY not in sip.listen_config(["10.0.2.15"])
+
+
+def _address_wait_command(tree: Path) -> list[str]:
+    """kamailio's unit's wait for an address, as it ships, on the scratch tree."""
+    unit = (Path(__file__).parents[2] / "overlay/etc/systemd/system/kamailio.service").read_text()
+    line = re.search(r"^ExecStartPre=/bin/sh -c '((?:[^'\\]|\\\n)*)'", unit, re.MULTILINE)
+    assert line, "kamailio.service: no ExecStartPre waiting for an address"
+    script = line.group(1).replace("\\\n", "").replace("/data/", f"{tree}/data/").replace("/run/", f"{tree}/run/")
+    return ["/bin/sh", "-c", script]
+
+
+def test_kamailio_waiting_for_an_address_starts_when_the_guard_has_written_one(tree: Path) -> None:
+    (tree / "run" / "kamailio").mkdir(parents=True)  # systemd's RuntimeDirectory
+    assert not sip.end_address_wait()  # nobody waits
+    sip.run_dir().mkdir(parents=True)
+    (sip.run_dir() / "listen.cfg").write_text(sip.listen_config([]))
+    waiting = subprocess.Popen(_address_wait_command(tree))
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiting.wait(1.0)  # loopback only: it waits
+        assert sip.follow_addresses(["10.0.2.15"])
+        assert sip.end_address_wait()
+        assert waiting.wait(5.0) == 0
+    finally:
+        waiting.kill()
+    assert not sip.end_address_wait()  # it started: the next move is a restart
+    started = subprocess.run(_address_wait_command(tree), timeout=5.0)  # with an address: no wait
+    assert started.returncode == 0
 
 
 def test_addresses_seen_before_the_first_render_leave_the_directory_readable_by_the_service(tree: Path) -> None:

@@ -110,8 +110,13 @@ def _follow_sip(log: Callable[[str], None], own: list[str]) -> None:
     """kamailio's sockets are the box's addresses, and its contact for a provider the one
     toward the internet (pbxagent.sip): restarted when they moved. Phones registered to
     an address the box no longer has register again anyway, and kamailio registers with
-    its providers again as it starts."""
-    if sip.follow_addresses(own, lan.source_toward):
+    its providers again as it starts. One waiting for the box's first address starts on
+    it when told."""
+    if not sip.follow_addresses(own, lan.source_toward):
+        return
+    if sip.end_address_wait():
+        log(f"SIP service starts on this box's addresses: {', '.join(sip.listen_addresses(own))}")
+    else:
         _restart(log, SIP_UNIT, "SIP service", sip.listen_addresses(own))
 
 
