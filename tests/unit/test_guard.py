@@ -198,6 +198,25 @@ os.wait()
     assert "10.0.2.0" in child and "10.0.9.0" not in child
 
 
+def test_the_addresses_read_over_netlink_are_iproute2s() -> None:
+    done = in_namespace("""
+import json, subprocess
+from pbxagent.network import lan
+for argv in (["link", "set", "lo", "up"], ["link", "add", "wan0", "type", "veth", "peer", "name", "wan1"],
+             ["address", "add", "192.168.77.1/24", "dev", "lo"], ["address", "add", "fd00:77::1/64", "dev", "lo"],
+             ["address", "add", "10.9.9.1", "peer", "10.9.9.2/32", "dev", "wan0"],
+             ["address", "add", "203.0.113.7/28", "dev", "wan0"]):
+    subprocess.run(["ip", *argv], check=True)
+shown = json.loads(subprocess.run(["ip", "-j", "address", "show"], capture_output=True, text=True, check=True).stdout)
+print(sorted(lan.IfAddr(link["ifname"], f"{a['local']}/{a['prefixlen']}") for link in shown for a in link["addr_info"]))
+print(lan.read_addresses())
+""")
+    assert done.returncode == 0, done.stderr
+    iproute2, netlink = done.stdout.splitlines()
+    assert netlink == iproute2
+    assert "'10.9.9.1/32'" in netlink and "'fd00:77::1/64'" in netlink and "'203.0.113.7/28'" in netlink
+
+
 def test_an_address_change_wakes_the_guard_and_a_drain_empties_the_queue() -> None:
     done = in_namespace("""
 import select, subprocess, time

@@ -9,6 +9,8 @@ addresses and following their changes (netlink) happens at the edge.
 from __future__ import annotations
 
 import ipaddress
+import socket
+import struct
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -65,20 +67,59 @@ def trusted(addresses: Iterable[IfAddr], allow: Iterable[str] = ()) -> list[str]
     return [d.network for d in classify(addresses, allow) if d.trusted]
 
 
-def read_addresses() -> list[IfAddr]:
-    """The system's interface addresses, from iproute2's JSON output: a one-shot read
-    that costs a fraction of importing pyroute2, which only the long-running guard needs
-    (to follow changes as netlink events)."""
-    import json
-    import subprocess
+# linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h: a dump of every interface address.
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, interface index
+_RTATTR = struct.Struct("=HH")  # length, type
+NLMSG_ERROR, NLMSG_DONE, RTM_NEWADDR, RTM_GETADDR = 2, 3, 20, 22
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+IFA_ADDRESS, IFA_LOCAL = 1, 2
 
-    done = subprocess.run(["ip", "-j", "address", "show"], capture_output=True, text=True, check=True)
-    return sorted(
-        IfAddr(link["ifname"], f"{info['local']}/{info['prefixlen']}")
-        for link in json.loads(done.stdout)
-        for info in link.get("addr_info", [])
-        if "local" in info
-    )
+
+def _align(length: int) -> int:
+    return (length + 3) & ~3
+
+
+def parse_address(body: bytes) -> tuple[int, str] | None:
+    """One RTM_NEWADDR message's body: the interface index and "address/prefix" (the
+    local address, which on a point-to-point link is not IFA_ADDRESS, the peer's)."""
+    family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(body)
+    attributes: dict[int, bytes] = {}
+    offset = _align(_IFADDRMSG.size)
+    while offset + _RTATTR.size <= len(body):
+        length, kind = _RTATTR.unpack_from(body, offset)
+        if length < _RTATTR.size:
+            break
+        attributes[kind] = body[offset + _RTATTR.size:offset + length]
+        offset += _align(length)
+    raw = attributes.get(IFA_LOCAL) or attributes.get(IFA_ADDRESS)
+    if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return index, f"{socket.inet_ntop(family, raw)}/{prefixlen}"
+
+
+def read_addresses() -> list[IfAddr]:
+    """The system's interface addresses, in one netlink dump from this process: an
+    `ip -j address` exec costs tenths of a second under emulation (the guard reads them
+    at its start and on each change, a first boot's lease included), importing pyroute2
+    seconds."""
+    request = _HEADER.pack(_HEADER.size + _IFADDRMSG.size, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+    found: list[IfAddr] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as netlink:
+        netlink.send(request + _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+        while True:
+            data, offset = netlink.recv(1 << 16), 0
+            while offset + _HEADER.size <= len(data):
+                length, kind, _flags, _sequence, _port = _HEADER.unpack_from(data, offset)
+                body = data[offset + _HEADER.size:offset + length]
+                if kind == NLMSG_DONE:
+                    return sorted(found)
+                if kind == NLMSG_ERROR:
+                    raise OSError(-struct.unpack_from("=i", body)[0], "netlink address dump failed")
+                parsed = parse_address(body) if kind == RTM_NEWADDR else None
+                if parsed:
+                    found.append(IfAddr(socket.if_indextoname(parsed[0]), parsed[1]))
+                offset += _align(length)
 
 
 # An address standing for "the internet" (TEST-NET-1): the box's route to it names the
