@@ -23,7 +23,7 @@ TUF_ROOT := $(RELEASES)/metadata/root.json
 HOST_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test eatmydata \
 	qemu-system-arm qemu-utils ipxe-qemu u-boot-qemu u-boot-tools device-tree-compiler \
 	squashfs-tools dosfstools mtools fdisk e2fsprogs libubootenv-tool kmod cpio \
-	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 nftables python3-nftables socat \
+	xz-utils zstd gpgv debian-archive-keyring python3-venv iproute2 nftables socat \
 	dpkg-dev diffoscope-minimal nginx-light apache2-utils sip-tester openssl
 
 .PHONY: all setup host-packages binfmt venv keys lock image repro sbom bundle qemu test test-all lint unit image-test \
@@ -50,20 +50,12 @@ binfmt:
 	@update-binfmts --enable qemu-arm 2>/dev/null || true
 	@arch-test arm64 >/dev/null && arch-test armhf >/dev/null && echo "==> binfmt: arm64 and armhf run under qemu-user"
 
-venv: $(VENV)/.ready $(VENV)/.nftables
+venv: $(VENV)/.ready
 $(VENV)/.ready: scripts/pyproject.toml agent/pyproject.toml requirements-dev.txt
 	@echo "==> Python venv in $(VENV)"
 	/usr/bin/python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e scripts -e agent -r requirements-dev.txt
-	touch $@
-
-# libnftables' Python binding (the agent's pbxagent.network.nft) is Debian's
-# python3-nftables, not on PyPI: the venv links it.
-$(VENV)/.nftables: $(VENV)/.ready
-	ln -sfn /usr/lib/python3/dist-packages/nftables \
-		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/nftables"
-	$(PY) -c 'import nftables'
 	touch $@
 
 keys: venv

@@ -20,6 +20,7 @@ from pbxagent.network.firewall import TABLE
 SOCKET = "/run/fail2ban/fail2ban.sock"
 SOCKET_TIMEOUT_S = 30.0
 EXEMPT_SETS = ("trusted4", "trusted6", "allow4", "allow6")
+ALLOW_SETS = EXEMPT_SETS[2:]
 
 
 def exempt_path() -> Path:
@@ -42,9 +43,9 @@ def networks_of(element: Any) -> list[str]:
     raise ValueError(f"unexpected nft set element {element!r}")
 
 
-def live_exempt() -> list[str]:
+def live_exempt(names: tuple[str, ...] = EXEMPT_SETS) -> list[str]:
     found: list[str] = []
-    for name in EXEMPT_SETS:
+    for name in names:
         for element in nft.set_elements(TABLE, name):
             found += networks_of(element["val"])
     return sorted(set(found))

@@ -70,8 +70,11 @@ def save_bans(always: bool = False) -> None:
     boot_firewall.save(site.load().policy.firewall, bans.save(), always)
 
 
-def _tell_fail2ban(log: Callable[[str], None]) -> str | None:
-    told = exempt_sync()
+def _tell_fail2ban(log: Callable[[str], None], trusted: list[str]) -> str | None:
+    """fail2ban's list from the trusted sets as the guard applied them, and the allow sets
+    read back (a `firewall apply` since the guard's start may have changed them): each
+    read is an nft process, tenths of a second while a first boot's units start."""
+    told = ban_exemptions.sync(sorted(set(trusted + ban_exemptions.live_exempt(ban_exemptions.ALLOW_SETS))))
     log(told.message)
     return told.pid
 
@@ -92,7 +95,7 @@ def start(policy: Policy, log: Callable[[str], None]) -> Following:
     log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
     relay = relay_addresses(addresses)
     _follow_sip(log, relay)  # a lease taken before this start is no change to follow
-    return Following(trusted, _tell_fail2ban(log), relay)
+    return Following(trusted, _tell_fail2ban(log, trusted), relay)
 
 
 def _restart(log: Callable[[str], None], unit: str, what: str, addresses: list[str]) -> None:
@@ -152,7 +155,7 @@ def _retrust(log: Callable[[str], None], now: Following) -> Following:
         log(f"trusted LAN now: {', '.join(trusted) or 'none'}")
     if moved:
         _follow_relay(log, relay, read)
-    return Following(trusted, _tell_fail2ban(log) if retrusted else now.told, relay)
+    return Following(trusted, _tell_fail2ban(log, trusted) if retrusted else now.told, relay)
 
 
 # linux/rtnetlink.h: the multicast groups of IPv4 and IPv6 address changes.
@@ -198,4 +201,4 @@ def follow(log: Callable[[str], None], now: Following) -> None:
                 # A fail2ban that (re)started after the last change may have read the jail
                 # file just before that change was written: tell it again.
                 if ban_exemptions.running_pid() not in (now.told, None):
-                    now = now._replace(told=_tell_fail2ban(log))
+                    now = now._replace(told=_tell_fail2ban(log, now.trusted))
