@@ -271,35 +271,30 @@ def test_a_flood_from_one_source_port_meets_the_flood_layers_and_udp_limits() ->
     assert lines[where["auto-defense 80/2s"]].startswith("add rule inet pbx input ct state new tcp dport 5061")
 
 
-def test_fail2ban_is_told_what_the_live_sets_exempt(tmp_path: Path) -> None:
-    """Real nft: what fail2ban must never ban comes from the applied sets, whatever form
-    nft keeps an element in (address, prefix, or a range auto-merged from neighbours)."""
+def test_fail2ban_is_told_the_trusted_lan_and_the_live_allow_list(tmp_path: Path) -> None:
+    """Real nft: the allow-list comes from the applied sets, whatever form nft keeps an
+    element in (address, prefix, or a range auto-merged from neighbours); the trusted LAN
+    is the one the caller just applied."""
     (tmp_path / "policy.yaml").write_text("lan:\n  allow: [203.0.113.51, 203.0.113.52, 198.51.100.0/24, "
                                           "2001:db8::/64]\n")
     done = in_namespace(f"""
 import os
 os.environ["PBXAGENT_ROOT"] = "{tmp_path}"
 from pathlib import Path
-from pbxagent.network import ban_exemptions, firewall, nft
+from pbxagent.network import ban_exemptions, firewall, guard, nft
 from pbxagent.policy import site
 fw = site.compose(site.DEFAULTS, Path("{tmp_path}/policy.yaml"))[0].firewall
 nft.apply(firewall.compile_ruleset(fw, ["10.0.2.0/24", "fd00::/64"]))
-print(ban_exemptions.live_exempt())
-print(ban_exemptions.sync(ban_exemptions.live_exempt()).message)
-written = ban_exemptions.exempt_path().read_text()
-ban_exemptions.exempt_path().unlink()
-from pbxagent.network import guard
-guard._tell_fail2ban(print, ["10.0.2.0/24", "fd00::/64"])  # the guard's: its trusted sets, the allow sets read
-print(ban_exemptions.exempt_path().read_text() == written)
+print(ban_exemptions.live_allow())
+print(guard.exempt_sync(["10.0.2.0/24", "fd00::/64"]).message)
 """)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[-1] == "True"
-    assert lines[0] == str(sorted(["10.0.2.0/24", "fd00::/64", "203.0.113.51/32", "203.0.113.52/32",
-                                   "198.51.100.0/24", "2001:db8::/64"]))
+    assert lines[0] == str(sorted(["203.0.113.51/32", "203.0.113.52/32", "198.51.100.0/24", "2001:db8::/64"]))
     assert lines[1] == "fail2ban not running: it reads the list when it starts"
     written = (tmp_path / "etc/fail2ban/jail.d/zz-pbx-exempt.local").read_text()
-    assert "[DEFAULT]\nignoreip = 10.0.2.0/24 198.51.100.0/24 2001:db8::/64 203.0.113.51/32 " in written
+    assert ("[DEFAULT]\nignoreip = 10.0.2.0/24 198.51.100.0/24 2001:db8::/64 203.0.113.51/32 203.0.113.52/32 "
+            "fd00::/64\n") in written
 
 
 def test_the_ignore_list_changes_by_the_difference_only() -> None:

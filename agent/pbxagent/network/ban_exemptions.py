@@ -1,5 +1,6 @@
-"""What fail2ban must never ban: the trusted LAN and the allow-list, read from the agent's
-nftables sets (the one place they live) and handed to fail2ban as its `ignoreip` list.
+"""What fail2ban must never ban: the trusted LAN (as the agent just applied it) and the
+allow-list (read from its nftables sets: a `firewall apply` on probation holds one no
+file does), handed to fail2ban as its `ignoreip` list.
 
 fail2ban checks `ignoreip` in its own process. The `ignorecommand` this replaces forked sh
 and nft for each new source address, which under emulation cost ~1 s at the first failure
@@ -19,8 +20,7 @@ from pbxagent.network.firewall import TABLE
 
 SOCKET = "/run/fail2ban/fail2ban.sock"
 SOCKET_TIMEOUT_S = 30.0
-EXEMPT_SETS = ("trusted4", "trusted6", "allow4", "allow6")
-ALLOW_SETS = EXEMPT_SETS[2:]
+ALLOW_SETS = ("allow4", "allow6")
 
 
 def exempt_path() -> Path:
@@ -43,9 +43,9 @@ def networks_of(element: Any) -> list[str]:
     raise ValueError(f"unexpected nft set element {element!r}")
 
 
-def live_exempt(names: tuple[str, ...] = EXEMPT_SETS) -> list[str]:
+def live_allow() -> list[str]:
     found: list[str] = []
-    for name in names:
+    for name in ALLOW_SETS:
         for element in nft.set_elements(TABLE, name):
             found += networks_of(element["val"])
     return sorted(set(found))

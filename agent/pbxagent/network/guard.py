@@ -59,9 +59,11 @@ def exempt_networks(policy: Policy, addresses: list[lan.IfAddr]) -> list[str]:
     return segments(addresses) + list(policy.firewall.allow)
 
 
-def exempt_sync() -> ban_exemptions.Told:
-    """Give fail2ban the trusted LAN and allow-list as the applied sets hold them."""
-    return ban_exemptions.sync(ban_exemptions.live_exempt())
+def exempt_sync(trusted: list[str]) -> ban_exemptions.Told:
+    """Give fail2ban the trusted LAN just applied and the allow-list the sets hold (one nft
+    process per set: tenths of a second while a first boot's units start, so the trusted
+    sets, which the caller has, are not read back)."""
+    return ban_exemptions.sync(sorted(set(trusted + ban_exemptions.live_allow())))
 
 
 def save_bans(always: bool = False) -> None:
@@ -71,10 +73,7 @@ def save_bans(always: bool = False) -> None:
 
 
 def _tell_fail2ban(log: Callable[[str], None], trusted: list[str]) -> str | None:
-    """fail2ban's list from the trusted sets as the guard applied them, and the allow sets
-    read back (a `firewall apply` since the guard's start may have changed them): each
-    read is an nft process, tenths of a second while a first boot's units start."""
-    told = ban_exemptions.sync(sorted(set(trusted + ban_exemptions.live_exempt(ban_exemptions.ALLOW_SETS))))
+    told = exempt_sync(trusted)
     log(told.message)
     return told.pid
 

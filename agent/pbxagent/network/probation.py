@@ -58,9 +58,9 @@ def apply(current: site.Policy, proposal: Path | None, window_s: int) -> Applied
         raise ValueError(f"--rollback-after {window_s}: must be {low}..{high}")
     proposed = site.compose(site.DEFAULTS, proposal)[0] if proposal else current
     started = time.monotonic()
-    guard.apply(proposed)
+    addresses = guard.apply(proposed)
     took = time.monotonic() - started
-    told = guard.exempt_sync()
+    told = guard.exempt_sync(guard.segments(addresses))
     changes = risky(current.firewall, proposed.firewall)
     if proposal and changes:
         hold(proposal, window_s)
@@ -72,8 +72,7 @@ def apply(current: site.Policy, proposal: Path | None, window_s: int) -> Applied
 def roll_back(previous: site.Policy) -> str:
     """The change was not confirmed: apply the policy in force before it again."""
     discard()
-    guard.apply(previous)
-    return guard.exempt_sync().message
+    return guard.exempt_sync(guard.segments(guard.apply(previous))).message
 
 
 def install(proposal: Path) -> None:
