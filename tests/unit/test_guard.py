@@ -4,8 +4,10 @@ errors for the network keys."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -192,6 +194,21 @@ print(lan.read_addresses())
     assert "'10.9.9.1/32'" in netlink and "'fd00:77::1/64'" in netlink and "'203.0.113.7/28'" in netlink
 
 
+def test_an_interface_gone_between_the_dump_and_its_name_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The race (a PPP link going down mid-read) the kernel cannot be made to lose on cue.
+    real = socket.if_indextoname
+    loopback = socket.if_nametoindex("lo")
+
+    def gone(index: int) -> str:
+        if index == loopback:
+            raise OSError(errno.ENXIO, "No such device")
+        return real(index)
+
+    assert any(a.ifname == "lo" for a in lan.read_addresses())
+    monkeypatch.setattr(socket, "if_indextoname", gone)
+    assert not any(a.ifname == "lo" for a in lan.read_addresses())
+
+
 def test_an_address_change_wakes_the_guard_and_a_drain_empties_the_queue() -> None:
     done = in_namespace("""
 import select, subprocess, time
@@ -213,6 +230,7 @@ print(bool(select.select([events], [], [], 0.5)[0]))
 
 def test_bans_refuse_trusted_addresses_and_survive_a_save_and_restore(tmp_path: Path) -> None:
     done = in_namespace(f"""
+import errno
 import os
 os.environ["PBXAGENT_ROOT"] = "{tmp_path}"
 from pbxagent.network import bans, firewall, nft
@@ -278,6 +296,7 @@ def test_fail2ban_is_told_the_trusted_lan_and_the_live_allow_list(tmp_path: Path
     (tmp_path / "policy.yaml").write_text("lan:\n  allow: [203.0.113.51, 203.0.113.52, 198.51.100.0/24, "
                                           "2001:db8::/64]\n")
     done = in_namespace(f"""
+import errno
 import os
 os.environ["PBXAGENT_ROOT"] = "{tmp_path}"
 from pathlib import Path

@@ -116,10 +116,11 @@ def _follow_sip(log: Callable[[str], None], own: list[str]) -> None:
     it when told."""
     if not sip.follow_addresses(own, lan.source_toward):
         return
+    listening = sip.listen_addresses(own)
     if sip.end_address_wait():
-        log(f"SIP service starts on this box's addresses: {', '.join(sip.listen_addresses(own))}")
+        log(f"SIP service starts on this box's addresses: {', '.join(listening)}")
     else:
-        _restart(log, SIP_UNIT, "SIP service", sip.listen_addresses(own))
+        _restart(log, SIP_UNIT, "SIP service", listening)
 
 
 def _follow_relay(log: Callable[[str], None], relay: list[str], changed_by: float) -> None:

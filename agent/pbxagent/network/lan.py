@@ -80,7 +80,7 @@ def _align(length: int) -> int:
     return (length + 3) & ~3
 
 
-def parse_address(body: bytes) -> tuple[int, str] | None:
+def _parse_address(body: bytes) -> tuple[int, str] | None:
     """One RTM_NEWADDR message's body: the interface index and "address/prefix" (the
     local address, which on a point-to-point link is not IFA_ADDRESS, the peer's)."""
     family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(body)
@@ -96,6 +96,15 @@ def parse_address(body: bytes) -> tuple[int, str] | None:
     if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
         return None
     return index, f"{socket.inet_ntop(family, raw)}/{prefixlen}"
+
+
+def _interface_name(index: int) -> str | None:
+    """None for an interface gone since the dump (a PPP or VPN link going down): its
+    addresses went with it, and the guard reads them all again at that change's event."""
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return None
 
 
 def read_addresses() -> list[IfAddr]:
@@ -116,9 +125,10 @@ def read_addresses() -> list[IfAddr]:
                     return sorted(found)
                 if kind == NLMSG_ERROR:
                     raise OSError(-struct.unpack_from("=i", body)[0], "netlink address dump failed")
-                parsed = parse_address(body) if kind == RTM_NEWADDR else None
-                if parsed:
-                    found.append(IfAddr(socket.if_indextoname(parsed[0]), parsed[1]))
+                parsed = _parse_address(body) if kind == RTM_NEWADDR else None
+                name = _interface_name(parsed[0]) if parsed else None
+                if parsed and name:
+                    found.append(IfAddr(name, parsed[1]))
                 offset += _align(length)
 
 
