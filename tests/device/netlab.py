@@ -161,17 +161,17 @@ def lab_twin(board: Board, image: Path, work: Path) -> Iterator[tuple[NetLab, De
 
 def _save_moved(net: NetLab, twin: Twin, saved: Path) -> devtwin.Snapshot:
     """Move the twin to the lab, save it and power it off; its layer and console log kept."""
+    power = twin.power
+    assert isinstance(power, QemuPower)  # boards.booted_twin's twins are QEMU's
     try:
         net.attach_tap()
         _move(twin.dut)
-        assert isinstance(twin.power, QemuPower)
-        twin.power.savevm(LAB_SNAPSHOT)
+        power.savevm(LAB_SNAPSHOT)
     finally:
         twin.power_off()  # QEMU writes its qcow2 caches out as it quits: the copy is whole
-    assert isinstance(twin.power, QemuPower)
     saved.mkdir(parents=True, exist_ok=True)
     snapshot = devtwin.Snapshot(layer=saved / "layer.qcow2", password=twin.password, key=LAB_SNAPSHOT)
-    devtwin.copy_snapshot(devtwin.Snapshot(twin.power.disk, twin.password, LAB_SNAPSHOT), snapshot.layer)
+    shutil.copyfile(power.disk, snapshot.layer)
     shutil.copyfile(twin.log_path, snapshot.console_log)
     return snapshot
 
