@@ -131,8 +131,8 @@ def secret_of(dev: Device, number: str) -> str:
 LAB_SNAPSHOT = "lab"
 # The twin moved to the lab, saved once per image for the session's other lab modules:
 # the move (the guard's restarts of kamailio and the relay, fail2ban reading its new
-# list) takes most of a minute under TCG, a restore seconds. Keyed by (image, mtime).
-_moved: dict[tuple[Path, int], devtwin.Snapshot] = {}
+# list) takes most of a minute under TCG, a restore seconds. Keyed by boards.image_key.
+_moved: dict[tuple[Path, int, int], devtwin.Snapshot] = {}
 
 
 @contextmanager
@@ -141,7 +141,7 @@ def lab_twin(board: Board, image: Path, work: Path) -> Iterator[tuple[NetLab, De
     the lab snapshot: the first time from the image's booted snapshot, moved, then saved.
     Its NIC's backend is the lab's tap (a backend is not part of the saved machine)."""
     tap = Wiring(netdev=f"tap,id=net0,ifname={TAP},script=no,downscript=no")
-    key = (image.resolve(), image.stat().st_mtime_ns)
+    key = boards.image_key(image)
     with NetLab() as net:
         if key not in _moved:
             _moved[key] = _save_moved(net, boards.booted_twin(board, image, work / "first", tap), work / "saved")

@@ -68,9 +68,15 @@ def booted_twin(board: Board, image: Path, work: Path, wiring: Wiring | None = N
     return twin
 
 
-def _snapshot(board: Board, image: Path, work: Path) -> devtwin.Snapshot | None:
+def image_key(image: Path) -> tuple[Path, int, int]:
+    """Which build of an image this is, for what a session keeps per image: a rebuild
+    between tests is another image."""
     stat = image.stat()
-    memo = (image.resolve(), stat.st_mtime_ns, stat.st_size)
+    return image.resolve(), stat.st_mtime_ns, stat.st_size
+
+
+def _snapshot(board: Board, image: Path, work: Path) -> devtwin.Snapshot | None:
+    memo = image_key(image)
     if memo in _known:
         return _known[memo]
     found, why = devtwin.find_snapshot(board, image)
