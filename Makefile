@@ -114,9 +114,9 @@ device-test: image
 	$(DEVICE_TEST)
 
 # `make test`: lint, unit tests, the default board's image, its QEMU device tests and its
-# reproducibility (two more builds, the second bootstrapped anew with no network: ~15 min
-# of qemu-user), then the second board's image and a first boot of it to a passing audit
-# and a registering phone. The builds run beside the device tests at idle CPU and I/O
+# reproducibility (the image under test against a build bootstrapped anew with no network:
+# ~12 min of qemu-user), then the second board's image and a first boot of it to a
+# passing audit and a registering phone. The builds run beside the device tests at idle CPU and I/O
 # priority (SCHED_IDLE, ionice idle), so they use only what the emulated boards leave
 # unused and cannot slow them; their log is printed when all are done.
 SECOND_BOARD := $(if $(filter qemu-u20,$(BOARD)),qemu-u50,qemu-u20)
@@ -124,7 +124,7 @@ BESIDE_LOG := out/beside-$(BOARD).log
 IDLE := chrt --idle 0 ionice -c 3
 test: setup lint unit image-test keys
 	@mkdir -p out; echo "==> repro, then the $(SECOND_BOARD) image: beside the device tests at idle priority (log: $(BESIDE_LOG))"; \
-	{ $(IDLE) $(REPRO) && $(IDLE) $(MAKE) --no-print-directory image BOARD=$(SECOND_BOARD); } > $(BESIDE_LOG) 2>&1 & beside=$$!; \
+	{ $(IDLE) $(REPRO) --first-build $(OUT) && $(IDLE) $(MAKE) --no-print-directory image BOARD=$(SECOND_BOARD); } > $(BESIDE_LOG) 2>&1 & beside=$$!; \
 	trap 'kill $$beside 2>/dev/null' INT TERM; \
 	$(DEVICE_TEST); device=$$?; \
 	echo "==> device tests exit $$device; waiting for repro and the $(SECOND_BOARD) image"; wait $$beside; built=$$?; \
