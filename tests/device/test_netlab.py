@@ -13,6 +13,7 @@ internet host in a public-looking segment behind the router.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,8 @@ def test_ten_wrong_registers_ban_the_internet_host(lab: tuple[NetLab, Device]) -
     try:
         assert register(net, INTERNET, "806", secret) == "timeout"
         assert scan(net, INTERNET) == []
+        listed = json.loads(dev.check("pbxagent bans list --json 2>/dev/null"))
+        assert [b["expires_in"] > 3500 for b in listed if b["address"] == INTERNET_HOST] == [True]  # the policy's hour
     finally:
         dev.check(f"pbxagent bans remove {INTERNET_HOST} 2>/dev/null || true")
     assert register(net, INTERNET, "806", secret) == "SIP/2.0 200 OK"

@@ -5,7 +5,7 @@ failure logged with the packet's source, TLS on 5061 with the device's certifica
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -50,48 +50,6 @@ def test_tls_on_5061_with_the_devices_own_certificate(device: Device) -> None:
         "print(s.version())\"")
     assert subject.strip() in ("TLSv1.2", "TLSv1.3")
     assert device.check("stat -c '%a %U' /data/pbx/tls/key.pem").strip() == "600 root"
-
-
-@pytest.fixture
-def hosts(device: Device, register: Callable[..., str]) -> Iterator[None]:
-    """Two hosts in network namespaces on the twin, each on a veth link of its own: an
-    internet host in a public segment and a LAN host in a private one."""
-    for name, box, peer in (("inet", "203.0.113.1/24", "203.0.113.50/24"), ("lan", "192.168.50.1/24",
-                                                                              "192.168.50.20/24")):
-        device.check(f"ip netns add {name} && ip link add pbx-{name} type veth peer name {name}0 && "
-                     f"ip link set {name}0 netns {name} && ip addr add {box} dev pbx-{name} && "
-                     f"ip link set pbx-{name} up && ip -n {name} addr add {peer} dev {name}0 && "
-                     f"ip -n {name} link set {name}0 up && ip -n {name} link set lo up")
-    device.check("( for i in $(seq 150); do nft list set inet pbx trusted4 | grep -q 192.168.50.0/24 && exit 0; "
-                 "sleep 0.2; done; exit 1 )", timeout=60)
-    device.check(sip.listening("203.0.113.1", "192.168.50.1"), timeout=180)
-    device.check("( for i in $(seq 300); do fail2ban-client status pbx-sip >/dev/null 2>&1 && exit 0; "
-                 "sleep 0.5; done; exit 1 )", timeout=200)
-    yield
-    device.check("ip netns del inet; ip netns del lan; ip link del pbx-inet; ip link del pbx-lan; true")
-
-
-def test_ten_failures_from_the_internet_ban_it_the_lan_never(device: Device, hosts: None) -> None:
-    def register(ns: str, box: str, secret: str) -> str:
-        return device.check(f"ip netns exec {ns} python3 {sip.ON_TWIN} 803 '{secret}' pbxfw-test {box} 5060",
-                            timeout=60).strip()
-
-    attacker = "203.0.113.50"
-    for _ in range(10):
-        assert register("inet", "203.0.113.1", "Wrong-Secret-77xx") == "SIP/2.0 401 Unauthorized"
-    device.check(f"( for i in $(seq 50); do nft list set inet pbx ban4 | grep -q '{attacker}' && exit 0; "
-                 "sleep 0.2; done; exit 1 )", timeout=60)
-    try:
-        assert register("inet", "203.0.113.1", secret_of(device, "803")) == "timeout"  # every packet dropped
-        listed = json.loads(device.check("pbxagent bans list --json 2>/dev/null"))
-        assert [b["expires_in"] > 3500 for b in listed if b["address"] == attacker] == [True]
-        for _ in range(12):
-            assert register("lan", "192.168.50.1", "Wrong-Secret-77xx") == "SIP/2.0 401 Unauthorized"
-        device.check("sleep 3")
-        assert register("lan", "192.168.50.1", secret_of(device, "803")) == "SIP/2.0 200 OK"
-        assert "192.168.50.20" not in device.check("pbxagent bans list 2>/dev/null")  # trusted LAN: never banned
-    finally:
-        device.check(f"pbxagent bans remove {attacker} 2>/dev/null || true")
 
 
 def restart_agent(device: Device) -> None:
