@@ -131,6 +131,27 @@ def test_a_trunks_ca_must_be_pem_certificates_and_a_bad_one_keeps_the_last(tree:
     assert secrets.ca_path("backup").read_bytes() == good
 
 
+@pytest.mark.parametrize(("state", "restarted"), [("running", True), ("start-pre", False)])
+def test_a_new_secret_restarts_the_sip_service_unless_it_has_not_read_its_inputs_yet(
+        tree: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], state: str,
+        restarted: bool) -> None:
+    (tree / "data" / "pbx").mkdir(parents=True)
+    site.override_path().write_text(PROVIDER)
+    sip.write_inputs(site.load().policy)
+    calls: list[tuple[str, ...]] = []
+
+    def systemctl(*args: str) -> str:  # kamailio.service in `state`
+        calls.append(args)
+        return state if args[0] == "show" else ""
+
+    monkeypatch.setattr("pbxagent.system.systemctl", systemctl)
+    monkeypatch.setattr("sys.stdin", io.StringIO("pr0vider-secret\n"))
+    assert main(["trunks", "secret", "provider"]) == 0
+    assert (("try-restart", "kamailio.service") in calls) == restarted
+    assert "pr0vider-secret" in (sip.run_dir() / "db" / "uacreg").read_text()  # read as it starts, either way
+    assert ("restarted" in capsys.readouterr().out) == restarted
+
+
 def test_a_trunks_ca_comes_from_stdin_shows_in_the_list_and_is_forgotten_with_public(
         tree: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     (tree / "data" / "pbx").mkdir(parents=True)

@@ -580,12 +580,19 @@ def _known_trunk(name: str) -> bool:
 
 
 def _restart_sip() -> None:
-    """The SIP service reads its tables and TLS files at start: restarted when they changed."""
+    """The SIP service reads its tables and TLS files at start: restarted when they
+    changed. One still waiting for the box's first address (kamailio.service's
+    ExecStartPre, up to 20 s) has read nothing yet and starts on them: a restart would
+    only wait for that start to end."""
     from pbxagent import sip, system
 
-    if sip.run_dir().exists() and sip.write_inputs(_policy())[1]:
-        system.systemctl("try-restart", "kamailio.service")
-        print("pbxagent: the SIP service restarted with it")
+    if not (sip.run_dir().exists() and sip.write_inputs(_policy())[1]):
+        return
+    if system.systemctl("show", "-P", "SubState", "kamailio.service") == "start-pre":
+        print("pbxagent: the SIP service takes it as it starts")
+        return
+    system.systemctl("try-restart", "kamailio.service")
+    print("pbxagent: the SIP service restarted with it")
 
 
 def _run(_: object) -> int:
