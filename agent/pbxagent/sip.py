@@ -152,6 +152,18 @@ def listen_config(addresses: list[str], toward_internet: str | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
+def public_config(public: str) -> str:
+    """kamailio's view of the policy's calls.public_address: the router's address as
+    PBX_PUBLIC, given to the internet side (kamailio.cfg: route[SIDES], route[RECORD_ROUTE],
+    a registration's contact), and an alias of the box's, so a request routed back by it
+    is the box's own."""
+    lines = ["# Written by pbxagent from the policy (calls.public_address)."]
+    if public:
+        lines += [f'#!define PBX_PUBLIC "{public}"', f'#!define PBX_PUBLIC_CONTACT "{public}:5060"',
+                  f"alias=udp:{public}:5060", f"alias=tcp:{public}:5060", f"alias=tls:{public}:5061"]
+    return "\n".join(lines) + "\n"
+
+
 def listen_addresses(own: list[str]) -> list[str]:
     """The box's addresses kamailio listens on: IPv4 ones (its sockets are IPv4 only),
     without loopback (always there) and link-local."""
@@ -264,6 +276,7 @@ def write_inputs(policy: site.Policy) -> tuple[list[str], bool]:
         base / "db" / "subscriber": subscriber_table(store, policy.permit, policy.calls),
         base / "db" / "uacreg": uacreg_table(policy.calls.trunks, secrets),
         base / "db" / "address": address_table(policy.calls.trunks),
+        base / "public.cfg": public_config(policy.calls.public_address),
         **{base / name: (tls_dir() / name).read_bytes() for name in ("cert.pem", "key.pem")},
     }
     cas = trunk_secrets.cas([t.name for t in policy.calls.trunks if t.transport == "tls"])

@@ -84,6 +84,16 @@ class NetLab:
         ip("-n", ns, "link", "set", "eth0", "up")
         ip("-n", ns, "route", "add", "default", "via", gateway)
 
+    def site_nat(self, relay_ports: str = "10000-10500") -> None:
+        """The router as a site's router in front of a box (the policy's
+        calls.public_address): SIP and the relay's ports forwarded from its internet
+        address to the twin, the LAN masqueraded behind that address."""
+        rules = (f"table ip site {{ chain in {{ type nat hook prerouting priority dstnat; "
+                 f"ip daddr {ROUTER_INTERNET} meta l4proto {{ udp, tcp }} th dport {{ 5060, 5061, {relay_ports} }} "
+                 f"dnat to {TWIN}; }}; chain out {{ type nat hook postrouting priority srcnat; "
+                 f"ip saddr {ROUTER_LAN}/{PREFIX} oif \"r-inet\" masquerade; }}; }}")
+        subprocess.run(["ip", "netns", "exec", ROUTER, "nft", "-f", "-"], input=rules, text=True, check=True)
+
     def attach_tap(self, timeout: float = 60) -> None:
         """Move QEMU's tap into the router's namespace, onto the bridge."""
         deadline = time.monotonic() + timeout

@@ -10,15 +10,24 @@ the box's journal whatever ran before it on the same twin.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tests.device.netlab import TWIN
+from tests.infra.twin import Device
 
 SCENARIOS = Path(__file__).parent / "sipp"
 AUDIO_PACKETS = 102  # RTP packets in /usr/share/sip-tester/g711a.pcap (20 ms each)
+
+
+def records_of(dev: Device, tag: str) -> list[dict[str, Any]]:
+    """The call records of a test's calls (tagged `tag`), as `pbxagent calls list` shows them."""
+    rows = json.loads(dev.check("pbxagent calls list --json --since today 2>/dev/null"))
+    return sorted((r for r in rows if r["call"].endswith(f"-{tag}")), key=lambda r: r["call"])
 
 
 def sipp(ns: str, address: str, port: int, scenario: str, *args: str, target: str | None = TWIN,
@@ -57,6 +66,11 @@ def running(argv: list[str], stop: bool = False) -> Iterator[subprocess.Popen[by
             phone.wait()
 
 
+def _trace(messages: Path | None) -> list[str]:
+    """sipp's options to write every SIP message it sends and gets to `messages`."""
+    return ["-trace_msg", "-message_file", str(messages)] if messages else []
+
+
 def _credentials(work: Path, user: str, secret: str) -> Path:
     """A provider's -inf file: the test's own secret, in its temporary directory."""
     path = work / f"{user}.csv"
@@ -71,22 +85,22 @@ def answering(ns: str, address: str, port: int, extension: str, calls: int | Non
     block ends, with no time limit) and echoes their audio (`talking`: and plays its
     own); with `messages`, every SIP message it sends and gets is written there."""
     count = ["-m", str(calls)] if calls else []
-    trace = ["-trace_msg", "-message_file", str(messages)] if messages else []
     scenario = "answer-talking.xml" if talking else "answer.xml"
     with running(sipp(ns, address, port, scenario, "-s", extension, "-mi", address, "-mp", str(media_port),
-                       "-rtp_echo", *count, *trace, target=None, timeout_s=60 if calls else None),
+                       "-rtp_echo", *count, *_trace(messages), target=None, timeout_s=60 if calls else None),
                   stop=calls is None) as phone:
         yield phone
 
 
 def call(ns: str, address: str, port: int, caller: str, secret: str, callee: str, tag: str, calls: int = 1,
-         hold_ms: int = 3000, media_port: int = 6100, at_once: int | None = None) -> subprocess.CompletedProcess[str]:
+         hold_ms: int = 3000, media_port: int = 6100, at_once: int | None = None,
+         messages: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`calls` calls from `caller` to `callee`, all at once (or at most `at_once` at a
     time), each held `hold_ms` with audio; sipp exits 0 only if every one was answered
-    and hung up cleanly."""
+    and hung up cleanly. With `messages`, as `answering`."""
     return run(sipp(ns, address, port, "call.xml", "-s", callee, "-key", "from", caller, "-au", caller,
                     "-ap", secret, "-mi", address, "-mp", str(media_port), "-d", str(hold_ms), "-m", str(calls),
-                    "-l", str(at_once or calls), "-r", str(calls), "-cid_str", f"%u-%p-{tag}"))
+                    "-l", str(at_once or calls), "-r", str(calls), "-cid_str", f"%u-%p-{tag}", *_trace(messages)))
 
 
 def call_until_hung_up(ns: str, address: str, port: int, caller: str, secret: str, callee: str, tag: str,
@@ -107,23 +121,24 @@ def guest_call(ns: str, address: str, port: int, claimed: str, callee: str,
 
 @contextmanager
 def provider(ns: str, address: str, port: int, user: str, secret: str, work: Path, calls: int = 1,
-             within_s: int = 60) -> Iterator[subprocess.Popen[bytes]]:
+             within_s: int = 60, messages: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A SIP provider at address:port that challenges each call from a trunk and answers
     it only if the digest matches user and secret; exits 0 only if every call passed
-    (each ended by a BYE) within `within_s`."""
+    (each ended by a BYE) within `within_s`. With `messages`, as `answering`."""
     with running(sipp(ns, address, port, "provider.xml", "-inf", str(_credentials(work, user, secret)),
-                       "-mi", address, "-mp", "6200", "-m", str(calls), target=None,
+                       "-mi", address, "-mp", "6200", "-m", str(calls), *_trace(messages), target=None,
                        timeout_s=within_s)) as provider:
         yield provider
 
 
 def inbound_call(ns: str, address: str, port: int, caller: str, did: str, tag: str, hold_ms: int = 2000,
-                 contact: str | None = None) -> subprocess.CompletedProcess[str]:
-    """A call a provider brings in from `caller` to `did`, no credentials, sent to the DID
-    or to the user `contact` the box registered: exits 0 only if answered."""
+                 contact: str | None = None, target: str = TWIN) -> subprocess.CompletedProcess[str]:
+    """A call a provider brings in from `caller` to `did`, no credentials, sent to
+    `target` (the box, or the router in front of it) for the DID or for the user
+    `contact` the box registered: exits 0 only if answered."""
     return run(sipp(ns, address, port, "inbound.xml", "-s", did, "-key", "from", caller, "-key", "contact",
                     contact or did, "-mi", address, "-mp", "6300", "-d", str(hold_ms), "-m", "1",
-                    "-cid_str", f"%u-%p-{tag}"))
+                    "-cid_str", f"%u-%p-{tag}", target=target))
 
 
 @contextmanager
@@ -133,7 +148,7 @@ def registrar(ns: str, address: str, port: int, user: str, secret: str, work: Pa
     accepts it only if the digest matches user and secret (exit 0); every SIP message
     it sends and gets is written to `messages`."""
     with running(sipp(ns, address, port, "registrar.xml", "-inf", str(_credentials(work, user, secret)),
-                       "-m", "1", "-trace_msg", "-message_file", str(messages), target=None)) as registrar:
+                       "-m", "1", *_trace(messages), target=None)) as registrar:
         yield registrar
 
 

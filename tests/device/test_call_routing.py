@@ -28,7 +28,6 @@ import datetime
 import json
 import uuid
 from pathlib import Path
-from typing import Any
 
 from tests.device import phones
 from tests.device.netlab import (
@@ -50,12 +49,6 @@ CALLEE_PORT, CALLER_PORT = 5070, 5080
 RELAY_PORTS = "10000-10500"  # calls.relay_ports, the default
 
 
-def records_of(dev: Device, tag: str) -> list[dict[str, Any]]:
-    """This test's call records, as `pbxagent calls list` shows them."""
-    rows = json.loads(dev.check("pbxagent calls list --json --since today 2>/dev/null"))
-    return sorted((r for r in rows if r["call"].endswith(f"-{tag}")), key=lambda r: r["call"])
-
-
 def callee_802(dev: Device) -> None:
     phones.register(LAN2, LAN2_HOST, CALLEE_PORT, "802", secret_of(dev, "802"))
 
@@ -74,7 +67,7 @@ def test_an_extension_calls_another_with_audio_both_ways_and_one_record(lab: tup
         # The phones' own addresses are in each SDP: the audio never passes the box.
         assert at_callee.packets() >= phones.AUDIO_PACKETS * 0.9
         assert at_caller.packets() >= phones.AUDIO_PACKETS * 0.9  # echoed back
-    [record] = records_of(dev, tag)
+    [record] = phones.records_of(dev, tag)
     assert (record["caller"], record["dialled"], record["kind"], record["code"], record["source"]) == \
         ("801", "802", "internal", 200, LAN_HOST)
     assert record["answer"] is not None and record["duration"] >= 1
@@ -98,7 +91,7 @@ def test_a_remote_phone_behind_nat_calls_with_its_audio_through_the_relay(lab: t
         # Its SDP names 10.77.0.2, where nothing could reach it: both phones talk to the relay.
         assert at_callee.packets() >= phones.AUDIO_PACKETS * 0.9
         assert at_caller.packets() >= phones.AUDIO_PACKETS * 0.9  # echoed back, relayed again
-    [record] = records_of(dev, tag)
+    [record] = phones.records_of(dev, tag)
     assert (record["caller"], record["code"], record["source"]) == ("803", 200, INTERNET_HOST)
 
 
@@ -117,7 +110,7 @@ def test_a_remote_phone_behind_nat_is_called_where_it_registered_from_with_relay
         assert phone.returncode == 0  # and the ACK and BYE too (its contact's alias)
         assert at_callee.packets() >= phones.AUDIO_PACKETS * 0.9  # the caller's audio, through the relay
         assert at_caller.packets() >= phones.AUDIO_PACKETS * 0.9  # the callee's, relayed too
-    [record] = records_of(dev, tag)
+    [record] = phones.records_of(dev, tag)
     assert (record["dialled"], record["code"]) == ("803", 200)
 
 
@@ -141,7 +134,7 @@ def test_a_third_call_at_once_is_busy_with_its_record_and_an_alert(lab: tuple[Ne
         done = phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret_of(dev, "801"), "802", tag, calls=3,
                            hold_ms=5000)
     assert done.returncode != 0  # one of the three was not answered
-    assert sorted(r["code"] for r in records_of(dev, tag)) == [200, 200, 486]
+    assert sorted(r["code"] for r in phones.records_of(dev, tag)) == [200, 200, 486]
     alerts = dev.check("journalctl -u kamailio -o cat --since today | grep -c "
                        f"'pbx-alert concurrent-limit from=801 calls=2 src={LAN_HOST}' || true")
     assert int(alerts) >= 1
@@ -155,7 +148,7 @@ def test_a_guest_call_claiming_a_local_extension_is_challenged_and_never_rings(l
         done = phones.guest_call(INTERNET, INTERNET_HOST, 5090, "801", "802", tag)
         assert done.returncode == 0, done.stdout[-3000:]  # answered 407
         assert at_phone.packets() == 0
-    assert records_of(dev, tag) == []
+    assert phones.records_of(dev, tag) == []
     assert f"pbx-auth-challenge src={INTERNET_HOST} " in dev.check(
         f"journalctl -u kamailio -o cat --since today | grep 'src={INTERNET_HOST} ' | tail -3")
 
@@ -167,7 +160,7 @@ def test_an_extension_with_no_phone_is_480_and_no_extension_is_for_the_policy(la
     for dialled in ("805", "899"):  # an extension no phone registered; no extension's number
         done = phones.call(LAN, LAN_HOST, CALLER_PORT, "804", secret, dialled, tag)
         assert done.returncode != 0
-    codes = {r["dialled"]: (r["kind"], r["code"]) for r in records_of(dev, tag)}
+    codes = {r["dialled"]: (r["kind"], r["code"]) for r in phones.records_of(dev, tag)}
     assert codes == {"805": ("internal", 480), "899": ("invalid", 403)}  # the defaults: no calls.country
 
 
@@ -186,7 +179,7 @@ def test_the_call_policy_decides_external_numbers_with_records_and_alerts(lab: t
             assert phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret, dialled, tag).returncode != 0
     finally:
         dev.check("rm -f /data/pbx/policy.yaml")
-    got = [(r["dialled"], r["kind"], r["code"]) for r in records_of(dev, tag)]
+    got = [(r["dialled"], r["kind"], r["code"]) for r in phones.records_of(dev, tag)]
     assert sorted(got) == sorted([
         ("0123456789", "national", 503),  # allowed: no trunk to take it yet
         ("0049301234567", "international", 403),  # no PIN
@@ -222,7 +215,7 @@ def test_outside_its_window_to_a_country_not_allowed_and_past_the_days_count_a_c
             assert phones.call(LAN, LAN_HOST, CALLER_PORT, "804", secret, dialled, tag).returncode != 0
     finally:
         dev.check("rm -f /data/pbx/policy.yaml")
-    got = [(r["dialled"], r["code"]) for r in sorted(records_of(dev, tag), key=lambda r: r["end"])]
+    got = [(r["dialled"], r["code"]) for r in sorted(phones.records_of(dev, tag), key=lambda r: r["end"])]
     assert got == [("*7<PIN>*00442079460000", 403), ("*7<PIN>*0049301234567", 403),
                    ("0123456789", 503), ("0123456780", 403)]  # the one allowed had no trunk to go to
     alerts = dev.check(f"journalctl -u pbx-agent -o cat --since today | grep 'pbx-alert call-refused call=.*-{tag} '")
@@ -246,7 +239,7 @@ def test_six_external_calls_in_a_minute_lock_the_extension_until_unlocked(lab: t
         phones.call(LAN, LAN_HOST, CALLER_PORT, "803", secret, "0123456781", tag)
     finally:
         dev.check("rm -f /data/pbx/policy.yaml; pbxagent calls unlock 803")
-    codes = [r["code"] for r in sorted(records_of(dev, tag), key=lambda r: (r["end"], r["dialled"]))]
+    codes = [r["code"] for r in sorted(phones.records_of(dev, tag), key=lambda r: (r["end"], r["dialled"]))]
     assert sorted(codes[:6]) == [403] + [503] * 5  # the sixth locked it; the others had no trunk to go to
     assert codes[6:] == [403, 503]  # locked; then unlocked
     assert audit.output.startswith("FAIL  call-locks") and "pbxagent calls unlock 803" in audit.output

@@ -25,7 +25,6 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -54,11 +53,6 @@ def trunk(lab: tuple[NetLab, Device]) -> Iterator[tuple[NetLab, Device, str]]:
     yield net, dev, secret
 
 
-def records_of(dev: Device, tag: str) -> list[dict[str, Any]]:
-    rows = json.loads(dev.check("pbxagent calls list --json --since today 2>/dev/null"))
-    return sorted((r for r in rows if r["call"].endswith(f"-{tag}")), key=lambda r: r["call"])
-
-
 def test_an_external_call_answers_the_providers_challenge_with_the_trunks_secret(
         trunk: tuple[NetLab, Device, str], tmp_path: Path) -> None:
     _, dev, secret = trunk
@@ -68,7 +62,7 @@ def test_an_external_call_answers_the_providers_challenge_with_the_trunks_secret
                            hold_ms=1000)
     assert done.returncode == 0, done.stdout[-3000:]
     assert provider.returncode == 0  # it checked the digest
-    [record] = records_of(dev, tag)
+    [record] = phones.records_of(dev, tag)
     assert (record["dialled"], record["kind"], record["trunk"], record["code"]) == \
         ("0123456789", "national", "provider", 200)
     assert record["answer"] is not None
@@ -81,7 +75,7 @@ def test_a_provider_expecting_another_secret_refuses_the_call(trunk: tuple[NetLa
     with phones.provider(INTERNET, INTERNET_HOST, PROVIDER_PORT, TRUNK_USER, secret + "x", tmp_path) as provider:
         done = phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret_of(dev, "801"), "0123456789", tag)
     assert done.returncode != 0 and provider.returncode != 0
-    assert [(r["trunk"], r["code"]) for r in records_of(dev, tag)] == [("provider", 403)]
+    assert [(r["trunk"], r["code"]) for r in phones.records_of(dev, tag)] == [("provider", 403)]
 
 
 def test_a_second_call_at_once_over_a_trunk_of_one_is_503(trunk: tuple[NetLab, Device, str], tmp_path: Path) -> None:
@@ -90,7 +84,7 @@ def test_a_second_call_at_once_over_a_trunk_of_one_is_503(trunk: tuple[NetLab, D
     with phones.provider(INTERNET, INTERNET_HOST, PROVIDER_PORT, TRUNK_USER, secret, tmp_path):
         phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret_of(dev, "801"), "0123456789", tag, calls=2,
                     hold_ms=4000)
-    assert sorted(r["code"] for r in records_of(dev, tag)) == [200, 503]
+    assert sorted(r["code"] for r in phones.records_of(dev, tag)) == [200, 503]
     assert "pbx-alert trunk-limit trunk=provider calls=1" in dev.check(
         "journalctl -u kamailio -o cat --since today | grep 'pbx-alert trunk-limit' | tail -1")
 
@@ -110,7 +104,7 @@ def test_the_box_ends_a_trunk_call_at_the_longest_with_a_bye_to_both_sides_and_o
         dev.check(f"printf \"{POLICY}\" > /data/pbx/policy.yaml")
     assert provider.returncode == 0  # the provider got its BYE: it bills no longer
     assert done.returncode == 0, done.stdout[-3000:]  # and the phone got its own
-    [record] = records_of(dev, tag)
+    [record] = phones.records_of(dev, tag)
     assert record["code"] == 200 and longest - 1 <= record["duration"] <= longest + 5
     assert f"pbx-alert longest-call call={record['call']}" in dev.check(
         "journalctl -u kamailio -o cat --since today | grep 'pbx-alert longest-call' | tail -1")
@@ -126,7 +120,8 @@ def test_a_did_from_the_trunk_rings_its_extension_however_the_number_is_written(
             done = phones.inbound_call(INTERNET, INTERNET_HOST, PROVIDER_PORT, "+33612345678", did, tag)
         assert done.returncode == 0, done.stdout[-3000:]
         assert phone.returncode == 0
-    got = [(r["caller"], r["dialled"], r["kind"], r["trunk"], r["code"], r["source"]) for r in records_of(dev, tag)]
+    got = [(r["caller"], r["dialled"], r["kind"], r["trunk"], r["code"], r["source"])
+           for r in phones.records_of(dev, tag)]
     assert sorted(got) == sorted([("+33612345678", did, "inbound", "provider", 200, INTERNET_HOST)
                                   for did in ("+33140000005", "0140000007")])
 
@@ -152,7 +147,7 @@ def test_a_trunk_that_registers_gets_the_providers_calls_at_the_contact_it_regis
                                        contact="provider")
         assert done.returncode == 0, done.stdout[-3000:]
         assert phone.returncode == 0
-        got = [(r["dialled"], r["kind"], r["trunk"], r["code"]) for r in records_of(dev, tag)]
+        got = [(r["dialled"], r["kind"], r["trunk"], r["code"]) for r in phones.records_of(dev, tag)]
         assert got == [("+33140000003", "inbound", "provider", 200)]
     finally:
         dev.check(f"printf \"{POLICY}\" > /data/pbx/policy.yaml && systemctl restart pbx-agent && {sip.listening()}",
@@ -170,7 +165,7 @@ def test_an_unknown_did_is_404_and_no_other_address_is_taken_for_the_trunk(
         challenged = phones.guest_call(INTERNET, ELSEWHERE, PROVIDER_PORT, "+33612345678", "+33140000005", tag)
         assert challenged.returncode == 0, challenged.stdout[-3000:]  # answered 407
         assert at_phone.packets() == 0
-    assert [(r["dialled"], r["code"]) for r in records_of(dev, tag)] == [("+33149999999", 404)]
+    assert [(r["dialled"], r["code"]) for r in phones.records_of(dev, tag)] == [("+33149999999", 404)]
 
 
 def test_a_bad_trunk_policy_is_named_and_the_running_trunks_stay(trunk: tuple[NetLab, Device, str]) -> None:

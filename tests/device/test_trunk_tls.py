@@ -30,7 +30,7 @@ import pytest
 
 from tests.device import phones
 from tests.device.netlab import INTERNET, INTERNET_HOST, LAN, LAN_HOST, NetLab, secret_of
-from tests.device.test_trunk_calls import CALLER_PORT, TRUNK_USER, records_of
+from tests.device.test_trunk_calls import CALLER_PORT, TRUNK_USER
 from tests.infra import sip
 from tests.infra.twin import Device
 
@@ -123,7 +123,7 @@ def call_through(net: NetLab, dev: Device, issued: Issued, secret: str, work: Pa
     tag = uuid.uuid4().hex[:8]
     with provider(net, issued, secret, work) as events:
         done = phones.call(LAN, LAN_HOST, CALLER_PORT, "801", secret_of(dev, "801"), "0123456789", tag, hold_ms=1000)
-    return done, events.read_text().splitlines(), records_of(dev, tag)
+    return done, events.read_text().splitlines(), phones.records_of(dev, tag)
 
 
 def test_a_call_goes_to_the_provider_its_ca_vouches_for_with_the_trunks_digest(

@@ -118,12 +118,24 @@ def test_any_dial_string_gets_a_decision_with_reasons_and_no_pin_shown(dialled: 
     ("calls:\n  relay_ports: 5000-6000\n", r"calls\.relay_ports: '5000-6000' covers SIP's ports"),
     ("calls:\n  relay_ports: 10500-10000\n", r"calls\.relay_ports: '10500-10000' is outside 1\.\.65535 or not"),
     ("calls:\n  relay_ports: rtp\n", r"calls\.relay_ports: 'rtp' is not a port or a range"),
+    ("calls:\n  public_address: router.example\n", r"calls\.public_address: 'router\.example' is not an IPv4"),
+    ("calls:\n  public_address: 192.168.1.1\n", r"calls\.public_address: 192\.168\.1\.1 is no public address"),
+    ("calls:\n  public_address: 172.20.0.1\n", r"calls\.public_address: 172\.20\.0\.1 is no public address"),
+    ("calls:\n  public_address: 127.0.0.1\n", r"calls\.public_address: 127\.0\.0\.1 is no public address"),
+    ("calls:\n  public_address: 2001:db8::1\n", r"calls\.public_address: '2001:db8::1' is not an IPv4"),
 ])
 def test_a_bad_call_policy_is_named_by_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     override = tmp_path / "policy.yaml"
     override.write_text(text)
     with pytest.raises(site.PolicyError, match=message):
         site.compose(site.DEFAULTS, override)
+
+
+def test_a_public_address_is_the_routers_and_none_by_default(tmp_path: Path) -> None:
+    assert site.compose(site.DEFAULTS, None)[0].calls.public_address == ""
+    override = tmp_path / "policy.yaml"
+    override.write_text("calls:\n  public_address: 198.51.100.7\n")
+    assert site.compose(site.DEFAULTS, override)[0].calls.public_address == "198.51.100.7"
 
 
 def test_windows_may_wrap_the_week_and_the_night(tmp_path: Path) -> None:

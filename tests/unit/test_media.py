@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
+import pytest
 from pbxagent import media
 from pbxagent.network import firewall, guard
 from pbxagent.network.lan import IfAddr
@@ -25,6 +26,23 @@ def test_the_relay_runs_in_user_space_on_the_policys_ports_controlled_from_loopb
     assert relay["table"] == "-1"  # no kernel module on the board
     assert relay["listen-ng"].startswith("127.0.0.1:")
     assert not {"listen-http", "listen-cli", "listen-tcp"} & set(relay)  # nothing else to reach
+
+
+def test_behind_the_sites_router_each_address_of_the_relay_has_a_face_for_each_side(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PBXAGENT_ROOT", str(tmp_path))
+    assert media.interfaces("", ["192.168.50.10"]) == "--interface=any"
+    assert media.interfaces("198.51.100.7", []) == "--interface=any"  # no address yet: the guard writes them
+    assert media.interfaces("198.51.100.7", ["192.168.50.10"]) == \
+        "--interface=lan/192.168.50.10 --interface=wan/192.168.50.10!198.51.100.7"
+    cfg = (Path(__file__).parents[2] / "overlay/etc/kamailio/kamailio.cfg").read_text()
+    assert '$var(from_side) = "lan"' in cfg and '$var(to_side) = "wan"' in cfg  # the names kamailio asks for
+    assert media.follow_addresses("198.51.100.7", ["192.168.50.10"])
+    assert not media.follow_addresses("198.51.100.7", ["192.168.50.10"])  # unchanged: no restart needed
+    env = (media.run_dir() / "interfaces.env").read_text()
+    assert env == "PBX_RELAY_INTERFACES=--interface=lan/192.168.50.10 --interface=wan/192.168.50.10!198.51.100.7\n"
+    unit = (Path(__file__).parents[2] / "overlay/etc/systemd/system/rtpengine-daemon.service.d/pbx.conf").read_text()
+    assert "EnvironmentFile=/run/pbx/relay/interfaces.env" in unit and "$PBX_RELAY_INTERFACES" in unit
 
 
 def test_the_relays_ports_are_opened_by_its_unit_and_never_by_the_policy(tmp_path: Path) -> None:

@@ -97,6 +97,16 @@ def test_a_providers_contact_is_the_address_toward_the_internet_and_moving_it_re
     assert sip.LOOPBACK_ONLY not in sip.listen_config(["10.0.2.15"])
 
 
+def test_behind_the_sites_router_its_address_is_the_contact_and_the_boxs_own(tree: Path) -> None:
+    public = sip.public_config("198.51.100.7").splitlines()
+    assert '#!define PBX_PUBLIC "198.51.100.7"' in public
+    assert '#!define PBX_PUBLIC_CONTACT "198.51.100.7:5060"' in public  # uac's contact over kamailio.cfg's
+    assert {"alias=udp:198.51.100.7:5060", "alias=tcp:198.51.100.7:5060", "alias=tls:198.51.100.7:5061"} <= set(public)
+    assert "PBX_PUBLIC" not in sip.public_config("")  # kamailio.cfg's #!ifdef PBX_PUBLIC stays off
+    cfg = (Path(__file__).parents[2] / "overlay/etc/kamailio/kamailio.cfg").read_text()
+    assert 'import_file "/data/kamailio/public.cfg"' in cfg  # import: an older agent's /data has none
+
+
 def _address_wait_command(tree: Path) -> list[str]:
     """kamailio's unit's wait for an address, as it ships, on the scratch tree."""
     unit = (Path(__file__).parents[2] / "overlay/etc/systemd/system/kamailio.service").read_text()

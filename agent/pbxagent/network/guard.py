@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from pbxagent import sip, system
+from pbxagent import media, sip, system
 from pbxagent.network import ban_exemptions, bans, boot_firewall, firewall, lan, nft
 from pbxagent.policy import site
 from pbxagent.policy.site import Policy
@@ -82,6 +82,7 @@ class Following(NamedTuple):
     trusted: list[str]  # the trusted LAN as applied
     told: str | None  # the pid of the fail2ban that was told about it
     relay: list[str]  # the media relay's addresses when last read
+    public: str  # the site router's address (calls.public_address), the relay's internet face
 
 
 def start(policy: Policy, log: Callable[[str], None]) -> Following:
@@ -94,7 +95,8 @@ def start(policy: Policy, log: Callable[[str], None]) -> Following:
     log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
     relay = relay_addresses(addresses)
     _follow_sip(log, relay)  # a lease taken before this start is no change to follow
-    return Following(trusted, _tell_fail2ban(log, trusted), relay)
+    media.follow_addresses(policy.calls.public_address, relay)  # before the relay starts (after this unit)
+    return Following(trusted, _tell_fail2ban(log, trusted), relay, policy.calls.public_address)
 
 
 def _restart(log: Callable[[str], None], unit: str, what: str, addresses: list[str]) -> None:
@@ -124,11 +126,11 @@ def _follow_sip(log: Callable[[str], None], own: list[str]) -> None:
 
 
 def _follow_relay(log: Callable[[str], None], relay: list[str], changed_by: float) -> None:
-    """rtpengine reads the box's addresses as it starts: restarted when they moved (the
-    calls it relays lose their media either way), unless it never started (on a first
-    boot it starts once the network is online, after kamailio) or its start began after
-    `changed_by`, a moment the new addresses were already there: a restart would only
-    start it a second time."""
+    """rtpengine reads its interfaces as it starts: restarted when they moved (the calls
+    it relays lose their media either way), unless it never started (on a first boot it
+    starts once the network is online, after kamailio) or its start began after
+    `changed_by`, a moment the new ones were already written: a restart would only start
+    it a second time."""
     try:
         began = system.start_began(RELAY_UNIT)
         if not began or began > changed_by:
@@ -145,7 +147,6 @@ def _retrust(log: Callable[[str], None], now: Following) -> Following:
     first boot the last before the box answers), so it is asked for first, and
     fail2ban, which only learns what not to ban, last."""
     addresses = lan.read_addresses()
-    read = time.monotonic()  # whatever changed, changed before this
     trusted, relay = segments(addresses), relay_addresses(addresses)
     moved, retrusted = relay != now.relay, trusted != now.trusted
     if moved:
@@ -154,8 +155,9 @@ def _retrust(log: Callable[[str], None], now: Following) -> Following:
         nft.execute(firewall.trusted_update(trusted))
         log(f"trusted LAN now: {', '.join(trusted) or 'none'}")
     if moved:
-        _follow_relay(log, relay, read)
-    return Following(trusted, _tell_fail2ban(log, trusted) if retrusted else now.told, relay)
+        media.follow_addresses(now.public, relay)
+        _follow_relay(log, relay, time.monotonic())  # a relay started since has the new ones
+    return Following(trusted, _tell_fail2ban(log, trusted) if retrusted else now.told, relay, now.public)
 
 
 # linux/rtnetlink.h: the multicast groups of IPv4 and IPv6 address changes.

@@ -7,6 +7,7 @@ Numbers are E.164 ("+4420..."): prefixes in `blocked`/`allowed`, calling codes i
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -54,6 +55,7 @@ class CallPolicy(NamedTuple):
     trunks: tuple[Trunk, ...] = ()  # external calls leave through the first
     dids: tuple[DidRange, ...] = ()  # numbers the trunks bring in -> extensions
     relay_ports: tuple[int, int] = (10000, 10500)  # the media relay's UDP ports
+    public_address: str = ""  # the site router's, when the box is behind it; "" = none
 
     def class_of(self, extension: str) -> str:
         return self.classes.get(extension, self.default_class)
@@ -133,6 +135,27 @@ def relay_ports(path: Path, key: str, value: Any) -> tuple[int, int]:
     return low, high
 
 
+# What kamailio's is_ip_rfc1918 and the relay take for the site's side (kamailio.cfg).
+PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+
+
+def public_address(path: Path, key: str, value: Any) -> str:
+    """The site router's public IPv4 address, forwarding SIP and the relay's ports to
+    the box. One the box would take for the site's own side is refused: with it, phones
+    on the LAN would be given an address they cannot reach."""
+    if value == "":
+        return ""
+    try:
+        address = ipaddress.IPv4Address(str(value))
+    except ValueError:
+        raise PolicyError(f"{path}: {key}: {value!r} is not an IPv4 address like 198.51.100.7") from None
+    if any(address in net for net in PRIVATE) or address.is_loopback or address.is_link_local \
+            or address.is_multicast or address.is_unspecified:
+        raise PolicyError(f"{path}: {key}: {value} is no public address (private, loopback, link-local or "
+                          "multicast): leave it \"\" when the box is not behind the site's router")
+    return str(address)
+
+
 def build(source: Path, flat: dict[str, Any]) -> CallPolicy:
     return CallPolicy(
         country=country(source, "calls.country", flat["calls.country"]),
@@ -150,4 +173,5 @@ def build(source: Path, flat: dict[str, Any]) -> CallPolicy:
         trunks=trunk_policy.trunks(source, "calls.trunks", flat["calls.trunks"]),
         dids=trunk_policy.dids(source, "calls.dids", flat["calls.dids"]),
         relay_ports=relay_ports(source, "calls.relay_ports", flat["calls.relay_ports"]),
+        public_address=public_address(source, "calls.public_address", flat["calls.public_address"]),
     )

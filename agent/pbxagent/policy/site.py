@@ -106,6 +106,9 @@ SETTINGS = Surface([
             '"+442079460100-+442079460199": "802"}', parse=trunks.dids),
     Setting("calls.relay_ports", str, "UDP ports of the media relay (rtpengine) for phones behind NAT, "
             "\"10000-10500\"; the firewall opens them only while the relay runs", 1, 11, parse=calls.relay_ports),
+    Setting("calls.public_address", str, "the site router's public IPv4 address when the box is behind it, with "
+            "UDP/TCP 5060, TCP 5061 and calls.relay_ports forwarded to the box: what trunks and phones on the "
+            "internet are told to reach; \"\" = the box's own address", 0, 15, parse=calls.public_address),
 ], PolicyError)
 
 
