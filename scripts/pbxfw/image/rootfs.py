@@ -159,8 +159,13 @@ def install_agent(agent_src: Path, root: Path, cache: Path) -> None:
          "--no-compile", "--upgrade", "--no-index", "--find-links", cached_wheels(requirements, cache),
          "--target", dist, "-r", requirements],
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONFIG_FILE": os.devnull})
-    # pip --target also writes console scripts whose #! names the build host's Python.
+    # pip --target also writes console scripts whose #! names the build host's Python: they
+    # go, and so do their lines in RECORD, whose hashes would make the image depend on
+    # where the build ran (a build in another checkout differed by them).
     shutil.rmtree(dist / "bin", ignore_errors=True)
+    for record in sorted(dist.glob("*.dist-info/RECORD")):
+        lines = record.read_text().splitlines(keepends=True)
+        record.write_text("".join(line for line in lines if not line.startswith("../../bin/")))
     launcher = root / "usr/sbin/pbxagent"
     # -I: no environment or user site can change what runs as root at boot; -S: no
     # site.py, which costs a tenth of a second of a cold boot, so dist-packages is added here.
