@@ -115,24 +115,29 @@ device-test: image
 
 # `make test`: lint, unit tests, the default board's image, its QEMU device tests and its
 # reproducibility (the image under test against a build bootstrapped anew with no network:
-# ~12 min of qemu-user), then the second board's image and a first boot of it to a
-# passing audit and a registering phone. The builds run beside the device tests at idle CPU and I/O
-# priority (SCHED_IDLE, ionice idle), so they use only what the emulated boards leave
-# unused and cannot slow them; their log is printed when all are done.
+# ~12 min of qemu-user), and the second board's image with a first boot of it to a
+# passing audit and a registering phone. The builds run beside the device tests at idle
+# CPU and I/O priority (SCHED_IDLE, ionice idle), so they use only what the emulated
+# boards leave unused and cannot slow them: the second board's image first, so its tests
+# follow the first board's while the fresh bootstrap goes on beside them. Their logs are
+# printed when each is waited for.
 SECOND_BOARD := $(if $(filter qemu-u20,$(BOARD)),qemu-u50,qemu-u20)
-BESIDE_LOG := out/beside-$(BOARD).log
+SECOND_LOG := out/beside-$(SECOND_BOARD)-image.log
+REPRO_LOG := out/beside-$(BOARD)-repro.log
 IDLE := chrt --idle 0 ionice -c 3
 test: setup lint unit image-test keys
-	@mkdir -p out; echo "==> repro, then the $(SECOND_BOARD) image: beside the device tests at idle priority (log: $(BESIDE_LOG))"; \
-	{ $(IDLE) $(REPRO) --first-build $(OUT) && $(IDLE) $(MAKE) --no-print-directory image BOARD=$(SECOND_BOARD); } > $(BESIDE_LOG) 2>&1 & beside=$$!; \
-	trap 'kill $$beside 2>/dev/null' INT TERM; \
+	@mkdir -p out; echo "==> beside the device tests at idle priority: the $(SECOND_BOARD) image ($(SECOND_LOG)), then repro ($(REPRO_LOG))"; \
+	$(IDLE) $(MAKE) --no-print-directory image BOARD=$(SECOND_BOARD) > $(SECOND_LOG) 2>&1 & image=$$!; \
+	{ while kill -0 $$image 2>/dev/null; do sleep 5; done; $(IDLE) $(REPRO) --first-build $(OUT); } > $(REPRO_LOG) 2>&1 & repro=$$!; \
+	trap 'kill $$image $$repro 2>/dev/null' INT TERM; \
 	$(DEVICE_TEST); device=$$?; \
-	echo "==> device tests exit $$device; waiting for repro and the $(SECOND_BOARD) image"; wait $$beside; built=$$?; \
-	cat $(BESIDE_LOG); echo "==> repro and $(SECOND_BOARD) image exit $$built"; \
-	test $$built -eq 0 || exit 1; \
-	$(PYTEST) tests/image --board $(SECOND_BOARD) && \
-	$(PYTEST) tests/device --board $(SECOND_BOARD) --keys $(KEYS) -m service_check; second=$$?; \
-	test $$device -eq 0 -a $$second -eq 0
+	echo "==> device tests exit $$device; waiting for the $(SECOND_BOARD) image"; wait $$image; built=$$?; \
+	cat $(SECOND_LOG); echo "==> $(SECOND_BOARD) image exit $$built"; \
+	if [ $$built -eq 0 ]; then $(PYTEST) tests/image --board $(SECOND_BOARD) && \
+		$(PYTEST) tests/device --board $(SECOND_BOARD) --keys $(KEYS) -m service_check; second=$$?; else second=1; fi; \
+	echo "==> waiting for repro"; wait $$repro; reproduced=$$?; \
+	cat $(REPRO_LOG); echo "==> repro exit $$reproduced"; \
+	test $$device -eq 0 -a $$second -eq 0 -a $$reproduced -eq 0
 
 # The full device suite on the second board too (not in CI: 45 min more for the U20).
 test-all: test
