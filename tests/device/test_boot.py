@@ -137,9 +137,9 @@ def test_torn_state_write_falls_back_to_the_previous_copy(device: Device) -> Non
 
 
 def test_a_later_boot_starts_sip_and_the_network_early_and_the_agent_mends_stale_inputs(device: Device) -> None:
-    # kamailio's inputs stay on /data between boots: the next boot starts it from them
-    # before the agent is ready and before udev's coldplug has ended (sysinit.target), and
-    # the network once the agent has provisioned, behind the compiled firewall
+    # kamailio's inputs stay on /data between boots: the next boot starts it from them,
+    # ordered after neither the agent nor udev's coldplug (sysinit.target), and the
+    # network once the agent has provisioned, behind the compiled firewall
     # nftables.service restored. One input is made stale here (an extension's row gone,
     # as a file from an older slot could be): the agent writes it back and restarts
     # kamailio, which then knows the extension again.
@@ -149,8 +149,7 @@ def test_a_later_boot_starts_sip_and_the_network_early_and_the_agent_mends_stale
     device.reboot()
     journal = device.check("journalctl -b -o short-monotonic --no-pager | grep -E 'Starting kamailio.service|"
                            "Started pbx-agent.service|pbxagent: (SIP service \\(re\\)started|provisioned$|"
-                           "network released)|pbxfw firewall: |Starting systemd-networkd.service|"
-                           "Reached target sysinit.target'", timeout=120)
+                           "network released)|pbxfw firewall: |Starting systemd-networkd.service'", timeout=120)
 
     def times(pattern: str) -> list[float]:
         return [float(t) for t in re.findall(r"^\[\s*([\d.]+)\] .*" + pattern, journal, re.MULTILINE)]
@@ -158,11 +157,13 @@ def test_a_later_boot_starts_sip_and_the_network_early_and_the_agent_mends_stale
     restored, provisioned = times("pbxfw firewall: the last compiled ruleset"), times("pbxagent: provisioned$")
     released, networkd = times("pbxagent: network released: provisioned"), times("Starting systemd-networkd")
     starting, ready, restarted = times("Starting kamailio"), times("Started pbx-agent"), times(r"SIP service \(re\)")
-    sysinit = times("Reached target sysinit")
-    assert all((restored, provisioned, released, networkd, starting, ready, restarted, sysinit)), journal
+    assert all((restored, provisioned, released, networkd, starting, ready, restarted)), journal
     assert restored[0] < provisioned[0] <= released[0] < networkd[0] < ready[0], journal
-    assert starting[0] < ready[0], "kamailio waited for the agent"
-    assert starting[0] < sysinit[0], "kamailio waited for udev's coldplug"
+    # Beside the agent and before udev's coldplug by its ordering, not by this boot's
+    # timing: under a loaded host kamailio's start can come after the agent's READY all
+    # the same (seen in CI). How soon it answers is bench-boot's figure.
+    after = device.check("systemctl show -P After kamailio.service").split()
+    assert "pbx-agent.service" not in after and "sysinit.target" not in after, after
     assert len(restarted) == 1 and device.check(f"grep -m1 ':801:pbx:' {table}").strip() == row
     device.check("( for i in $(seq 100); do systemctl is-active -q kamailio && exit 0; sleep 0.3; done; exit 1 )",
                  timeout=60)
