@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pbxagent.errors import PolicyError
+from pbxagent.network import lan
 from pbxagent.policy import network
 from pbxagent.policy import trunks as trunk_policy
 from pbxagent.policy.trunks import DidRange, Trunk
@@ -135,10 +136,6 @@ def relay_ports(path: Path, key: str, value: Any) -> tuple[int, int]:
     return low, high
 
 
-# What kamailio's is_ip_rfc1918 and the relay take for the site's side (kamailio.cfg).
-PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
-
-
 def public_address(path: Path, key: str, value: Any) -> str:
     """The site router's public IPv4 address, forwarding SIP and the relay's ports to
     the box. One the box would take for the site's own side is refused: with it, phones
@@ -149,7 +146,8 @@ def public_address(path: Path, key: str, value: Any) -> str:
         address = ipaddress.IPv4Address(str(value))
     except ValueError:
         raise PolicyError(f"{path}: {key}: {value!r} is not an IPv4 address like 198.51.100.7") from None
-    if any(address in net for net in PRIVATE) or address.is_loopback or address.is_link_local \
+    # RFC 1918, as the trusted LAN's classification and kamailio's is_ip_rfc1918 take the site's side.
+    if any(address in net for net in lan.PRIVATE) or address.is_loopback or address.is_link_local \
             or address.is_multicast or address.is_unspecified:
         raise PolicyError(f"{path}: {key}: {value} is no public address (private, loopback, link-local or "
                           "multicast): leave it \"\" when the box is not behind the site's router")
