@@ -39,8 +39,9 @@ def _pbxfw(*args: str | Path, offline: bool = False) -> None:
 
 
 def take_build(built: Path, directory: Path, signing_key: Path) -> None:
-    """Build 1 from a finished `pbxfw image` output: its artefacts copied now, before
-    anything else can touch them, and its bundle signed as a build of our own would be."""
+    """Build 1 from a finished `pbxfw image` output: its artefacts copied (the device
+    tests beside write only its snapshot/), and its bundle signed as a build of our own
+    would be."""
     missing = [name for name in TAKEN if not (built / name).is_file()]
     if missing:
         raise SystemExit(f"pbxfw repro: --first-build {built}: not a finished build (no {', '.join(missing)})")
