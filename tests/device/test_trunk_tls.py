@@ -10,7 +10,10 @@ would for a provider with a private CA:
   credentials; the call is refused (503) with a `pbx-alert trunk-tls`;
 - one from another CA naming the right host: the handshake fails, no INVITE arrives;
 - with `pbxagent trunks ca --public`, a certificate from a CA among the box's public
-  ones (the test's CA added to /etc/ssl/certs for the test) gets the call.
+  ones (the test's CA added to /etc/ssl/certs for the test) gets the call;
+- a trunk with `register: true` registers over TLS: a provider whose certificate names
+  another host never gets the registration's credentials; the right one gets them, with
+  the box's TLS contact, and its call to that contact rings the DID's extension.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from typing import Any, NamedTuple
 import pytest
 
 from tests.device import phones
-from tests.device.netlab import INTERNET, INTERNET_HOST, LAN, LAN_HOST, NetLab, secret_of
-from tests.device.test_trunk_calls import CALLER_PORT, TRUNK_USER
+from tests.device.netlab import INTERNET, INTERNET_HOST, LAN, LAN2, LAN2_HOST, LAN_HOST, TWIN, NetLab, secret_of
+from tests.device.test_trunk_calls import CALLEE_PORT, CALLER_PORT, TRUNK_USER
 from tests.infra import sip
 from tests.infra.twin import Device
 
@@ -171,3 +174,44 @@ def test_a_trunk_without_a_ca_of_its_own_trusts_the_public_ones(
                   f"{sip.listening()}", timeout=240)
     assert done.returncode == 0, done.stdout[-3000:]
     assert seen == ["invite", "invite with credentials", "digest good", "bye"]
+
+
+def _seen(events: Path, line: str, within_s: float) -> list[str]:
+    """What the provider saw, once it has seen `line` (or `within_s` has passed)."""
+    deadline = time.monotonic() + within_s
+    while line not in (seen := events.read_text().splitlines() if events.exists() else []) \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return seen
+
+
+def test_a_trunk_that_registers_over_tls_does_so_only_with_the_named_provider_and_gets_its_call(
+        tls_trunk: tuple[NetLab, Device, str, dict[str, Issued]], tmp_path: Path) -> None:
+    net, dev, secret, issued = tls_trunk
+    registering = POLICY.replace("limit: 2}", "limit: 2, register: true}") + "  dids: {'+33140000003': '802'}\n"
+    for phase in ("misnamed", "named"):
+        (tmp_path / phase).mkdir()
+    try:
+        with provider(net, issued["misnamed"], secret, tmp_path / "misnamed") as events:
+            dev.check(f"printf \"{registering}\" > /data/pbx/policy.yaml && systemctl restart pbx-agent && "
+                      f"{sip.listening()}", timeout=240)
+            _seen(events, "register", within_s=60)  # uac's first REGISTER leaves within its 10 s timer
+            time.sleep(2)  # time enough to answer the challenge, had it been taken
+            seen = events.read_text().splitlines()
+        assert seen == ["register"], seen  # challenged, never answered
+        assert f"pbx-alert trunk-tls registration host={INTERNET_HOST}" in dev.check(
+            "journalctl -u kamailio -o cat --since today | grep 'pbx-alert trunk-tls registration' | tail -1")
+        with provider(net, issued["named"], secret, tmp_path / "named") as events:
+            dev.check(f"systemctl restart kamailio && {sip.listening()}", timeout=240)  # uac tries again at once
+            registered = _seen(events, "digest good", within_s=60)
+            phones.register(LAN2, LAN2_HOST, CALLEE_PORT, "802", secret_of(dev, "802"))
+            with phones.answering(LAN2, LAN2_HOST, CALLEE_PORT, "802") as phone:
+                events.with_suffix(".call").write_text("+33140000003")
+                seen = _seen(events, "hung up 200", within_s=60)
+        assert registered[:3] == ["register", "register with credentials", "digest good"], registered
+        assert f"contact <sip:secure@{TWIN}:5061;transport=tls>" in seen, seen
+        assert seen[-2:] == ["call 200", "hung up 200"], seen
+        assert phone.returncode == 0
+    finally:
+        dev.check(f"printf \"{POLICY}\" > /data/pbx/policy.yaml && systemctl restart pbx-agent && {sip.listening()}",
+                  timeout=240)

@@ -102,10 +102,6 @@ def _trunk(path: Path, where: str, item: dict[str, Any]) -> Trunk:
         raise _fail(path, f"{where}.register", f"{register!r} is not true or false")
     if register and not username:
         raise _fail(path, f"{where}.register", "a registration needs the trunk's username")
-    if register and transport == "tls":
-        # uac's contact carries no transport: the provider would answer over UDP to 5060.
-        raise _fail(path, f"{where}.register", "registration over TLS is not supported: use udp or tcp, or the "
-                    "provider's authentication by address")
     return Trunk(name, host, port, transport, username, addresses, limit, register)
 
 
