@@ -14,13 +14,11 @@ challenge), in the same group-readable directory.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import grp
 import hashlib
 import ipaddress
 import os
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from pbxagent import atomic, paths
@@ -105,14 +103,13 @@ def _field(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
-def uacreg_table(trunks: tuple[Trunk, ...], secrets: dict[str, str], contact_host: str = "127.0.0.1") -> str:
+def uacreg_table(trunks: tuple[Trunk, ...], secrets: dict[str, str]) -> str:
     """uac's table, one row per trunk, keyed by its name: where its calls go (auth_proxy)
     and the digest credentials for the provider's challenge, which `uac_reg_request_to`
     reads. A trunk that registers gets flags 0 and an expiry: uac registers
-    `username@host` with the contact `<name>@<the box's address>`, so the provider's calls
-    arrive for the trunk's name. Over UDP that address is uac's own (kamailio.cfg's
-    PBX_CONTACT); over TCP or TLS the row names it with its transport (row_contact). Others
-    have flags 1 (disabled). An empty realm (null) takes the one in the provider's challenge."""
+    `username@host` with the contact `<name>@<the box's address>` (listen.cfg's
+    PBX_CONTACT), so the provider's calls arrive for the trunk's name. Others have
+    flags 1 (disabled). An empty realm (null) takes the one in the provider's challenge."""
     rows = ["id(int,auto) l_uuid(string) l_username(string) l_domain(string) r_username(string) r_domain(string) "
             "realm(string,null) auth_username(string,null) auth_password(string,null) auth_ha1(string,null) "
             "auth_proxy(string) expires(int) flags(int) reg_delay(int) contact_addr(string,null) socket(string,null)"]
@@ -123,18 +120,8 @@ def uacreg_table(trunks: tuple[Trunk, ...], secrets: dict[str, str], contact_hos
         fields = [trunk.name, trunk.name, REALM, trunk.username or trunk.name, trunk.host, "", trunk.username,
                   secrets.get(trunk.name, "-"), "", trunk.uri]
         expires, flags = (REGISTRATION_EXPIRES, 0) if trunk.register else (0, 1)
-        contact = row_contact(trunk, contact_host) if trunk.register else ""
-        rows.append(f"{index}:" + ":".join(_field(f) for f in fields) + f":{expires}:{flags}:0:{_field(contact)}:")
+        rows.append(f"{index}:" + ":".join(_field(f) for f in fields) + f":{expires}:{flags}:0::")
     return "\n".join(rows) + "\n"
-
-
-def row_contact(trunk: Trunk, host: str) -> str:
-    """A registration's contact address when uac's one global address will not do. uac
-    writes it as `<sip:name@ADDRESS>`, with no transport: a provider would answer a
-    registration over TLS or TCP by calling the box over UDP, in clear. So those rows name
-    their own address, with the transport and its port. Empty (uac's own) over UDP."""
-    ports = {"tcp": 5060, "tls": 5061}
-    return f"{host}:{ports[trunk.transport]};transport={trunk.transport}" if trunk.transport in ports else ""
 
 
 def address_table(trunks: tuple[Trunk, ...]) -> str:
@@ -165,15 +152,6 @@ def listen_config(addresses: list[str], toward_internet: str | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
-def listened_contact() -> str:
-    """The address listen.cfg gives providers (PBX_CONTACT): the box's toward the internet."""
-    try:
-        found = re.search(r'^#!define PBX_CONTACT "(.+):5060"$', (run_dir() / "listen.cfg").read_text(), re.M)
-    except FileNotFoundError:
-        found = None
-    return found.group(1) if found else "127.0.0.1"
-
-
 def public_config(public: str) -> str:
     """kamailio's view of the policy's calls.public_address: the router's address as
     PBX_PUBLIC, given to the internet side (kamailio.cfg: route[SIDES], route[RECORD_ROUTE],
@@ -193,46 +171,18 @@ def listen_addresses(own: list[str]) -> list[str]:
     return sorted(str(ip) for ip in found if ip.version == 4 and not (ip.is_loopback or ip.is_link_local))
 
 
-def follow_addresses(own: list[str], route: Callable[[], str | None] = lambda: None,
-                     calls: CallPolicy | None = None) -> bool:
+def follow_addresses(own: list[str], route: Callable[[], str | None] = lambda: None) -> bool:
     """The box's addresses changed: whether kamailio's sockets or contact must change
     with them (then it must be restarted). With no address at all (a link down, a lease
     not yet taken) the last ones stay: a box usually gets the same address back.
     `route` gives the address toward the internet (a route lookup, an exec: tenths of a
     second under emulation, just before a first boot can answer), asked only when the
-    box has more than one to choose the contact from. With `calls`, the contact of the
-    trunks that register over TCP or TLS (uacreg's rows) follows."""
+    box has more than one to choose the contact from."""
     wanted = listen_addresses(own)
     if not wanted:
         return False
     toward = route() if len(wanted) > 1 else None
-    owner = _service_dirs()
-    with _inputs_lock():
-        moved = atomic.update(run_dir() / "listen.cfg", listen_config(wanted, toward), 0o640, owner)
-        if moved and calls is not None:
-            write_registrations(calls, trunk_secrets.load(), owner)
-    return moved
-
-
-@contextlib.contextmanager
-def _inputs_lock() -> Iterator[None]:
-    """At a boot's start two processes write kamailio's inputs: the agent's provisioning
-    (every table) and its guard (listen.cfg, as the addresses come). A registration's
-    row copies listen.cfg's contact, so each reads the other's file and writes its own
-    under this lock: whichever writes last, both files agree."""
-    lock = paths.runtime() / "sip-inputs.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-def write_registrations(calls: CallPolicy, secrets: dict[str, str], owner: tuple[int, int] | None) -> bool:
-    """uac's table, its TCP and TLS registrations with the site router's address
-    (calls.public_address) or else listen.cfg's contact; whether it changed. Under
-    _inputs_lock."""
-    table = uacreg_table(calls.trunks, secrets, calls.public_address or listened_contact())
-    return atomic.update(run_dir() / "db" / "uacreg", table, 0o640, owner)
+    return atomic.update(run_dir() / "listen.cfg", listen_config(wanted, toward), 0o640, _service_dirs())
 
 
 def _service_dirs() -> tuple[int, int] | None:
@@ -324,6 +274,7 @@ def write_inputs(policy: site.Policy) -> tuple[list[str], bool]:
         base / "db" / "version": "table_name(string) table_version(int)\n"
         + "".join(f"{name}:{version}\n" for name, version in VERSIONS.items()),
         base / "db" / "subscriber": subscriber_table(store, policy.permit, policy.calls),
+        base / "db" / "uacreg": uacreg_table(policy.calls.trunks, secrets),
         base / "db" / "address": address_table(policy.calls.trunks),
         base / "public.cfg": public_config(policy.calls.public_address),
         **{base / name: (tls_dir() / name).read_bytes() for name in ("cert.pem", "key.pem")},
@@ -333,13 +284,9 @@ def write_inputs(policy: site.Policy) -> tuple[list[str], bool]:
     files[base / "tls.cfg"] = tls_config(base / "cert.pem", base / "key.pem", policy.calls.trunks,
                                          {name: base / f"trunk-{name}-ca.pem" for name in cas},
                                          client_profiles=CLIENT_PROFILES)
+    if not (base / "listen.cfg").exists():  # a first boot: the guard adds the box's addresses
+        files[base / "listen.cfg"] = listen_config([])
     changed = [path for path, content in files.items() if atomic.update(path, content, 0o640, owner)]
-    with _inputs_lock():
-        if not (base / "listen.cfg").exists():  # a first boot: the guard adds the box's addresses
-            atomic.write(base / "listen.cfg", listen_config([]), 0o640, owner)
-            changed.append(base / "listen.cfg")
-        if write_registrations(policy.calls, secrets, owner):
-            changed.append(base / "db" / "uacreg")
     # A CA forgotten (`trunks ca --public`) or its trunk gone: no copy stays beside kamailio.
     for stale in sorted(set(base.glob("trunk-*-ca.pem")) - files.keys()):
         stale.unlink()

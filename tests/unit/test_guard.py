@@ -370,16 +370,15 @@ def test_kamailio_is_restarted_only_when_its_sockets_must_follow_the_boxs_addres
     monkeypatch.setattr("pbxagent.network.lan.source_toward", source_toward)
     restarts = systemctl_calls
     journal: list[str] = []
-    calls = site.compose(site.DEFAULTS, None)[0].calls
-    guard._follow_sip(journal.append, ["10.0.2.15"], calls)
-    guard._follow_sip(journal.append, ["10.0.2.15"], calls)
-    guard._follow_sip(journal.append, [], calls)
+    guard._follow_sip(journal.append, ["10.0.2.15"])
+    guard._follow_sip(journal.append, ["10.0.2.15"])
+    guard._follow_sip(journal.append, [])
     assert restarts == [("try-restart", "--no-block", "kamailio.service")]
     assert journal == ["SIP service restarted on this box's addresses: 10.0.2.15"]
     assert lookups == []  # one address: the contact is that one, no route to look up
-    guard._follow_sip(journal.append, ["10.0.2.15", "192.168.50.10"], calls)
+    guard._follow_sip(journal.append, ["10.0.2.15", "192.168.50.10"])
     route[0] = "192.168.50.10"  # the same addresses, the default route on the other: the provider's contact moves
-    guard._follow_sip(journal.append, ["10.0.2.15", "192.168.50.10"], calls)
+    guard._follow_sip(journal.append, ["10.0.2.15", "192.168.50.10"])
     assert len(restarts) == 3
 
 

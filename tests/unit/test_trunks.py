@@ -89,44 +89,15 @@ def test_the_sip_service_gets_each_trunks_route_credentials_and_addresses(tree: 
                                                                "2:1:2001\\:db8\\:\\::48:0:backup"]
 
 
-def test_a_trunk_that_registers_has_its_row_enabled_with_an_expiry_the_others_stay_disabled(tree: Path) -> None:
-    registering = PROVIDER.replace("limit: 3}", "limit: 3, register: true}")
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
+def test_a_trunk_that_registers_has_its_row_enabled_with_an_expiry_the_others_stay_disabled(
+        tree: Path, transport: str) -> None:
+    registering = PROVIDER.replace("limit: 3}", f"limit: 3, register: true, transport: {transport}}}")
     provider, backup = compose(tree, registering).calls.trunks
     assert provider.register and not backup.register
     rows = sip.uacreg_table((provider, backup), {"provider": "s3cret"}).splitlines()
     assert rows[1].endswith(f":{sip.REGISTRATION_EXPIRES}:0:0::")  # expires, flags 0 (enabled), no delay
     assert rows[2].endswith(":0:1:0::")  # disabled: only its calls' route and credentials
-
-
-@pytest.mark.parametrize(("transport", "contact"), [
-    ("udp", ""),  # uac's own, kamailio.cfg's PBX_CONTACT
-    ("tcp", "192.168.50.10\\:5060;transport=tcp"),
-    ("tls", "192.168.50.10\\:5061;transport=tls"),
-])
-def test_a_registration_over_tcp_or_tls_names_its_transport_in_its_contact(
-        tree: Path, transport: str, contact: str) -> None:
-    registering = PROVIDER.replace("limit: 3}", f"limit: 3, register: true, transport: {transport}}}")
-    calls = compose(tree, registering).calls
-    rows = sip.uacreg_table(calls.trunks, {"provider": "s3cret"}, "192.168.50.10").splitlines()
-    assert rows[1].endswith(f":{sip.REGISTRATION_EXPIRES}:0:0:{contact}:")
-    assert rows[2].endswith(":0:1:0::")  # not registering: no contact of its own
-
-
-def test_a_tls_registrations_contact_follows_the_boxs_address_or_is_the_sites_router(tree: Path) -> None:
-    registering = PROVIDER.replace("limit: 3}", "limit: 3, register: true, transport: tls}")
-    policy = compose(tree, registering)
-    secrets.set_secret("provider", "s3cr3t-Provider-9")
-    uacreg = sip.run_dir() / "db" / "uacreg"
-    sip.write_inputs(policy)
-    assert "127.0.0.1\\:5061;transport=tls" in uacreg.read_text()  # a first boot: no address yet
-    assert sip.follow_addresses(["192.168.50.10"], calls=policy.calls)
-    assert "192.168.50.10\\:5061;transport=tls" in uacreg.read_text()
-    assert sip.write_inputs(policy)[1] is False  # the agent's next start agrees with the guard
-    routed = compose(tree, registering + "  public_address: 198.51.100.20\n")
-    assert sip.write_inputs(routed)[1]
-    assert "198.51.100.20\\:5061;transport=tls" in uacreg.read_text()
-    assert sip.follow_addresses(["192.168.50.11"], calls=routed.calls)  # the sockets move, the contact stays
-    assert "198.51.100.20\\:5061;transport=tls" in uacreg.read_text()
 
 
 def test_every_tls_connection_checks_the_peer_and_a_trunk_with_its_own_ca_trusts_only_that(tree: Path) -> None:

@@ -19,7 +19,6 @@ from typing import NamedTuple
 from pbxagent import media, sip, system
 from pbxagent.network import ban_exemptions, bans, boot_firewall, firewall, lan, nft
 from pbxagent.policy import site
-from pbxagent.policy.calls import CallPolicy
 from pbxagent.policy.site import Policy
 
 SAVE_EVERY_S = 60.0
@@ -83,7 +82,7 @@ class Following(NamedTuple):
     trusted: list[str]  # the trusted LAN as applied
     told: str | None  # the pid of the fail2ban that was told about it
     relay: list[str]  # the media relay's addresses when last read
-    calls: CallPolicy  # the router's address (the relay's internet face), the trunks that register
+    public: str  # the site router's address (calls.public_address), the relay's internet face
 
 
 def start(policy: Policy, log: Callable[[str], None]) -> Following:
@@ -95,9 +94,9 @@ def start(policy: Policy, log: Callable[[str], None]) -> Following:
     log(f"{bans.restore(exempt_networks(policy, addresses))} saved ban(s) restored")
     log(f"ban thresholds for fail2ban: {bans.write_jails(policy.jails)}")
     relay = relay_addresses(addresses)
-    _follow_sip(log, relay, policy.calls)  # a lease taken before this start is no change to follow
+    _follow_sip(log, relay)  # a lease taken before this start is no change to follow
     media.follow_addresses(policy.calls.public_address, relay)  # before the relay starts (after this unit)
-    return Following(trusted, _tell_fail2ban(log, trusted), relay, policy.calls)
+    return Following(trusted, _tell_fail2ban(log, trusted), relay, policy.calls.public_address)
 
 
 def _restart(log: Callable[[str], None], unit: str, what: str, addresses: list[str]) -> None:
@@ -111,13 +110,13 @@ def _restart(log: Callable[[str], None], unit: str, what: str, addresses: list[s
     log(f"{what} restarted on this box's addresses: {on}")
 
 
-def _follow_sip(log: Callable[[str], None], own: list[str], calls: CallPolicy) -> None:
+def _follow_sip(log: Callable[[str], None], own: list[str]) -> None:
     """kamailio's sockets are the box's addresses, and its contact for a provider the one
     toward the internet (pbxagent.sip): restarted when they moved. Phones registered to
     an address the box no longer has register again anyway, and kamailio registers with
     its providers again as it starts. One waiting for the box's first address starts on
     it when told."""
-    if not sip.follow_addresses(own, lan.source_toward, calls):
+    if not sip.follow_addresses(own, lan.source_toward):
         return
     listening = sip.listen_addresses(own)
     if sip.end_address_wait():
@@ -151,14 +150,14 @@ def _retrust(log: Callable[[str], None], now: Following) -> Following:
     trusted, relay = segments(addresses), relay_addresses(addresses)
     moved, retrusted = relay != now.relay, trusted != now.trusted
     if moved:
-        _follow_sip(log, relay, now.calls)
+        _follow_sip(log, relay)
     if retrusted:
         nft.execute(firewall.trusted_update(trusted))
         log(f"trusted LAN now: {', '.join(trusted) or 'none'}")
     if moved:
-        media.follow_addresses(now.calls.public_address, relay)
+        media.follow_addresses(now.public, relay)
         _follow_relay(log, relay, time.monotonic())  # a relay started since has the new ones
-    return Following(trusted, _tell_fail2ban(log, trusted) if retrusted else now.told, relay, now.calls)
+    return Following(trusted, _tell_fail2ban(log, trusted) if retrusted else now.told, relay, now.public)
 
 
 # linux/rtnetlink.h: the multicast groups of IPv4 and IPv6 address changes.
