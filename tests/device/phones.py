@@ -49,6 +49,17 @@ def register(ns: str, address: str, port: int, extension: str, secret: str) -> N
 
 
 @contextmanager
+def registered(ns: str, address: str, port: int, extension: str, secret: str, transport: str = "u1",
+               hold_ms: int = 60000, messages: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A phone that registers over `transport` (sipp's u1 or t1) and stays until the block
+    ends (at most `hold_ms`), answering the box's OPTIONS as a phone does (sipp's -aa);
+    with `messages`, as `answering`."""
+    with running(sipp(ns, address, port, "register.xml", "-t", transport, "-s", extension, "-au", extension,
+                      "-ap", secret, "-m", "1", "-d", str(hold_ms), "-aa", *_trace(messages)), stop=True) as phone:
+        yield phone
+
+
+@contextmanager
 def running(argv: list[str], stop: bool = False) -> Iterator[subprocess.Popen[bytes]]:
     """A program in the background for a block (sipp, a test peer), waited for at its
     end (or stopped first)."""

@@ -8,6 +8,9 @@ by sipp in the host namespaces (tests/device/phones.py):
   flowing both ways through the box's media relay, from the relay's ports
   (calls.relay_ports), which the firewall opens only while the relay runs; it is called
   through the address its registration came from;
+- a remote phone stays reachable between calls: it gets an OPTIONS through its router
+  within a keep-alive round (20 s), a LAN phone none; over TCP, its connection is kept
+  as long as its registration, with TCP keep-alives;
 - a third call at once from one extension is refused busy (calls.concurrent, 2), with
   its record and an alert;
 - a guest call from the internet whose From claims a local extension is challenged and
@@ -26,6 +29,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
+import time
 import uuid
 from pathlib import Path
 
@@ -112,6 +117,52 @@ def test_a_remote_phone_behind_nat_is_called_where_it_registered_from_with_relay
         assert at_caller.packets() >= phones.AUDIO_PACKETS * 0.9  # the callee's, relayed too
     [record] = phones.records_of(dev, tag)
     assert (record["dialled"], record["code"]) == ("803", 200)
+
+
+NAT_PING_S = 20  # nathelper's natping_interval (kamailio.cfg)
+
+
+def test_a_remote_phone_behind_nat_gets_keep_alives_through_its_router_a_lan_phone_none(
+        lab: tuple[NetLab, Device], tmp_path: Path) -> None:
+    _, dev = lab
+    callee_802(dev)
+    round_over = time.monotonic() + NAT_PING_S + 2  # every phone behind NAT has had its ping by then
+    messages = tmp_path / "remote.msg"
+    messages.touch()
+    with phones.udp_arrivals(LAN2, CALLEE_PORT, TWIN) as at_lan_phone, \
+            phones.registered(HOME, HOME_HOST, CALLER_PORT, "803", secret_of(dev, "803"), messages=messages):
+        while "OPTIONS sip:" not in messages.read_text() and time.monotonic() < round_over + 5:
+            time.sleep(0.5)
+        time.sleep(max(0.0, round_over - time.monotonic()))
+        to_lan_phone = at_lan_phone.packets()
+    text = messages.read_text()
+    assert "OPTIONS sip:" in text, text[-3000:]  # it reached 10.77.0.2: through the router's binding
+    ping = text[text.index("OPTIONS sip:"):][:1500]
+    assert ping.startswith(f"OPTIONS sip:803@{HOME_HOST}:{CALLER_PORT};") and "sip:keepalive@pbx.invalid" in ping, ping
+    assert "CSeq: 1 OPTIONS" in ping[ping.index("SIP/2.0 200 OK"):], ping  # answered, as a phone does
+    assert to_lan_phone == 0
+
+
+TCP_LIST = "kamcmd -s unix:/run/kamailio/kamailio_ctl core.tcp_list"
+
+
+def tcp_connections(dev: Device) -> list[dict[str, str]]:
+    """kamailio's TCP connections, each as its fields."""
+    return [dict(re.findall(r"^\s*(\w+): (\S+)$", block, re.MULTILINE))
+            for block in dev.check(TCP_LIST).split("}") if ":" in block]
+
+
+def test_a_phone_over_tcp_keeps_its_connection_as_long_as_its_registration(lab: tuple[NetLab, Device]) -> None:
+    """Behind NAT the box reaches a TCP phone only through the phone's own connection."""
+    _, dev = lab
+    with phones.registered(HOME, HOME_HOST, CALLER_PORT, "803", secret_of(dev, "803"), transport="t1"):
+        # Until its REGISTER has passed and kamailio's reader has handed the idle connection
+        # back (5 s): only then does its timeout count from its lifetime.
+        dev.run(f"for i in $(seq 60); do {TCP_LIST} | grep -Eq 'timeout: [0-9]{{4}}' && break; sleep 0.5; done", 60)
+        held = [c for c in tcp_connections(dev) if c.get("src_ip") == INTERNET_HOST]
+        sockets = dev.check(f"ss -tno state established dst {INTERNET_HOST}")
+    assert held and int(held[0]["lifetime"]) == 3660 and int(held[0]["timeout"]) > 3600, held  # not 120 s
+    assert "timer:(keepalive," in sockets, sockets  # probes after 60 s of silence
 
 
 def test_the_relays_ports_are_open_only_while_it_runs(lab: tuple[NetLab, Device]) -> None:
