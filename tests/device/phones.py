@@ -43,8 +43,12 @@ def run(argv: list[str], timeout: int = 120) -> subprocess.CompletedProcess[str]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
 
+def _registering(ns: str, address: str, port: int, extension: str, secret: str, *args: str) -> list[str]:
+    return sipp(ns, address, port, "register.xml", "-s", extension, "-au", extension, "-ap", secret, "-m", "1", *args)
+
+
 def register(ns: str, address: str, port: int, extension: str, secret: str) -> None:
-    done = run(sipp(ns, address, port, "register.xml", "-s", extension, "-au", extension, "-ap", secret, "-m", "1"))
+    done = run(_registering(ns, address, port, extension, secret))
     assert done.returncode == 0, f"{extension} did not register from {address}:{port}: {done.stdout[-2000:]}"
 
 
@@ -54,8 +58,8 @@ def registered(ns: str, address: str, port: int, extension: str, secret: str, tr
     """A phone that registers over `transport` (sipp's u1 or t1) and stays until the block
     ends (at most `hold_ms`), answering the box's OPTIONS as a phone does (sipp's -aa);
     with `messages`, as `answering`."""
-    with running(sipp(ns, address, port, "register.xml", "-t", transport, "-s", extension, "-au", extension,
-                      "-ap", secret, "-m", "1", "-d", str(hold_ms), "-aa", *_trace(messages)), stop=True) as phone:
+    with running(_registering(ns, address, port, extension, secret, "-t", transport, "-d", str(hold_ms), "-aa",
+                              *_trace(messages)), stop=True) as phone:
         yield phone
 
 
