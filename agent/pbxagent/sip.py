@@ -38,8 +38,9 @@ TRUNK_GROUP = 1  # the address table's group of trunk addresses
 # process (47.8 against 21.0 MiB measured on the twin).
 SYSTEM_CAS = Path("/etc/ssl/certs")
 # kamailio 6.0.1 on 32-bit ARM (the U20) dies of SIGBUS in the TLS module's start
-# whenever tls.cfg has a client section, even an empty one (found on the U20 twin): there
-# the file keeps the server's section only, and TLS to providers is not checked.
+# whenever tls.cfg has a client section: its TLSF pools align OpenSSL's blocks to 4 bytes
+# there, and OpenSSL's 64-bit atomics need 8 (docs/calls.md). There the file keeps the
+# server's section only, and TLS to providers is not checked.
 CLIENT_PROFILES = not os.uname().machine.startswith("armv")
 # Seconds a registration with a provider asks for: short enough that a NAT router on the
 # way keeps the binding the provider's calls come back through.

@@ -85,7 +85,7 @@ def build_squashfs(config: BuildConfig, root: Path, dest: Path) -> None:
     epoch = str(config.source_date_epoch)
     run([
         "mksquashfs", root, dest,
-        "-noappend", "-comp", "zstd", "-Xcompression-level", "19", "-b", "256K",
+        "-noappend", "-comp", "zstd", "-Xcompression-level", "15", "-b", "256K",
         "-mkfs-time", epoch, "-all-time", epoch, "-quiet", "-no-progress",
     ])
 
