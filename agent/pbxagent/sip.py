@@ -37,11 +37,6 @@ TRUNK_GROUP = 1  # the address table's group of trunk addresses
 # needs it. The same CAs as one bundle (ca_list) cost kamailio 27 MiB of PSS, in every
 # process (47.8 against 21.0 MiB measured on the twin).
 SYSTEM_CAS = Path("/etc/ssl/certs")
-# kamailio 6.0.1 on 32-bit ARM (the U20) dies of SIGBUS in the TLS module's start
-# whenever tls.cfg has a client section: its TLSF pools align OpenSSL's blocks to 4 bytes
-# there, and OpenSSL's 64-bit atomics need 8 (docs/calls.md). There the file keeps the
-# server's section only, and TLS to providers is not checked.
-CLIENT_PROFILES = not os.uname().machine.startswith("armv")
 # Seconds a registration with a provider asks for: short enough that a NAT router on the
 # way keeps the binding the provider's calls come back through.
 REGISTRATION_EXPIRES = 300
@@ -198,23 +193,19 @@ def _service_dirs() -> tuple[int, int] | None:
     return owner
 
 
-def tls_config(cert: Path, key: Path, trunks: tuple[Trunk, ...] = (), cas: dict[str, Path] | None = None,
-               client_profiles: bool = True) -> str:
+def tls_config(cert: Path, key: Path, trunks: tuple[Trunk, ...] = (), cas: dict[str, Path] | None = None) -> str:
     """Phones connect with no certificate of theirs; every connection the box opens
     checks the peer's chain, against the system's public CAs, or for a TLS trunk with a
     CA of its own (`pbxagent trunks ca`), against that one only. A trunk's profile is
     chosen by its name (kamailio's server_id, set on the call's branch; a host name also
     goes as SNI). Whether the certificate names the trunk's host is checked on the
-    provider's replies (kamailio.cfg): kamailio's handshake does not. Without
-    `client_profiles` (32-bit ARM, CLIENT_PROFILES) the file has the server's section only."""
+    provider's replies (kamailio.cfg): kamailio's handshake does not."""
     cas = cas or {}
     verify = "verify_certificate = yes\nrequire_certificate = yes\nmethod = TLSv1.2+\n"
     sections = [
         "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n"
         f"private_key = {key}\ncertificate = {cert}\n",
     ]
-    if not client_profiles:
-        return sections[0]
     sections.append(f"[client:default]\n{verify}ca_path = {SYSTEM_CAS}\n")
     for trunk in trunks:
         if trunk.transport != "tls":
@@ -283,8 +274,7 @@ def write_inputs(policy: site.Policy) -> tuple[list[str], bool]:
     cas = trunk_secrets.cas([t.name for t in policy.calls.trunks if t.transport == "tls"])
     files.update({base / f"trunk-{name}-ca.pem": path.read_bytes() for name, path in cas.items()})
     files[base / "tls.cfg"] = tls_config(base / "cert.pem", base / "key.pem", policy.calls.trunks,
-                                         {name: base / f"trunk-{name}-ca.pem" for name in cas},
-                                         client_profiles=CLIENT_PROFILES)
+                                         {name: base / f"trunk-{name}-ca.pem" for name in cas})
     if not (base / "listen.cfg").exists():  # a first boot: the guard adds the box's addresses
         files[base / "listen.cfg"] = listen_config([])
     changed = [path for path, content in files.items() if atomic.update(path, content, 0o640, owner)]
@@ -296,7 +286,4 @@ def write_inputs(policy: site.Policy) -> tuple[list[str], bool]:
                 + (f"{len(changed)} file(s) changed" if changed else "unchanged"))
     done.extend(f"trunk {t.name} has no secret: set it with `pbxagent trunks secret {t.name}`"
                 for t in policy.calls.trunks if t.username and t.name not in secrets)
-    done.extend(f"trunk {t.name}: the provider's TLS certificate cannot be checked on this board (kamailio 6.0.1 "
-                "on 32-bit ARM crashes on client TLS profiles): use udp or tcp over a trusted path, or a U50"
-                for t in policy.calls.trunks if t.transport == "tls" and not CLIENT_PROFILES)
     return done, bool(changed)

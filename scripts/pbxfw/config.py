@@ -56,6 +56,12 @@ SETTINGS = Surface([
     # gzwrite) sends the image's non-zero extents and writes zero runs from a zeroed buffer.
     Setting("board.uboot.flash_write", str, "pbxfw flash: how U-Boot writes the image",
             choices=("gzwrite", "raw")),
+    # Debian's kamailio aligns its shared memory to 4 bytes on 32-bit ARM (TLSF) or will not
+    # start there (q_malloc, f_malloc); OpenSSL's 64-bit atomics in that memory need 8.
+    Setting("board.kamailio.memory_align", int, "0: Debian's kamailio binary; 8 or 16: its core rebuilt from "
+            "the locked source with KSR_MEMORY_ALIGN set to this (docs/boards.md)", 0, 16),
+    Setting("board.kamailio.memory_manager", str, "kamailio's allocator for shared and private memory (-x, -X)",
+            choices=("tlsf", "qm", "fm")),
     Setting("board.qemu.binary", str, "the twin's QEMU system emulator"),
     Setting("board.qemu.machine", str, "the twin's QEMU machine"),
     Setting("board.qemu.cpu", str, "the twin's CPU"),
@@ -116,6 +122,16 @@ class Qemu:
 
 
 @dataclass(frozen=True)
+class Kamailio:
+    memory_align: int  # 0: Debian's binary; else its core rebuilt with KSR_MEMORY_ALIGN=<n>
+    memory_manager: str  # tlsf | qm | fm
+
+    @property
+    def rebuilt(self) -> bool:
+        return self.memory_align != 0
+
+
+@dataclass(frozen=True)
 class Board:
     name: str
     compatible: str
@@ -126,6 +142,7 @@ class Board:
     partitions_mib: tuple[tuple[str, int], ...]
     uboot: UBoot
     qemu: Qemu
+    kamailio: Kamailio
 
 
 @dataclass(frozen=True)
@@ -295,6 +312,12 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
 
     flash_write = req("board.uboot.flash_write")
 
+    kamailio_settings = merged.get("board", {}).get("kamailio", {})
+    align = kamailio_settings.get("memory_align", 0)
+    if align not in (0, 8, 16):
+        raise ConfigError(f"{where('board.kamailio.memory_align')}: board.kamailio.memory_align must be 0 "
+                          f"(Debian's binary), 8 or 16, got {align}")
+
     board = Board(
         name=req("board.name"),
         compatible=req("board.compatible"),
@@ -330,6 +353,7 @@ def _build(merged: dict[str, Any], origins: dict[str, Path], sources: tuple[Path
             cpu=req("board.qemu.cpu"),
             memory_mib=req("board.qemu.memory_mib"),
         ),
+        kamailio=Kamailio(memory_align=align, memory_manager=kamailio_settings.get("memory_manager", "tlsf")),
     )
     wanted = merged.get("packages", {})
     packages = tuple(sorted(name for name, on in wanted.items() if on))

@@ -130,3 +130,16 @@ def test_every_setting_is_declared_once_with_help() -> None:
     assert len(keys) == len(set(keys)) and all(s.help for s in config.SETTINGS.settings)
     lines = list(config.SETTINGS.help())
     assert any(line.startswith("board.uboot.boot_attempts") and "int 1..9" in line for line in lines)
+
+
+def test_kamailio_is_debians_unless_a_board_rebuilds_its_core(tmp_path: Path) -> None:
+    u50 = config.load(config.board_spec(REPO, "qemu-u50", "recipes/pbx.yml")).board.kamailio
+    assert (u50.rebuilt, u50.memory_manager) == (False, "tlsf")
+    u20 = config.load(config.board_spec(REPO, "qemu-u20", "recipes/pbx.yml")).board.kamailio
+    assert (u20.rebuilt, u20.memory_align, u20.memory_manager) == (True, 8, "qm")
+    extra = write(tmp_path / "extra.yml", "board:\n  kamailio:\n    memory_align: 4\n")
+    with pytest.raises(ConfigError, match=r"extra\.yml: board\.kamailio\.memory_align must be 0 .*, 8 or 16, got 4"):
+        config.load(f"{BOARD}:{REPO}/recipes/pbx.yml:{extra}")
+    extra = write(tmp_path / "extra.yml", "board:\n  kamailio:\n    memory_manager: sys\n")
+    with pytest.raises(ConfigError, match=r"extra\.yml: board\.kamailio\.memory_manager: must be one of tlsf, qm, fm"):
+        config.load(f"{BOARD}:{REPO}/recipes/pbx.yml:{extra}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pbxfw import config
 from pbxfw.errors import PbxfwError, StageError
-from pbxfw.packages import archive, lock
+from pbxfw.packages import archive, lock, resolver
 
 from tests.unit.test_config import REPO
 
@@ -125,3 +125,33 @@ def test_a_package_gone_from_archive_and_cache_names_it_and_the_way_out(tmp_path
     (mirror / "pool/hello_1.0_all.deb").unlink()
     with pytest.raises(StageError, match=r"hello 1.0 is not in the cache .*run `make lock`.*or restore the cache"):
         archive.fetch(package, tmp_path / "cache")
+
+
+SOURCES = f"""Package: kamailio
+Binary: kamailio, kamailio-tls-modules
+Version: 6.0.1-1+deb13u2
+Directory: pool/updates/main/k/kamailio
+Checksums-Sha256:
+ {SHA_A} 5793 kamailio_6.0.1-1+deb13u2.dsc
+ {SHA_B} 13064707 kamailio_6.0.1.orig.tar.gz
+
+Package: kamailio
+Version: 6.0.1-1+deb13u1
+Directory: pool/main/k/kamailio
+Checksums-Sha256:
+ {SHA_B} 13064707 kamailio_6.0.1.orig.tar.gz
+"""
+
+
+def test_a_rebuilt_source_is_locked_file_by_file_at_its_binarys_version(tmp_path: Path) -> None:
+    rows = resolver.source_files(SOURCES, "http://security", "kamailio", "6.0.1-1+deb13u2")
+    assert [(r.role, r.arch, r.size, r.sha256, r.filename) for r in rows] == [
+        ("source", "source", 5793, SHA_A, "pool/updates/main/k/kamailio/kamailio_6.0.1-1+deb13u2.dsc"),
+        ("source", "source", 13064707, SHA_B, "pool/updates/main/k/kamailio/kamailio_6.0.1.orig.tar.gz"),
+    ]
+    assert resolver.source_files(SOURCES, "http://security", "kamailio", "6.0.2-1") == []
+    text = lock.to_text(lock.Lock("trixie", "arm64", "r" * 64, (*sample().packages, *rows)), "test")
+    assert set(lock.parse(text, tmp_path / "x.lock").role("source")) == set(rows)
+    dsc_line = next(line for line in text.splitlines() if line.endswith(".dsc"))
+    with pytest.raises(PbxfwError, match=r"x\.lock:\d+: pool/updates/.*\.dsc is locked twice as 'source'"):
+        lock.parse(text + dsc_line + "\n", tmp_path / "x.lock")

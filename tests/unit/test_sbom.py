@@ -74,3 +74,11 @@ def test_wheels_and_a_deterministic_document(tmp_path: Path) -> None:
     assert first == sbom.document("qemu-u50", "1.0", 1700000000, parts, {"k": "v"})
     assert first["metadata"]["timestamp"] == "2023-11-14T22:13:20Z"
     assert first["serialNumber"] != sbom.document("qemu-u50", "1.1", 1700000000, parts, {"k": "v"})["serialNumber"]
+
+
+def test_a_rebuilt_part_names_its_debian_source_as_its_ancestor() -> None:
+    component = sbom.rebuilt_component("kamailio", "6.0.1-1+deb13u2", "trixie", "core rebuilt with KSR_MEMORY_ALIGN=8")
+    assert component["name"] == "kamailio (rebuilt)" and "purl" not in component  # not the Debian package itself
+    (ancestor,) = component["pedigree"]["ancestors"]
+    assert ancestor["purl"] == "pkg:deb/debian/kamailio@6.0.1-1+deb13u2?arch=source&distro=trixie"
+    assert component["pedigree"]["notes"] == "core rebuilt with KSR_MEMORY_ALIGN=8"

@@ -25,9 +25,15 @@ def _lock(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.config)
     dest = Path(args.lock)
-    with stage(f"lock: resolve {cfg.board.name}'s package set ({cfg.board.arch}) to exact .debs"):
-        new = resolver.resolve(cfg, build.cache_dir())
     old = lock.parse(dest.read_text(), dest) if dest.is_file() else None
+    if args.sources_only:
+        if old is None:
+            raise PbxfwError(f"{dest}: --sources-only adds to an existing lock, and there is none")
+        with stage(f"lock: the source packages {cfg.board.name} rebuilds, at its locked versions"):
+            new = resolver.with_sources(cfg, old, build.cache_dir())
+    else:
+        with stage(f"lock: resolve {cfg.board.name}'s package set ({cfg.board.arch}) to exact .debs"):
+            new = resolver.resolve(cfg, build.cache_dir())
     recipes = " + ".join(str(s.relative_to(build.REPO)) if s.is_relative_to(build.REPO) else s.name
                          for s in cfg.sources[1:])
     dest.write_text(lock.to_text(new, f"board {cfg.board.name}, {recipes}"))
@@ -196,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     locking = sub.add_parser("lock", help="resolve the package set to exact .debs and write the lock file")
     locking.add_argument("config", help="kas-style file list, as for `image`")
     locking.add_argument("--lock", required=True, help="lock file to write, e.g. board/qemu-u50/pbx.lock")
+    locking.add_argument("--sources-only", action="store_true",
+                         help="only (re)lock the source packages the board rebuilds, for the binaries already locked")
     locking.set_defaults(func=_lock)
     keys_gen = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
     gen = keys_gen.add_parser("generate", help="make a development ed25519 key pair NAME.key, NAME.pub in DIR")

@@ -16,7 +16,7 @@ from pbxagent.update.bootstate import SLOT_PARTITIONS
 
 from pbxfw.config import BuildConfig
 from pbxfw.errors import StageError
-from pbxfw.image import bootscript, disk, initramfs, kernel, layout, release, rootfs, sbom, slot
+from pbxfw.image import bootscript, disk, initramfs, kamailio, kernel, layout, release, rootfs, sbom, slot
 from pbxfw.packages import archive, localrepo
 from pbxfw.packages import lock as locking
 from pbxfw.stages import log, run, stage
@@ -83,6 +83,12 @@ def build(config: BuildConfig, out: Path, lock_path: Path, trusted_keys: Path | 
         log(f"    {kernel_package.name} {kernel_package.version}")
         unpacked = kernel.unpack(kernel_package, cache, work / "kernel")
 
+    rebuilt_core = None
+    if board.kamailio.rebuilt:
+        with stage(f"kamailio: its core rebuilt from Debian's source (KSR_MEMORY_ALIGN="
+                   f"{board.kamailio.memory_align})"):
+            rebuilt_core = kamailio.core(config, lock, cache, work)
+
     with stage("rootfs: bootstrap with mmdebstrap"):
         tarball = rootfs.bootstrap(config, lock, repo, cache, fresh_into=work if fresh_bootstrap else None)
 
@@ -95,6 +101,9 @@ def build(config: BuildConfig, out: Path, lock_path: Path, trusted_keys: Path | 
         if config.agent:
             rootfs.install_agent(REPO / "agent", root, cache)
         rootfs.apply_services(config, root)
+        kamailio.write_settings(config, root)
+        if rebuilt_core:
+            kamailio.install(rebuilt_core, root)
         prefix = board.storage.linux_partition_prefix
         rootfs.write_board_files(
             config,
@@ -116,6 +125,8 @@ def build(config: BuildConfig, out: Path, lock_path: Path, trusted_keys: Path | 
             sbom.kernel_component(kernel_package.name, kernel_package.version, board.arch, config.debian.suite),
             sbom.agent_component(rel.version),
             *sbom.python_components(root / "usr/lib/python3/dist-packages"),
+            *([sbom.rebuilt_component("kamailio", lock.one_version("kamailio"), config.debian.suite,
+                                      kamailio.note(config))] if rebuilt_core else []),
         ]
         bom = json.dumps(sbom.document(board.name, rel.version, config.source_date_epoch, components,
                                        {"pbxfw:debian-suite": config.debian.suite, "pbxfw:board": board.name,

@@ -111,6 +111,16 @@ def kernel_component(name: str, version: str, arch: str, distro: str) -> dict[st
             "properties": [{"name": "debian:source", "value": "linux"}]}
 
 
+def rebuilt_component(source: str, version: str, distro: str, note: str) -> dict[str, Any]:
+    """A part of a Debian package that the build recompiled from its source (pbxfw.image.kamailio)."""
+    return {"type": "application", "bom-ref": f"pbxfw:rebuilt:{source}", "name": f"{source} (rebuilt)",
+            "version": version,
+            "pedigree": {"ancestors": [{"type": "application", "name": source, "version": version,
+                                        "purl": _deb_purl(source, version, "source", distro)}],
+                         "notes": note},
+            "properties": [{"name": "debian:source", "value": source}, {"name": "pbxfw:rebuilt", "value": note}]}
+
+
 def agent_component(version: str) -> dict[str, Any]:
     return {"type": "application", "bom-ref": "pbxagent", "name": "pbxagent", "version": version,
             "licenses": [{"license": {"name": "proprietary (pbxfw)"}}]}

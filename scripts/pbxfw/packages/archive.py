@@ -104,9 +104,9 @@ def _verified_release(suite: Suite, cache: Path) -> deb822.Release:
 # cache in front of the archive can serve one form out of step with Release while
 # another still matches; a form that does not match is never used.
 INDEX_FORMS: tuple[tuple[str, Callable[[bytes], bytes]], ...] = (
-    ("Packages.xz", lzma.decompress),
-    ("Packages.gz", gzip.decompress),
-    ("Packages", lambda data: data),
+    (".xz", lzma.decompress),
+    (".gz", gzip.decompress),
+    ("", lambda data: data),
 )
 
 
@@ -149,27 +149,36 @@ RETRY_PAUSES = (5.0, 20.0)
 @lru_cache(maxsize=16)
 def packages_index(suite: Suite, component: str, arch: str, cache: Path) -> str:
     """The suite's Packages index for one component and arch, checked against InRelease."""
+    return _index(suite, f"{component}/binary-{arch}/Packages", cache)
+
+
+def sources_index(suite: Suite, component: str, cache: Path) -> str:
+    """The suite's Sources index for one component, checked against InRelease."""
+    return _index(suite, f"{component}/source/Sources", cache)
+
+
+def _index(suite: Suite, path: str, cache: Path) -> str:
     problems: list[str] = []
     for pause in (*RETRY_PAUSES, None):
         release = _verified_release(suite, cache)
         listed = {e["name"]: e for e in release.get("SHA256", [])}
         problems = []
-        for form, decompress in INDEX_FORMS:
-            name = f"{component}/binary-{arch}/{form}"
+        for suffix, decompress in INDEX_FORMS:
+            name = path + suffix
             if name not in listed:
                 continue
             result = _fetch_verified(suite, name, listed[name], cache)
             if isinstance(result, Path):
                 if problems:
-                    log(f"    {suite.name} {arch}: using {form} ({'; '.join(problems)})")
+                    log(f"    {suite.name}: using {name} ({'; '.join(problems)})")
                 return decompress(result.read_bytes()).decode()
             problems.append(result)
         if pause is not None:
-            log(f"    {suite.name} {component}/binary-{arch}: no form of the index matches its Release file; "
+            log(f"    {suite.name} {path}: no form of the index matches its Release file; "
                 f"trying again in {pause:.0f} s")
             time.sleep(pause)
     raise StageError(
-        f"{suite.mirror}/dists/{suite.name} {component}/binary-{arch}: no form of the index matches its "
+        f"{suite.mirror}/dists/{suite.name} {path}: no form of the index matches its "
         f"Release file ({'; '.join(problems) or 'none listed'}); the mirror is out of step"
     )
 
@@ -206,12 +215,15 @@ def newest(name: str, debian: Debian, arch: str, cache: Path) -> Package:
 
 
 def cached_deb(package: Package, cache: Path) -> Path:
-    """Where the content-addressed cache keeps a .deb: named by its sha256."""
-    return cache / "debs" / f"{package.sha256}.deb"
+    """Where the content-addressed cache keeps a .deb (named by its sha256) or a source
+    package's file (its sha256 and its own name, which dpkg-source reads)."""
+    if package.filename.endswith(".deb"):
+        return cache / "debs" / f"{package.sha256}.deb"
+    return cache / "sources" / package.sha256 / Path(package.filename).name
 
 
 def fetch(package: Package, cache: Path) -> Path:
-    """The .deb from the cache, or downloaded into it; either way checked against its sha256."""
+    """The file from the cache, or downloaded into it; either way checked against its sha256."""
     dest = cached_deb(package, cache)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():

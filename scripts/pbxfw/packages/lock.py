@@ -12,7 +12,9 @@ so that a change of the archive shows up as a readable diff:
 
 Roles: `root` is installed into the root file system; `bootstrap` is only used while
 bootstrapping it; `kernel` and `initramfs` are unpacked on the host (the kernel image
-and modules, busybox for the initramfs).
+and modules, busybox for the initramfs); `source` is one file (.dsc, upstream and Debian
+tarballs) of a source package the build recompiles part of (pbxfw.image.kamailio), at
+the version of its locked binary, with arch `source`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pbxfw.errors import PbxfwError
 from pbxfw.packages.archive import Package
 
 FORMAT = 1
-ROLES = ("root", "bootstrap", "kernel", "initramfs")
+ROLES = ("root", "bootstrap", "kernel", "initramfs", "source")
 # Not kept in the image: mmdebstrap's eatmydata hook installs these for the bootstrap
 # (dpkg without fsync, minutes faster under qemu-user) and removes them afterwards.
 BOOTSTRAP_TOOLS = ("eatmydata", "libeatmydata1")
@@ -68,11 +70,23 @@ class Lock:
     def role(self, *roles: str) -> tuple[LockedPackage, ...]:
         return tuple(p for p in self.packages if p.role in roles)
 
+    def one_version(self, name: str) -> str:
+        """The locked version of the root package `name`."""
+        found = [p.version for p in self.packages if p.role == "root" and p.name == name]
+        if not found:
+            raise PbxfwError(f"the lock installs no package {name} (run `make lock`)")
+        return found[0]
+
     def one(self, role: str) -> LockedPackage:
         found = self.role(role)
         if len(found) != 1:
             raise PbxfwError(f"the lock has {len(found)} '{role}' packages, expected one (run `make lock`)")
         return found[0]
+
+
+def rebuilt_sources(config: BuildConfig) -> tuple[str, ...]:
+    """The source packages the build recompiles part of, for this board."""
+    return ("kamailio",) if config.board.kamailio.rebuilt else ()
 
 
 def request_digest(config: BuildConfig) -> str:
@@ -100,7 +114,7 @@ def to_text(lock: Lock, title: str) -> str:
         f"arch {lock.arch}",
         f"request {lock.request}",
     ]
-    order = sorted(lock.packages, key=lambda p: (ROLES.index(p.role), p.name))
+    order = sorted(lock.packages, key=lambda p: (ROLES.index(p.role), p.name, p.filename))
     lines += [f"{p.role} {p.name} {p.version} {p.arch} {p.size} {p.sha256} {p.mirror} {p.filename}" for p in order]
     return "\n".join(lines) + "\n"
 
@@ -131,9 +145,11 @@ def parse(text: str, path: Path) -> Lock:
             raise PbxfwError(f"{where}: {name}: size '{size}' is not a number")
         if not _SHA256.fullmatch(sha256):
             raise PbxfwError(f"{where}: {name}: '{sha256}' is not a sha256")
-        if (role, name) in seen:
-            raise PbxfwError(f"{where}: {name} is locked twice as '{role}'")
-        seen.add((role, name))
+        # A source package is several files, one line each.
+        entry = (role, filename if role == "source" else name)
+        if entry in seen:
+            raise PbxfwError(f"{where}: {entry[1]} is locked twice as '{role}'")
+        seen.add(entry)
         packages.append(LockedPackage(role=role, name=name, version=version, arch=arch, size=int(size), sha256=sha256,
                                       mirror=mirror, filename=filename))
     for key in ("format", "suite", "arch", "request"):

@@ -16,10 +16,12 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from debian import deb822
+
 from pbxfw.config import BuildConfig
 from pbxfw.errors import StageError
 from pbxfw.packages import archive
-from pbxfw.packages.lock import BOOTSTRAP_TOOLS, Lock, LockedPackage, base_set, request_digest
+from pbxfw.packages.lock import BOOTSTRAP_TOOLS, Lock, LockedPackage, base_set, rebuilt_sources, request_digest
 from pbxfw.stages import log
 
 
@@ -90,6 +92,44 @@ def _index_entries(index: str, mirror: str, wanted: set[str]) -> dict[str, Locke
     return found
 
 
+def source_files(index: str, mirror: str, name: str, version: str) -> list[LockedPackage]:
+    """The files of source package `name` at `version` in a checked Sources index, as lock
+    rows (sizes and sha256 from the index); none if the index does not have that version."""
+    for paragraph in index.split("\n\n"):
+        if not paragraph.startswith(f"Package: {name}\n") or f"\nVersion: {version}\n" not in paragraph:
+            continue
+        fields = deb822.Sources(paragraph)
+        return [LockedPackage(role="source", name=name, version=version, arch="source", size=int(entry["size"]),
+                              sha256=entry["sha256"], mirror=mirror, filename=f"{fields['Directory']}/{entry['name']}")
+                for entry in fields["Checksums-Sha256"]]
+    return []
+
+
+def locked_sources(config: BuildConfig, binaries: list[LockedPackage], cache: Path) -> list[LockedPackage]:
+    """The source files of every package the board rebuilds, at its locked binary's version
+    (from the first suite whose Sources index has it)."""
+    rows: list[LockedPackage] = []
+    for name in rebuilt_sources(config):
+        version = next((p.version for p in binaries if p.name == name), None)
+        if version is None:
+            raise StageError(f"the board rebuilds {name} from source, but the package set does not install it")
+        found = next((files for suite in archive.suites_for(config.debian) for component in config.debian.components
+                      if (files := source_files(archive.sources_index(suite, component, cache), suite.mirror,
+                                                name, version))), None)
+        if found is None:
+            raise StageError(f"source package {name} {version} is in none of the suites' Sources indices")
+        rows += found
+    return rows
+
+
+def with_sources(config: BuildConfig, lock: Lock, cache: Path) -> Lock:
+    """`lock` with the source rows of what the board rebuilds, for the binaries it already
+    locks: the rest of the lock stays as it is."""
+    binaries = [p for p in lock.packages if p.role != "source"]
+    return Lock(lock.suite, lock.arch, lock.request,
+                (*binaries, *locked_sources(config, [p for p in binaries if p.role == "root"], cache)))
+
+
 def kernel_package(config: BuildConfig, cache: Path) -> archive.Package:
     """The concrete linux-image package behind the flavour's metapackage."""
     meta_name = f"linux-image-{config.board.kernel.flavour}"
@@ -131,7 +171,8 @@ def resolve(config: BuildConfig, cache: Path) -> Lock:
         return LockedPackage.of(archive.newest(name, config.debian, config.board.arch, cache), role)
 
     packages = [*entries.values(), *(newest(name, "bootstrap") for name in BOOTSTRAP_TOOLS),
-                LockedPackage.of(kernel_package(config, cache), "kernel"), newest("busybox-static", "initramfs")]
+                LockedPackage.of(kernel_package(config, cache), "kernel"), newest("busybox-static", "initramfs"),
+                *locked_sources(config, list(entries.values()), cache)]
     log(f"    {len(entries)} packages for the root file system, kernel and busybox-static "
         f"({time.monotonic() - started:.1f} s)")
     return Lock(config.debian.suite, config.board.arch, request_digest(config), tuple(packages))
