@@ -113,7 +113,8 @@ DEVICE_TEST := $(PYTEST) tests/device --board $(BOARD) --keys $(KEYS) --repo-key
 device-test: image
 	$(DEVICE_TEST)
 
-# `make test`: lint, unit tests, the default board's image, its QEMU device tests and its
+# `make test`: lint and unit tests while the default board's image builds beside them (each
+# is mostly one process; ~50 s of the run), then its image tests, QEMU device tests and
 # reproducibility (the image under test against a build bootstrapped anew with no network:
 # ~12 min of qemu-user), and the second board's image with a first boot of it to a
 # passing audit and a registering phone. The builds run beside the device tests at idle
@@ -125,8 +126,16 @@ SECOND_BOARD := $(if $(filter qemu-u20,$(BOARD)),qemu-u50,qemu-u20)
 SECOND_LOG := out/beside-$(SECOND_BOARD)-image.log
 REPRO_LOG := out/beside-$(BOARD)-repro.log
 IDLE := chrt --idle 0 ionice -c 3
-test: setup lint unit image-test keys
-	@mkdir -p out; echo "==> beside the device tests at idle priority: the $(SECOND_BOARD) image ($(SECOND_LOG)), then repro ($(REPRO_LOG))"; \
+IMAGE_LOG := out/beside-$(BOARD)-image.log
+test: setup keys $(TUF51)/.ready
+	@mkdir -p out; echo "==> the $(BOARD) image beside lint and unit tests ($(IMAGE_LOG))"; \
+	$(MAKE) --no-print-directory image > $(IMAGE_LOG) 2>&1 & image=$$!; \
+	trap 'kill $$image 2>/dev/null' INT TERM; \
+	$(MAKE) --no-print-directory lint unit; checked=$$?; \
+	wait $$image; built=$$?; cat $(IMAGE_LOG); echo "==> $(BOARD) image exit $$built"; \
+	test $$checked -eq 0 -a $$built -eq 0
+	$(PYTEST) tests/image --board $(BOARD)
+	@echo "==> beside the device tests at idle priority: the $(SECOND_BOARD) image ($(SECOND_LOG)), then repro ($(REPRO_LOG))"; \
 	$(IDLE) $(MAKE) --no-print-directory image BOARD=$(SECOND_BOARD) > $(SECOND_LOG) 2>&1 & image=$$!; \
 	{ while kill -0 $$image 2>/dev/null; do sleep 5; done; $(IDLE) $(REPRO) --first-build $(OUT); } > $(REPRO_LOG) 2>&1 & repro=$$!; \
 	trap 'kill $$image $$repro 2>/dev/null' INT TERM; \
