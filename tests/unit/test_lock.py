@@ -155,3 +155,12 @@ def test_a_rebuilt_source_is_locked_file_by_file_at_its_binarys_version(tmp_path
     dsc_line = next(line for line in text.splitlines() if line.endswith(".dsc"))
     with pytest.raises(PbxfwError, match=r"x\.lock:\d+: pool/updates/.*\.dsc is locked twice as 'source'"):
         lock.parse(text + dsc_line + "\n", tmp_path / "x.lock")
+
+
+def test_the_u20s_lock_holds_the_kamailio_source_it_rebuilds_at_its_binarys_version() -> None:
+    cfg = config.load(config.board_spec(REPO, "qemu-u20", "recipes/pbx.yml"))
+    locked = lock.load(REPO / "board/qemu-u20/pbx.lock", cfg)
+    sources = locked.role("source")
+    assert {p.name for p in sources} == set(lock.rebuilt_sources(cfg)) == {"kamailio"}
+    assert {p.version for p in sources} == {locked.one_version("kamailio")}
+    assert sum(p.filename.endswith(".dsc") for p in sources) == 1
