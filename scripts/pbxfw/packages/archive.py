@@ -214,7 +214,7 @@ def newest(name: str, debian: Debian, arch: str, cache: Path) -> Package:
     return best
 
 
-def cached_deb(package: Package, cache: Path) -> Path:
+def cached_file(package: Package, cache: Path) -> Path:
     """Where the content-addressed cache keeps a .deb (named by its sha256) or a source
     package's file (its sha256 and its own name, which dpkg-source reads)."""
     if package.filename.endswith(".deb"):
@@ -224,7 +224,7 @@ def cached_deb(package: Package, cache: Path) -> Path:
 
 def fetch(package: Package, cache: Path) -> Path:
     """The file from the cache, or downloaded into it; either way checked against its sha256."""
-    dest = cached_deb(package, cache)
+    dest = cached_file(package, cache)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
         if sha256_file(dest) == package.sha256:

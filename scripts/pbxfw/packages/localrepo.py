@@ -25,7 +25,7 @@ def repo_key(lock: Lock) -> str:
 
 def fetch_all(packages: tuple[LockedPackage, ...], cache: Path) -> list[Path]:
     """Every package from the cache or the archive, checked; progress while downloading."""
-    missing = [p for p in packages if not archive.cached_deb(p, cache).exists()]
+    missing = [p for p in packages if not archive.cached_file(p, cache).exists()]
     total = sum(p.size for p in missing)
     if missing:
         log(f"    downloading {len(missing)} of {len(packages)} packages ({total / 2**20:.1f} MiB)")

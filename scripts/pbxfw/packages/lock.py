@@ -72,9 +72,9 @@ class Lock:
 
     def one_version(self, name: str) -> str:
         """The locked version of the root package `name`."""
-        found = [p.version for p in self.packages if p.role == "root" and p.name == name]
+        found = [p.version for p in self.role("root") if p.name == name]
         if not found:
-            raise PbxfwError(f"the lock installs no package {name} (run `make lock`)")
+            raise PbxfwError(f"the lock installs no package {name}, which the board rebuilds from source")
         return found[0]
 
     def one(self, role: str) -> LockedPackage:

@@ -21,7 +21,14 @@ from debian import deb822
 from pbxfw.config import BuildConfig
 from pbxfw.errors import StageError
 from pbxfw.packages import archive
-from pbxfw.packages.lock import BOOTSTRAP_TOOLS, Lock, LockedPackage, base_set, rebuilt_sources, request_digest
+from pbxfw.packages.lock import (
+    BOOTSTRAP_TOOLS,
+    Lock,
+    LockedPackage,
+    base_set,
+    rebuilt_sources,
+    request_digest,
+)
 from pbxfw.stages import log
 
 
@@ -105,29 +112,24 @@ def source_files(index: str, mirror: str, name: str, version: str) -> list[Locke
     return []
 
 
-def locked_sources(config: BuildConfig, binaries: list[LockedPackage], cache: Path) -> list[LockedPackage]:
-    """The source files of every package the board rebuilds, at its locked binary's version
-    (from the first suite whose Sources index has it)."""
-    rows: list[LockedPackage] = []
-    for name in rebuilt_sources(config):
-        version = next((p.version for p in binaries if p.name == name), None)
-        if version is None:
-            raise StageError(f"the board rebuilds {name} from source, but the package set does not install it")
-        found = next((files for suite in archive.suites_for(config.debian) for component in config.debian.components
-                      if (files := source_files(archive.sources_index(suite, component, cache), suite.mirror,
-                                                name, version))), None)
-        if found is None:
-            raise StageError(f"source package {name} {version} is in none of the suites' Sources indices")
-        rows += found
-    return rows
+def _source_rows(config: BuildConfig, name: str, version: str, cache: Path) -> list[LockedPackage]:
+    """The files of source package `name` at `version`, from the first suite whose Sources
+    index has it."""
+    for suite in archive.suites_for(config.debian):
+        for component in config.debian.components:
+            rows = source_files(archive.sources_index(suite, component, cache), suite.mirror, name, version)
+            if rows:
+                return rows
+    raise StageError(f"source package {name} {version} is in none of the suites' Sources indices")
 
 
 def with_sources(config: BuildConfig, lock: Lock, cache: Path) -> Lock:
-    """`lock` with the source rows of what the board rebuilds, for the binaries it already
-    locks: the rest of the lock stays as it is."""
-    binaries = [p for p in lock.packages if p.role != "source"]
-    return Lock(lock.suite, lock.arch, lock.request,
-                (*binaries, *locked_sources(config, [p for p in binaries if p.role == "root"], cache)))
+    """`lock` with the source rows of every package the board rebuilds, at the version of
+    its locked binary; the rest of the lock stays as it is."""
+    binaries = tuple(p for p in lock.packages if p.role != "source")
+    rows = [row for name in rebuilt_sources(config)
+            for row in _source_rows(config, name, lock.one_version(name), cache)]
+    return Lock(lock.suite, lock.arch, lock.request, (*binaries, *rows))
 
 
 def kernel_package(config: BuildConfig, cache: Path) -> archive.Package:
@@ -171,8 +173,8 @@ def resolve(config: BuildConfig, cache: Path) -> Lock:
         return LockedPackage.of(archive.newest(name, config.debian, config.board.arch, cache), role)
 
     packages = [*entries.values(), *(newest(name, "bootstrap") for name in BOOTSTRAP_TOOLS),
-                LockedPackage.of(kernel_package(config, cache), "kernel"), newest("busybox-static", "initramfs"),
-                *locked_sources(config, list(entries.values()), cache)]
+                LockedPackage.of(kernel_package(config, cache), "kernel"), newest("busybox-static", "initramfs")]
     log(f"    {len(entries)} packages for the root file system, kernel and busybox-static "
         f"({time.monotonic() - started:.1f} s)")
-    return Lock(config.debian.suite, config.board.arch, request_digest(config), tuple(packages))
+    return with_sources(config, Lock(config.debian.suite, config.board.arch, request_digest(config),
+                                     tuple(packages)), cache)
