@@ -25,7 +25,7 @@ from pathlib import Path
 from pbxfw.config import BuildConfig
 from pbxfw.errors import StageError
 from pbxfw.packages import archive
-from pbxfw.packages.lock import Lock
+from pbxfw.packages.lock import Lock, LockedPackage
 from pbxfw.stages import log, run
 
 
@@ -46,7 +46,7 @@ DIVERTED = "/usr/sbin/kamailio.debian"
 # defaults Debian's buildds gave the modules (on 32-bit ARM Debian 13 builds with 64-bit
 # time_t: a core from an older suite's toolchain disagrees with the modules on every
 # struct that holds a time, and TLS handshakes fail).
-BUILD_TOOLS = ("bison", "flex", "dpkg-dev", "make")
+BUILD_TOOLS = ("bison", "flex")  # beside the buildd variant's build-essential
 
 
 def _cross(arch: str) -> Cross:
@@ -56,75 +56,87 @@ def _cross(arch: str) -> Cross:
     return CROSS[arch]
 
 
-def build_root(config: BuildConfig, cache: Path) -> Path:
-    """A tarball of the build root, from the suite's archive (cached by suite and contents)."""
+@dataclass(frozen=True)
+class BuildRoot:
+    tarball: Path
+    sha256: str  # of the tarball, recorded when it was made (it is ~600 MiB)
+
+
+def build_root(config: BuildConfig, cache: Path) -> BuildRoot:
+    """The build root as a tarball, from the suite's archive, cached by suite and contents."""
     host = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
     wanted = [*BUILD_TOOLS, *_cross(config.board.arch).packages]
-    key = hashlib.sha256(json.dumps([config.debian.suite, config.debian.mirror, config.debian.security_mirror,
-                                     host, wanted]).encode()).hexdigest()[:16]
+    suites = archive.suites_for(config.debian)
+    key = hashlib.sha256(json.dumps([[s.mirror, s.name] for s in suites] + [host, wanted]).encode()).hexdigest()[:16]
     tarball = cache / "kamailio-build" / f"{host}-{config.debian.suite}-{key}.tar"
-    if tarball.is_file():
-        return tarball
-    tarball.parent.mkdir(parents=True, exist_ok=True)
-    partial = tarball.with_name(f"{tarball.stem}.partial.tar")
-    suite = config.debian.suite
-    log(f"    build root: {suite} ({host}) with {', '.join(wanted)}, from the archive")
-    run(["mmdebstrap", "--quiet", "--format=tar", "--variant=buildd", f"--architectures={host}",
-         f"--include={','.join(wanted)}", suite, partial,
-         f"deb {config.debian.mirror} {suite} main", f"deb {config.debian.mirror} {suite}-updates main",
-         f"deb {config.debian.security_mirror} {suite}-security main"])
-    partial.rename(tarball)
-    return tarball
+    digest = tarball.with_name(f"{tarball.name}.sha256")
+    if not tarball.is_file():
+        tarball.parent.mkdir(parents=True, exist_ok=True)
+        partial = tarball.with_name(f"{tarball.stem}.partial.tar")
+        log(f"    build root: {config.debian.suite} ({host}) with {', '.join(wanted)}, from the archive")
+        run(["mmdebstrap", "--quiet", "--format=tar", "--variant=buildd", f"--architectures={host}",
+             f"--include={','.join(wanted)}", config.debian.suite, partial,
+             *(f"deb {s.mirror} {s.name} {' '.join(config.debian.components)}" for s in suites)])
+        partial.rename(tarball)
+        digest.unlink(missing_ok=True)
+    if not digest.is_file():
+        digest.write_text(archive.sha256_file(tarball) + "\n")
+    return BuildRoot(tarball, digest.read_text().strip())
 
 
-def _in_root(root: Path, script: str, epoch: int) -> None:
-    run(["chroot", root, "/usr/bin/env", "-i", "PATH=/usr/bin:/bin", f"SOURCE_DATE_EPOCH={epoch}",
+def _cache_key(config: BuildConfig, sources: list[LockedPackage], root: BuildRoot) -> str:
+    """Everything the rebuilt binary depends on."""
+    return hashlib.sha256(json.dumps({
+        "sources": sorted(p.sha256 for p in sources), "align": config.board.kamailio.memory_align,
+        "root": root.sha256, "epoch": config.source_date_epoch, "arch": _cross(config.board.arch).kamailio_arch,
+    }).encode()).hexdigest()
+
+
+def _compile(config: BuildConfig, dsc: LockedPackage, root: Path) -> Path:
+    """Debian's rules file's own `make cfg` line, cross, with Debian's flags for the target
+    arch and KSR_MEMORY_ALIGN; then the core alone, stripped as dh_strip does."""
+    cross = _cross(config.board.arch)
+    common = f"ARCH={cross.kamailio_arch} CC={cross.triplet}-gcc LIBDIR=lib/{cross.triplet}"
+    # The files were checked against the lock's sha256, which came from the gpgv-checked
+    # Sources index; the .dsc's own signature needs the uploader's key, which we do not have.
+    script = f"""
+cd /src; dpkg-source --no-check -x {Path(dsc.filename).name} tree >/dev/null; cd tree
+export DEB_HOST_ARCH={config.board.arch}
+make cfg quiet=silent prefix=/usr cfg_target=/etc/kamailio/ FLAVOUR=kamailio group_include=kstandard {common} \
+    CC_EXTRA_OPTS="$(dpkg-buildflags --get CPPFLAGS) $(dpkg-buildflags --get CFLAGS) -DVERSION_NODATE \
+-DKSR_MEMORY_ALIGN={config.board.kamailio.memory_align}UL" LD_EXTRA_OPTS="$(dpkg-buildflags --get LDFLAGS)" >/dev/null
+make -C src -j{os.cpu_count() or 1} quiet=silent {common} kamailio
+{cross.triplet}-strip --remove-section=.comment --remove-section=.note src/kamailio
+"""
+    run(["chroot", root, "/usr/bin/env", "-i", "PATH=/usr/bin:/bin", f"SOURCE_DATE_EPOCH={config.source_date_epoch}",
          "sh", "-ec", script], capture=True)
+    return root / "src/tree/src/kamailio"
 
 
 def core(config: BuildConfig, lock: Lock, cache: Path, work: Path) -> Path:
     """The rebuilt `kamailio` binary, from the cache or built into it."""
-    files = [p for p in lock.role("source") if p.name == "kamailio"]
-    dsc = [p for p in files if p.filename.endswith(".dsc")]
+    sources = [p for p in lock.role("source") if p.name == "kamailio"]
+    dsc = [p for p in sources if p.filename.endswith(".dsc")]
     if len(dsc) != 1:
         raise StageError("board.kamailio.memory_align is set, but the lock has no kamailio source package "
                          "(run `pbxfw lock --sources-only`)")
-    cross = _cross(config.board.arch)
-    triplet, kamailio_arch = cross.triplet, cross.kamailio_arch
-    tarball = build_root(config, cache)
-    align = config.board.kamailio.memory_align
-    key = hashlib.sha256(json.dumps({"sources": sorted(p.sha256 for p in files), "align": align,
-                                     "root": archive.sha256_file(tarball), "epoch": config.source_date_epoch,
-                                     "arch": kamailio_arch}).encode()).hexdigest()
-    cached = cache / "kamailio-core" / key / "kamailio"
+    root = build_root(config, cache)
+    cached = cache / "kamailio-core" / _cache_key(config, sources, root) / "kamailio"
     if cached.is_file():
         log(f"    from the cache ({cached})")
         return cached
-    root = work / "kamailio-build"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    run(["tar", "--numeric-owner", "-xpf", tarball, "-C", root])
-    sources = root / "src"
-    sources.mkdir()
-    for package in files:
-        shutil.copyfile(archive.fetch(package, cache), sources / Path(package.filename).name)
-    log(f"    {dsc[0].version}: core with KSR_MEMORY_ALIGN={align}, {triplet}-gcc from {config.debian.suite}")
-    # The files were checked against the lock's sha256, which came from the gpgv-checked
-    # Sources index; the .dsc's own signature needs the uploader's key, which we do not have.
-    # The rules file's own `make cfg` line, cross: Debian's flags for the target arch.
-    _in_root(root, f"""
-cd /src; dpkg-source --no-check -x {Path(dsc[0].filename).name} tree >/dev/null; cd tree
-export DEB_HOST_ARCH={config.board.arch}
-make cfg quiet=silent prefix=/usr cfg_target=/etc/kamailio/ FLAVOUR=kamailio group_include=kstandard \
-    ARCH={kamailio_arch} CC={triplet}-gcc LIBDIR=lib/{triplet} \
-    CC_EXTRA_OPTS="$(dpkg-buildflags --get CPPFLAGS) $(dpkg-buildflags --get CFLAGS) -DVERSION_NODATE \
--DKSR_MEMORY_ALIGN={align}UL" LD_EXTRA_OPTS="$(dpkg-buildflags --get LDFLAGS)" >/dev/null
-make -C src -j{os.cpu_count() or 1} quiet=silent ARCH={kamailio_arch} CC={triplet}-gcc LIBDIR=lib/{triplet} kamailio
-{triplet}-strip --remove-section=.comment --remove-section=.note src/kamailio
-""", config.source_date_epoch)
+    tree = work / "kamailio-build"
+    shutil.rmtree(tree, ignore_errors=True)
+    (tree / "src").mkdir(parents=True)
+    run(["tar", "--numeric-owner", "-xpf", root.tarball, "-C", tree])
+    for package in sources:
+        shutil.copyfile(archive.fetch(package, cache), tree / "src" / Path(package.filename).name)
+    log(f"    {dsc[0].version}: core with KSR_MEMORY_ALIGN={config.board.kamailio.memory_align}, "
+        f"{_cross(config.board.arch).triplet}-gcc from {config.debian.suite}")
+    built = _compile(config, dsc[0], tree)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(sources / "tree/src/kamailio", cached)
-    shutil.rmtree(root)
+    shutil.copyfile(built, cached)
+    shutil.rmtree(tree)
     return cached
 
 

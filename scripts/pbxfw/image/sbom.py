@@ -118,7 +118,7 @@ def rebuilt_component(source: str, version: str, distro: str, note: str) -> dict
             "pedigree": {"ancestors": [{"type": "application", "name": source, "version": version,
                                         "purl": _deb_purl(source, version, "source", distro)}],
                          "notes": note},
-            "properties": [{"name": "debian:source", "value": source}, {"name": "pbxfw:rebuilt", "value": note}]}
+            "properties": [{"name": "debian:source", "value": source}]}
 
 
 def agent_component(version: str) -> dict[str, Any]:
