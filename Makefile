@@ -176,8 +176,10 @@ bench-fleet: image
 	$(PY) -m tests.bench.fleetbox --board $(BOARD) --keys $(KEYS) --releases $(RELEASES) --repo-keys $(REPO_KEYS)
 
 # Call setups between extensions through the twin against sipp alone (test network).
+# MEMORY=256: a twin with that much RAM (its booted snapshot then replaces the image's
+# default one, which the next device test makes again).
 bench-calls: image
-	$(PY) -m tests.bench.calls --board $(BOARD)
+	$(PY) -m tests.bench.calls --board $(BOARD) $(if $(MEMORY),--memory-mib $(MEMORY))
 
 # Production line: blank twins flashed over their console, time per step.
 bench-flash: image

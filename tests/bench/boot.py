@@ -19,6 +19,7 @@ cost, not the boot chain's (measured above).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import re
 import socket
@@ -181,12 +182,19 @@ def service_time(board: config.Board, image: Path, work: Path, direct: tuple[Pat
 
 
 def build_config(description: str | None) -> config.BuildConfig:
-    """A bench's one choice: the board (and recipe) whose built image it measures."""
+    """A bench's choices: the board (and recipe) whose built image it measures, and the
+    twin's RAM."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--board", default="qemu-u50")
     parser.add_argument("--recipe", default="recipes/pbx.yml")
+    parser.add_argument("--memory-mib", type=int, help="the twin's RAM (default: the board file's qemu.memory_mib)")
     args = parser.parse_args()
-    return config.load(config.board_spec(REPO, args.board, args.recipe))
+    cfg = config.load(config.board_spec(REPO, args.board, args.recipe))
+    if args.memory_mib is None:
+        return cfg
+    if args.memory_mib <= 0:
+        parser.error(f"--memory-mib {args.memory_mib}: a twin needs a positive amount of RAM")
+    return dataclasses.replace(cfg, board=boards.with_memory(cfg.board, args.memory_mib))
 
 
 def main() -> int:

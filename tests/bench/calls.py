@@ -13,7 +13,10 @@ calls 802 on another, the box challenging every INVITE (auth included in each se
   to 802, each with the 102 packets of sip-tester's G.711 recording echoed back, so the
   audio of each passes the box's media relay (rtpengine) twice each way; the most calls
   at once with < 1 % of the audio lost, against the same calls from a LAN phone whose
-  audio goes directly (the baseline, same run); rtpengine's RSS idle and under load.
+  audio goes directly (the baseline, same run); rtpengine's RSS idle and under load;
+- the box's MemAvailable idle and at its lowest sample under load: with
+  `--memory-mib 256` (`make bench-calls MEMORY=256`) on a twin the size of the smallest
+  board, to check kamailio's and rtpengine's memory settings fit it.
 """
 
 from __future__ import annotations
@@ -43,12 +46,23 @@ CALLEE_PORT, CALLER_PORT = 5070, 5080
 # Proportional set size: the processes share kamailio's shared memory, which RSS would
 # count once per process.
 KAMAILIO_PSS = ("for p in $(pgrep -x kamailio); do awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup; done | "
-                "awk '{s+=$1} END {print s}'")
+                "awk '{s+=$1} END {print s+0}'")
 HOLD_MS = 200  # between the ACK and the BYE, so they cannot overtake each other on the way
 AT_ONCE = (5, 10, 20, 40)  # relayed calls at once (calls.concurrent's ceiling is 50)
 GOAL_DELIVERED = 0.99
 AUDIO_HOLD_MS = 3000  # past the recording's 2.04 s
 RELAY_RSS = "ps -C rtpengine -o rss= | awk '{s+=$1} END {print s+0}'"
+MEM_AVAILABLE = "awk '/^MemAvailable:/ {print $2}' /proc/meminfo"
+
+
+class Sample(NamedTuple):
+    kib: int  # the measured processes' memory (PSS or RSS, see its command)
+    available_kib: int  # the box's MemAvailable at the same moment
+
+
+def sample(dev: Device, processes: str) -> Sample:
+    kib, available = dev.check(f"{processes}; {MEM_AVAILABLE}").split()
+    return Sample(int(kib), int(available))
 
 
 class Step(NamedTuple):
@@ -73,7 +87,7 @@ def callee(through_pbx: bool, secret: str) -> Iterator[None]:
 
 
 def step(rate: int, through_pbx: bool, secret: str, work: Path, during: float | None = None,
-         dev: Device | None = None) -> tuple[Step, int | None]:
+         dev: Device | None = None) -> tuple[Step, Sample | None]:
     """One rate for STEP_S seconds; with `during`, kamailio's memory sampled that far in."""
     calls = rate * STEP_S
     work = Path(tempfile.mkdtemp(dir=work))  # sipp's screen and response-time files, this step's only
@@ -87,7 +101,7 @@ def step(rate: int, through_pbx: bool, secret: str, work: Path, during: float | 
     pss = None
     if during is not None and dev is not None:
         time.sleep(during)
-        pss = int(dev.check(KAMAILIO_PSS).strip() or 0)
+        pss = sample(dev, KAMAILIO_PSS)
     run.wait(timeout=STEP_S * 6)
     answered = max((_stat(path.read_text(), "Successful call") for path in work.glob("*_screen.log")), default=0)
     latencies = [float(row[1]) for path in work.glob("*_rtt.csv")
@@ -105,7 +119,7 @@ def _stat(screen: str, name: str) -> int:
     return int(found[-1]) if found else 0
 
 
-def ramp(through_pbx: bool, secret: str, work: Path, dev: Device | None) -> tuple[list[Step], int | None]:
+def ramp(through_pbx: bool, secret: str, work: Path, dev: Device | None) -> tuple[list[Step], Sample | None]:
     steps: list[Step] = []
     pss = None
     for rate in RATES:
@@ -125,7 +139,7 @@ class Media(NamedTuple):
     answered: bool
     there: float  # share of the audio that reached the callee
     back: float  # share of the echo that came back to the caller
-    rss_kib: int | None
+    rss: Sample | None
 
     @property
     def delivered(self) -> float:
@@ -137,8 +151,8 @@ def media_step(dev: Device, calls: int, relayed: bool, secret: str) -> Media:
     on the LAN (direct); rtpengine's RSS sampled while they talk."""
     ns, host, caller = (HOME, HOME_HOST, "803") if relayed else (LAN, LAN_HOST, "801")
     expected = calls * phones.AUDIO_PACKETS
-    sampled: list[int] = []
-    sampler = threading.Timer(AUDIO_HOLD_MS / 2000 + 1, lambda: sampled.append(int(dev.check(RELAY_RSS).strip())))
+    sampled: list[Sample] = []
+    sampler = threading.Timer(AUDIO_HOLD_MS / 2000 + 1, lambda: sampled.append(sample(dev, RELAY_RSS)))
     with phones.udp_arrivals(LAN2, 6000) as at_callee, phones.udp_arrivals(ns, 6100) as at_caller:
         sampler.start()
         done = phones.call(ns, host, CALLER_PORT, caller, secret, "802", f"bench{calls}", calls=calls,
@@ -186,7 +200,7 @@ def main() -> int:
                   "&& exit 0; sleep 0.2; done; exit 1 )", timeout=180)
         secret, callee_secret = secret_of(dev, "801"), secret_of(dev, "802")
         memory = dev.check("ps -C kamailio -o args= | head -1").strip()
-        idle = int(dev.check(KAMAILIO_PSS).strip() or 0)
+        idle = sample(dev, KAMAILIO_PSS)
         with callee(False, callee_secret):
             base_steps, _ = ramp(False, secret, work, None)
         with callee(True, callee_secret):
@@ -201,7 +215,7 @@ def main() -> int:
             at_half, _ = step(half, True, secret, work)
         with callee(False, callee_secret):
             base_half, _ = step(half, False, secret, work)
-        relay_idle = int(dev.check(RELAY_RSS).strip())
+        relay_idle = sample(dev, RELAY_RSS)
         with callee(True, callee_secret):
             relayed = media_ramp(dev, True, secret_of(dev, "803"))
             direct = media_ramp(dev, False, secret)
@@ -221,16 +235,24 @@ def main() -> int:
         base_ms = max(statistics.median(base_half.latencies_ms), 1.0)  # sipp counts whole ms
         print(f"  latency ratio twin/baseline (median, baseline taken as >= 1 ms): "
               f"x{statistics.median(at_half.latencies_ms) / base_ms:.0f}")
-    print(f"  kamailio PSS (all processes): idle {idle / 1024:.1f} MiB, under {twin_steps[-1].rate}/s "
-          f"{(loaded or 0) / 1024:.1f} MiB; started as `{memory}`")
+    print(f"  kamailio PSS (all processes): idle {idle.kib / 1024:.1f} MiB, under {twin_steps[-1].rate}/s "
+          f"{mib(loaded)} MiB; started as `{memory}`")
     most, base_most = most_at_once(relayed), most_at_once(direct)
     top = f" or more (the ramp top, {AT_ONCE[-1]})"
     print(f"  relayed calls at once with < {1 - GOAL_DELIVERED:.0%} audio lost (20 ms packets, echoed): {most}"
           f"{top if most == AT_ONCE[-1] else ''}; direct media baseline: {base_most}"
           f"{top if base_most == AT_ONCE[-1] else ''}; ratio {most / base_most if base_most else float('nan'):.2f}")
-    print(f"  rtpengine RSS: idle {relay_idle / 1024:.1f} MiB, with {relayed[-1].calls} relayed calls "
-          f"{(relayed[-1].rss_kib or 0) / 1024:.1f} MiB")
+    print(f"  rtpengine RSS: idle {relay_idle.kib / 1024:.1f} MiB, with {relayed[-1].calls} relayed calls "
+          f"{mib(relayed[-1].rss)} MiB")
+    under_load = [s.available_kib for s in (loaded, *(r.rss for r in relayed)) if s is not None]
+    lowest = f"{min(under_load) / 1024:.0f} MiB" if under_load else "not sampled"
+    print(f"  the box's MemAvailable with {cfg.board.qemu.memory_mib} MiB of RAM: "
+          f"idle {idle.available_kib / 1024:.0f} MiB, lowest under load {lowest}")
     return 0
+
+
+def mib(taken: Sample | None) -> str:
+    return f"{taken.kib / 1024:.1f}" if taken is not None else "not sampled"
 
 
 if __name__ == "__main__":

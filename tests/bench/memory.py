@@ -42,10 +42,6 @@ class Answer:
         return self.login and self.audit and self.register
 
 
-def with_memory(board: config.Board, memory_mib: int) -> config.Board:
-    return dataclasses.replace(board, qemu=dataclasses.replace(board.qemu, memory_mib=memory_mib))
-
-
 def register_once(dut: Device) -> bool:
     """One extension registers with its own secret: the SIP service works."""
     first = json.loads(dut.check("pbxagent extensions list --json --show-secrets 2>/dev/null"))[0]
@@ -54,7 +50,7 @@ def register_once(dut: Device) -> bool:
 
 def ask(board: config.Board, image: Path, memory_mib: int, work: Path) -> Answer:
     answer = Answer(memory_mib)
-    twin = boards.fresh_twin(with_memory(board, memory_mib), image, work)
+    twin = boards.fresh_twin(boards.with_memory(board, memory_mib), image, work)
     started = time.monotonic()
     try:
         dut = twin.power_on()

@@ -10,6 +10,7 @@ a stale image.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import shutil
 import sys
@@ -30,6 +31,11 @@ def say(message: str) -> None:
     """Printed at once (seen with -s or in a failing test's output) and in the summary."""
     print(f"twin: {message}", file=sys.stderr, flush=True)
     timing.notice(message)
+
+
+def with_memory(board: Board, memory_mib: int) -> Board:
+    """The board's twin with another amount of RAM (its snapshot is then another one)."""
+    return dataclasses.replace(board, qemu=dataclasses.replace(board.qemu, memory_mib=memory_mib))
 
 
 def prepare_disk(board: Board, image: Path, work: Path, password: str | None = None) -> tuple[Path, str]:
