@@ -176,8 +176,7 @@ bench-fleet: image
 	$(PY) -m tests.bench.fleetbox --board $(BOARD) --keys $(KEYS) --releases $(RELEASES) --repo-keys $(REPO_KEYS)
 
 # Call setups between extensions through the twin against sipp alone (test network).
-# MEMORY=256: a twin with that much RAM (its booted snapshot then replaces the image's
-# default one, which the next device test makes again).
+# MEMORY=256: a twin with that much RAM (its booted snapshot is kept beside the default one).
 bench-calls: image
 	$(PY) -m tests.bench.calls --board $(BOARD) $(if $(MEMORY),--memory-mib $(MEMORY))
 

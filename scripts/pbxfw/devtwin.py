@@ -73,8 +73,10 @@ class Snapshot:
         return self.layer.with_name("console.log")
 
 
-def snapshot_dir(image: Path) -> Path:
-    return image.parent / "snapshot"
+def snapshot_dir(board: Board, image: Path) -> Path:
+    """One store per amount of RAM: a bench's smaller twin (`make bench-calls MEMORY=256`)
+    keeps its own beside the board's default one instead of replacing it."""
+    return image.parent / "snapshot" / f"{board.qemu.memory_mib}mib"
 
 
 def _version(path: Path) -> tuple[int, int]:
@@ -102,7 +104,7 @@ def snapshot_key(board: Board, image: Path) -> str:
 
 def find_snapshot(board: Board, image: Path) -> tuple[Snapshot | None, str]:
     """The snapshot for this image, or None and why there is none usable."""
-    store = snapshot_dir(image)
+    store = snapshot_dir(board, image)
     meta_path = store / "snapshot.json"
     if not meta_path.is_file():
         return None, f"no snapshot in {store}"
@@ -131,7 +133,7 @@ def record_snapshot(board: Board, image: Path, saved_layer: Path, password: str,
     """Keep `saved_layer` (which holds the VM state) and the console log of its boot as
     this image's snapshot. The metadata goes last, so an interrupted store is never
     taken for a good one."""
-    store = snapshot_dir(image)
+    store = snapshot_dir(board, image)
     store.mkdir(parents=True, exist_ok=True)
     (store / "snapshot.json").unlink(missing_ok=True)
     dest = store / "booted.qcow2"

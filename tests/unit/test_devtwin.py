@@ -13,6 +13,8 @@ from pbxfw import config, devtwin
 from pbxfw.config import Board
 from pbxfw.image import layout
 
+from tests.infra import boards
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -67,13 +69,14 @@ def saved(board: Board, image: Path, tmp_path: Path, name: str = devtwin.SNAPSHO
 
 
 def test_a_recorded_snapshot_is_found_with_its_password(board: Board, image: Path, tmp_path: Path) -> None:
-    assert devtwin.find_snapshot(board, image) == (None, f"no snapshot in {tmp_path / 'snapshot'}")
+    store = tmp_path / "snapshot" / f"{board.qemu.memory_mib}mib"
+    assert devtwin.find_snapshot(board, image) == (None, f"no snapshot in {store}")
     made = saved(board, image, tmp_path)
     found, why = devtwin.find_snapshot(board, image)
     assert (found, why) == (made, "")
     assert found is not None and found.password == "pw-of-the-twin"
     assert found.console_log.read_text() == "U-Boot 2023.01\n"
-    assert (devtwin.snapshot_dir(image) / "snapshot.json").stat().st_mode & 0o777 == 0o600
+    assert (store / "snapshot.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_snapshot_of_another_image_is_not_used(board: Board, image: Path, tmp_path: Path) -> None:
@@ -82,6 +85,17 @@ def test_a_snapshot_of_another_image_is_not_used(board: Board, image: Path, tmp_
         out.write(b"y")  # a rebuild
     found, why = devtwin.find_snapshot(board, image)
     assert found is None and "made from another image or machine" in why
+
+
+def test_a_twin_with_other_ram_keeps_its_own_snapshot_beside_the_boards(board: Board, image: Path,
+                                                                        tmp_path: Path) -> None:
+    default = saved(board, image, tmp_path)
+    smaller = boards.with_memory(board, 256)
+    assert devtwin.find_snapshot(smaller, image)[0] is None
+    (tmp_path / "other").mkdir()
+    made = saved(smaller, image, tmp_path / "other")
+    assert devtwin.find_snapshot(smaller, image) == (made, "")
+    assert devtwin.find_snapshot(board, image) == (default, "")
 
 
 def test_a_corrupted_layer_is_not_used(board: Board, image: Path, tmp_path: Path) -> None:
