@@ -88,7 +88,8 @@ def callee(through_pbx: bool, secret: str) -> Iterator[None]:
 
 def step(rate: int, through_pbx: bool, secret: str, work: Path, during: float | None = None,
          dev: Device | None = None) -> tuple[Step, Sample | None]:
-    """One rate for STEP_S seconds; with `during`, kamailio's memory sampled that far in."""
+    """One rate for STEP_S seconds; with `during`, kamailio's memory and the box's
+    MemAvailable sampled that far in."""
     calls = rate * STEP_S
     work = Path(tempfile.mkdtemp(dir=work))  # sipp's screen and response-time files, this step's only
     target = TWIN if through_pbx else f"{LAN2_HOST}:{CALLEE_PORT}"
@@ -98,10 +99,10 @@ def step(rate: int, through_pbx: bool, secret: str, work: Path, during: float | 
                        "-trace_rtt", "-rtt_freq", "1", "-recv_timeout", "5000", "-trace_screen", "-trace_err",
                        target=target, timeout_s=STEP_S * 4)
     run = subprocess.Popen(argv, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pss = None
+    load = None
     if during is not None and dev is not None:
         time.sleep(during)
-        pss = sample(dev, KAMAILIO_PSS)
+        load = sample(dev, KAMAILIO_PSS)
     run.wait(timeout=STEP_S * 6)
     answered = max((_stat(path.read_text(), "Successful call") for path in work.glob("*_screen.log")), default=0)
     latencies = [float(row[1]) for path in work.glob("*_rtt.csv")
@@ -111,7 +112,7 @@ def step(rate: int, through_pbx: bool, secret: str, work: Path, during: float | 
                   if "Aborting" in line or "timeout" in line.lower()]
         first = errors[0][:300] if errors else "no sipp error logged"
         print(f"    {calls - answered} not answered at {rate}/s; first: {first}")
-    return Step(rate, calls, answered, latencies), pss
+    return Step(rate, calls, answered, latencies), load
 
 
 def _stat(screen: str, name: str) -> int:
@@ -121,17 +122,17 @@ def _stat(screen: str, name: str) -> int:
 
 def ramp(through_pbx: bool, secret: str, work: Path, dev: Device | None) -> tuple[list[Step], Sample | None]:
     steps: list[Step] = []
-    pss = None
+    load = None
     for rate in RATES:
         result, sampled = step(rate, through_pbx, secret, work, STEP_S / 2 if through_pbx else None, dev)
         steps.append(result)
-        pss = sampled if sampled is not None else pss
+        load = sampled if sampled is not None else load
         label = "twin" if through_pbx else "baseline"
         print(f"  {label} {rate:3d}/s: {result.answered}/{result.placed} answered "
               f"({result.share:.1%})", flush=True)
         if result.share < GOAL_ANSWERED:
             break
-    return steps, pss
+    return steps, load
 
 
 class Media(NamedTuple):
@@ -185,6 +186,10 @@ def sustained(steps: list[Step]) -> int:
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+def mib(taken: Sample | None) -> str:
+    return f"{taken.kib / 1024:.1f}" if taken is not None else "not sampled"
 
 
 def main() -> int:
@@ -250,9 +255,6 @@ def main() -> int:
           f"idle {idle.available_kib / 1024:.0f} MiB, lowest under load {lowest}")
     return 0
 
-
-def mib(taken: Sample | None) -> str:
-    return f"{taken.kib / 1024:.1f}" if taken is not None else "not sampled"
 
 
 if __name__ == "__main__":
